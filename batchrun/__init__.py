@@ -1,0 +1,14 @@
+"""batchrun: run a table of prompts through any OpenAI-compatible chat-completions API."""
+
+from __future__ import annotations
+
+from .api import run, run_async
+from .config import RunConfig, build_config
+from .errors import BatchrunError, Interrupted, JobStopped, UsageError
+from .summary import Summary
+
+__all__ = [
+    "BatchrunError", "Interrupted", "JobStopped", "RunConfig", "Summary", "UsageError",
+    "build_config", "run", "run_async",
+]
+__version__ = "0.1.0"

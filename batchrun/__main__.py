@@ -1,0 +1,5 @@
+"""`python -m batchrun`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""The command line: the only module that imports click; BatchrunError becomes an exit code here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import BatchrunError
+
+RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--input", "input", metavar="PATH", help="CSV, TSV or Parquet file of prompts."),
+    click.option("--output", metavar="PATH",
+                 help="Parquet file to write (default: INPUT.out.parquet)."),
+    click.option("--model", help="Model name sent in each request."),
+    click.option("--provider", type=click.Choice(
+        ["openai", "megallm", "llmost", "openrouter", "vllm", "ollama", "simulator"]),
+        help="Provider preset: base URL, key variable and quirks."),
+    click.option("--base-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)."),
+    click.option("--api-key-env", metavar="NAME",
+                 help="Name of the environment variable holding the API key "
+                      "(default BATCHRUN_API_KEY, the preset's, then OPENAI_API_KEY)."),
+    click.option("--api-key-file", metavar="PATH",
+                 help="File holding the API key (must not be readable by others)."),
+    click.option("--prompt-column", metavar="NAME", help="Column holding the prompt (default prompt)."),
+    click.option("--messages-column", metavar="NAME",
+                 help="Column holding a whole chat as a JSON list of {role, content}."),
+    click.option("--template", metavar="TEXT",
+                 help="Prompt template with {column} placeholders; {{ and }} for braces."),
+    click.option("--system", metavar="TEXT", help="System prompt sent before each prompt."),
+    click.option("--id-column", metavar="NAME", help="Column that identifies rows (checked to exist)."),
+    click.option("--image-column", metavar="NAME",
+                 help="Column holding an image URL or a local image file path."),
+    click.option("--encoding", metavar="NAME", help="Text encoding of a CSV input (default utf-8)."),
+    click.option("--temperature", type=float, help="Sampling temperature, 0 to 2."),
+    click.option("--max-tokens", type=int, help="Most tokens per answer (>= 1)."),
+    click.option("--top-p", type=float, help="Nucleus sampling mass, (0, 1]."),
+    click.option("--frequency-penalty", type=float, help="Frequency penalty, -2 to 2."),
+    click.option("--presence-penalty", type=float, help="Presence penalty, -2 to 2."),
+    click.option("--stop", multiple=True, metavar="TEXT",
+                 help="Stop sequence (repeatable, at most 4)."),
+    click.option("--seed", type=int, help="Sampling seed, for providers that honour it."),
+    click.option("--response-format", metavar="FORMAT",
+                 help="text, json_object, or a JSON-schema file; fills the parsed column."),
+    click.option("--rpm", type=float, help="Requests per minute to stay under."),
+    click.option("--tpm", type=float, help="Tokens per minute to stay under (prompt + max_tokens)."),
+    click.option("--concurrency", type=int, help="Requests in flight at once (default 16)."),
+    click.option("--max-attempts", type=int, help="Attempts per row before it fails (default 6)."),
+    click.option("--timeout", type=float, help="Seconds per request (default 120)."),
+    click.option("--max-cost", type=float, help="Stop before this run spends more USD."),
+    click.option("--max-total-tokens", type=int,
+                 help="Stop before this run uses more tokens."),
+    click.option("--fresh", is_flag=True, default=None,
+                 help="Ignore earlier progress and start over."),
+    click.option("--retry-failed", is_flag=True, default=None,
+                 help="Send rows that failed for good in earlier runs again."),
+    click.option("--dedup/--no-dedup", default=None,
+                 help="Send identical requests once (default: on when temperature is 0)."),
+    click.option("--allow-insecure-http", is_flag=True, default=None,
+                 help="Allow sending the key over plain http to a non-loopback host."),
+    click.option("--no-progress", "progress", flag_value=False, default=None,
+                 help="No progress display."),
+    click.option("--log-format", type=click.Choice(["text", "json"]),
+                 help="Log lines as text or one JSON object per line."),
+    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                 help="Least severe log level shown (default warning)."),
+]
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Attach every `run` option (shared with `plan`)."""
+    for option in reversed(RUN_OPTIONS):
+        func = option(func)
+    return click.argument("job", required=False, type=click.Path(path_type=Path))(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchrun")
+def cli() -> None:
+    """Run a table of prompts through an OpenAI-compatible chat-completions API."""
+
+
+@cli.command()
+@run_options
+def run(job: Path | None, **options: Any) -> None:
+    """Send every row of the input and write OUTPUT (resumes an interrupted run)."""
+    from .api import run as run_job
+    from .config import build_config
+
+    config = build_config(job, options)
+    _setup_logging(config.log_format, config.log_level)
+    try:
+        summary = run_job(config)
+    except BatchrunError as stop:
+        partial = getattr(stop, "summary", None)
+        if partial is not None:
+            click.echo(partial.render(), err=True)
+        raise
+    click.echo(summary.render())
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+def status(output: Path) -> None:
+    """Progress and usage of a finished, running or interrupted run."""
+    from .status import describe
+
+    click.echo(describe(output))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int,
+              help="Port (0: any free port).")
+@click.option("--rpm", type=int, help="Requests per minute enforced (429 beyond).")
+@click.option("--tpm", type=int, help="Tokens per minute enforced (prompt + max_tokens).")
+@click.option("--window", "window_s", default=60.0, show_default=True, type=float,
+              help="Sliding window in seconds over which rpm/tpm are enforced.")
+@click.option("--max-concurrency", type=int, help="Requests served at once (429 beyond).")
+@click.option("--latency", default=0.0, show_default=True, type=float,
+              help="Seconds per answer.")
+@click.option("--latency-jitter", default=0.0, show_default=True, type=float,
+              help="Uniform +/- jitter on the latency, in seconds.")
+@click.option("--fail-rate", default=0.0, show_default=True, type=float,
+              help="Share of requests answered 500/502/503.")
+@click.option("--drop-rate", default=0.0, show_default=True, type=float,
+              help="Share of connections dropped without an answer.")
+@click.option("--hang-rate", default=0.0, show_default=True, type=float,
+              help="Share of requests never answered.")
+@click.option("--garbage-rate", default=0.0, show_default=True, type=float,
+              help="Share of 200 answers with an unreadable body.")
+@click.option("--api-key-env", metavar="NAME",
+              help="Require the key held in this environment variable (401 otherwise).")
+@click.option("--error-style", type=click.Choice(["openai", "llmost"]), default="openai",
+              show_default=True, help="Shape of error bodies.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault dice.")
+def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
+    """Serve a local OpenAI-compatible simulator to rehearse a job for free."""
+    import os
+
+    from .simulator import SimConfig, serve
+
+    key = os.environ.get(api_key_env, "") if api_key_env else None
+    if api_key_env and not key:
+        raise BatchrunError(f"--api-key-env {api_key_env}: that variable is not set")
+    serve(SimConfig(api_key=key or None, **options), host=host, port=port)
+
+
+def _setup_logging(log_format: str, level: str) -> None:
+    from .logs import configure
+
+    configure(log_format, level)
+
+
+def main() -> None:
+    """Console entry point: run click, turn BatchrunError into one line and its exit code."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("batchrun: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("batchrun: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line, not a traceback; details at debug level
+        logging.getLogger("batchrun").debug("internal error", exc_info=True)
+        click.echo(f"batchrun: internal error: {type(exc).__name__}: {exc}; rerun with "
+                   "--log-level debug and report it", err=True)
+        sys.exit(1)

@@ -1,0 +1,390 @@
+"""RunConfig: every setting of a run, merged from defaults, a job file and flags, validated once."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from .cost import Price
+from .errors import UsageError
+from .providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its job-file section, accepted types and range check."""
+
+    name: str
+    section: str
+    types: tuple[type, ...]
+    check: Callable[[Any], str | None] | None = None  # returns a complaint or None
+    key: str | None = None  # the key inside the section when it differs from `name`
+
+
+def _range(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        ok = (lo < v if lo_open else lo <= v) and v <= hi and not math.isnan(v)
+        return None if ok else f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+    return check
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be at least {lo:g}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _stops(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None
+    if not all(isinstance(s, str) and s for s in v):
+        return "must be non-empty strings"
+    return None if len(v) <= 4 else "allows at most 4 sequences"
+
+
+def _known_encoding(name: str) -> str | None:
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return "is not a known text encoding (try utf-8, latin-1, cp1252)"
+    return None
+
+
+NUM = (int, float)
+FIELDS: tuple[Field, ...] = (
+    Field("input", "input", (str,), key="path"),
+    Field("prompt_column", "input", (str,)),
+    Field("messages_column", "input", (str,)),
+    Field("template", "input", (str,)),
+    Field("system", "input", (str,)),
+    Field("id_column", "input", (str,)),
+    Field("image_column", "input", (str,)),
+    Field("encoding", "input", (str,), lambda v: _known_encoding(v)),
+    Field("output", "output", (str,), key="path"),
+    Field("provider", "provider", (str,), _choice(*PRESETS), key="name"),
+    Field("base_url", "provider", (str,)),
+    Field("api_key_env", "provider", (str,)),
+    Field("api_key_file", "provider", (str,)),
+    Field("allow_insecure_http", "provider", (bool,)),
+    Field("model", "request", (str,)),
+    Field("temperature", "request", NUM, _range(0, 2)),
+    Field("max_tokens", "request", (int,), _at_least(1)),
+    Field("top_p", "request", NUM, _range(0, 1, lo_open=True)),
+    Field("frequency_penalty", "request", NUM, _range(-2, 2)),
+    Field("presence_penalty", "request", NUM, _range(-2, 2)),
+    Field("stop", "request", (str, list, tuple), _stops),
+    Field("seed", "request", (int,)),
+    Field("response_format", "request", (str,)),
+    Field("tools", "request", (list, tuple)),
+    Field("tool_choice", "request", (str, dict)),
+    Field("rpm", "limits", NUM, _positive),
+    Field("tpm", "limits", NUM, _positive),
+    Field("concurrency", "limits", (int,), _range(1, 10_000)),
+    Field("timeout", "limits", NUM, _positive),
+    Field("max_cost", "limits", NUM, _positive),
+    Field("max_total_tokens", "limits", (int,), _positive),
+    Field("max_attempts", "retry", (int,), _range(1, 100)),
+    Field("input_per_million", "pricing", NUM, _at_least(0)),
+    Field("output_per_million", "pricing", NUM, _at_least(0)),
+    Field("fresh", "run", (bool,)),
+    Field("retry_failed", "run", (bool,)),
+    Field("dedup", "run", (bool,)),
+    Field("progress", "run", (bool,)),
+    Field("log_format", "run", (str,), _choice("text", "json")),
+    Field("log_level", "run", (str,), _choice("debug", "info", "warning", "error")),
+)
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, validated; the API key is not in here (see ``resolve_key``)."""
+
+    input: Path
+    output: Path
+    base_url: str
+    provider: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    allow_insecure_http: bool = False
+    prompt_column: str = "prompt"
+    messages_column: str | None = None
+    template: str | None = None
+    system: str | None = None
+    id_column: str | None = None
+    image_column: str | None = None
+    encoding: str = "utf8"
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    response_format: str = "text"  # "text", "json_object", or a schema file path
+    schema: Mapping[str, Any] | None = field(default=None, compare=False)
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int = 16
+    timeout: float = 120.0
+    max_attempts: int = 6
+    max_cost: float | None = None
+    max_total_tokens: int | None = None
+    price: Price | None = None
+    fresh: bool = False
+    retry_failed: bool = False
+    dedup: bool | None = None  # None: on when the request is deterministic (temperature 0)
+    progress: bool = True
+    log_format: str = "text"
+    log_level: str = "warning"
+    job_file: Path | None = None
+
+    @property
+    def dedup_enabled(self) -> bool:
+        """Identical requests share one answer: asked for, or implied by temperature 0."""
+        return self.dedup if self.dedup is not None else self.temperature == 0
+
+    @property
+    def preset(self) -> Preset | None:
+        """The provider preset, if one was named."""
+        return PRESETS.get(self.provider) if self.provider else None
+
+    @property
+    def is_local(self) -> bool:
+        """A loopback base URL or a local preset: the key is optional."""
+        return (self.preset is not None and self.preset.local) or is_loopback(self.base_url)
+
+
+def is_loopback(url: str) -> bool:
+    """True when the URL's host is on this machine."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """Read a job file into flat settings, refusing unknown keys and wrong types."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"job file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read job file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
+    by_place = {(f.section, f.key or f.name): f for f in FIELDS}
+    sections = sorted({f.section for f in FIELDS})
+    flat: dict[str, Any] = {}
+    for section, table in raw.items():
+        if not isinstance(table, dict):
+            raise UsageError(
+                f"{path}: top-level key '{section}' must be a section, one of [{'], ['.join(sections)}]"
+            )
+        if section not in sections:
+            raise UsageError(f"{path}: unknown section [{section}]; known: {', '.join(sections)}")
+        for key, value in table.items():
+            spec = by_place.get((section, key))
+            if spec is None:
+                known = ", ".join(k for s, k in by_place if s == section)
+                raise UsageError(f"{path}: unknown key '{key}' in [{section}]; known: {known}")
+            flat[spec.name] = _checked(spec, value, f"{path}: [{section}] {key}")
+    # Relative paths in a job file are relative to the directory the command runs in, like flags.
+    return flat
+
+
+def _checked(spec: Field, value: Any, where: str) -> Any:
+    if isinstance(value, bool) and bool not in spec.types:
+        raise UsageError(f"{where} must be {_type_names(spec.types)}, not a boolean")
+    if not isinstance(value, spec.types):
+        raise UsageError(f"{where} must be {_type_names(spec.types)}, not {type(value).__name__}")
+    if spec.check is not None:
+        complaint = spec.check(value)
+        if complaint:
+            raise UsageError(f"{where} {complaint} (got {value!r})")
+    return value
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names.update({list: "a list", tuple: "a list", dict: "a table"})
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConfig:
+    """Merge defaults < job file < flags (None means 'not given') into a validated RunConfig."""
+    settings: dict[str, Any] = load_job_file(job_file) if job_file else {}
+    for name, value in overrides.items():
+        if value is None or (name == "stop" and value == ()):
+            continue
+        spec = FIELDS_BY_NAME.get(name)
+        settings[name] = _checked(spec, value, f"--{name.replace('_', '-')}") if spec else value
+    return _finish(settings, job_file)
+
+
+def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
+    if not s.get("input"):
+        raise UsageError("no input: give --input PATH or [input] path in the job file")
+    input_path = Path(s.pop("input"))
+    output = Path(s.pop("output")) if s.get("output") else _default_output(input_path)
+    if output.suffix != ".parquet":
+        raise UsageError(f"--output {output} must end in .parquet")
+    if output.resolve() == input_path.resolve():
+        raise UsageError(f"--output {output} is the input file; choose another output path")
+
+    provider = s.pop("provider", None)
+    preset = PRESETS.get(provider) if provider else None
+    base_url = s.pop("base_url", None) or (preset.base_url if preset else None)
+    if base_url is None:
+        provider, preset, base_url = "openai", PRESETS["openai"], PRESETS["openai"].base_url
+    base_url = base_url.rstrip("/")
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--base-url {base_url!r} must be an http(s) URL such as https://host/v1")
+    model = s.pop("model", None) or (preset.default_model if preset else None)
+    if model is None and not (preset and preset.model_optional):
+        raise UsageError("no model: give --model NAME or [request] model in the job file")
+    if model and preset and preset.model_needs_org_prefix and "/" not in model:
+        raise UsageError(
+            f"{preset.name} model ids carry an organization prefix: use e.g. 'openai/{model}'"
+        )
+    if s.get("template") is not None and s.get("messages_column") is not None:
+        raise UsageError("--template and --messages-column cannot be used together; choose one")
+
+    stop = s.pop("stop", ())
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    _checked(FIELDS_BY_NAME["stop"], stop, "--stop")
+    response_format = s.pop("response_format", "text")
+    schema = _load_schema(response_format)
+    price = None
+    if "input_per_million" in s or "output_per_million" in s:
+        price = Price(float(s.pop("input_per_million", 0)), float(s.pop("output_per_million", 0)))
+    api_key_file = s.pop("api_key_file", None)
+    known = {f.name for f in fields(RunConfig)}
+    unknown = set(s) - known
+    if unknown:  # a programming error in a caller, not a user mistake
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    return RunConfig(
+        input=input_path,
+        output=output,
+        base_url=base_url,
+        provider=provider,
+        model=model,
+        stop=stop,
+        response_format=response_format,
+        schema=schema,
+        price=price,
+        api_key_file=Path(api_key_file) if api_key_file else None,
+        tools=tuple(s.pop("tools", ())),
+        job_file=job_file,
+        **s,
+    )
+
+
+def _default_output(input_path: Path) -> Path:
+    return input_path.with_name(input_path.stem + ".out.parquet")
+
+
+def _load_schema(response_format: str) -> Mapping[str, Any] | None:
+    if response_format in ("text", "json_object"):
+        return None
+    path = Path(response_format)
+    try:
+        schema = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(
+            f"--response-format {response_format!r}: not 'text', 'json_object' or an existing "
+            "JSON-schema file"
+        ) from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"--response-format {path}: not a readable JSON schema ({exc})") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--response-format {path}: a JSON schema must be a JSON object")
+    return schema
+
+
+class Secret:
+    """An API key that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for the Authorization header only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> Secret | None:
+    """Find the API key: --api-key-file, --api-key-env, BATCHRUN_API_KEY, the preset's, OPENAI_API_KEY."""
+    if config.api_key_file is not None:
+        return _read_key_file(config.api_key_file)
+    if config.api_key_env:
+        names: tuple[str, ...] = (config.api_key_env,)
+    else:
+        preset_env = config.preset.key_env if config.preset else None
+        names = DEFAULT_KEY_ENVS + tuple(n for n in (preset_env, FALLBACK_KEY_ENV) if n)
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return Secret(value)
+    if config.is_local:
+        return None
+    where = " or ".join(names)
+    raise UsageError(f"no API key: set {where} in the environment (or use --api-key-file)")
+
+
+def _read_key_file(path: Path) -> Secret:
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UsageError(
+                f"--api-key-file {path} can be read by other users; run: chmod 600 {path}"
+            )
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise UsageError(f"--api-key-file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --api-key-file {path}: {type(exc).__name__}") from None
+    if not value:
+        raise UsageError(f"--api-key-file {path} is empty")
+    return Secret(value)
+
+
+def check_transport(config: RunConfig, key: Secret | None) -> None:
+    """Refuse to send a key in clear text to a host that is not this machine."""
+    if key is None or config.allow_insecure_http or is_loopback(config.base_url):
+        return
+    if urlsplit(config.base_url).scheme == "http":
+        raise UsageError(
+            f"refusing to send the API key over plain http to {urlsplit(config.base_url).hostname}; "
+            "use https or pass --allow-insecure-http"
+        )

@@ -1,0 +1,55 @@
+"""Prices per million tokens and the cost of a row: plain functions of plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million input (prompt) and output (completion) tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost in USD of one request's usage."""
+        return (
+            prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+        ) / 1_000_000
+
+
+# Public list prices (USD per 1M tokens) of common models; override with [pricing] in a job file.
+BUILTIN_PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 10.00),
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-4.1": Price(2.00, 8.00),
+    "gpt-4.1-mini": Price(0.40, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.40),
+    "gpt-4-turbo": Price(10.00, 30.00),
+    "gpt-4": Price(30.00, 60.00),
+    "gpt-3.5-turbo": Price(0.50, 1.50),
+    "o3-mini": Price(1.10, 4.40),
+    "o4-mini": Price(1.10, 4.40),
+    "claude-3.5-sonnet": Price(3.00, 15.00),
+    "claude-3.5-haiku": Price(0.80, 4.00),
+    # The simulator bills like a cheap model so budgets and costs can be rehearsed.
+    "sim-1": Price(1.00, 2.00),
+    "sim-large": Price(5.00, 15.00),
+}
+
+
+def price_for(model: str | None, override: Price | None = None) -> Price | None:
+    """The price of a model: the job's override, else the built-in table (org prefix ignored)."""
+    if override is not None:
+        return override
+    if not model:
+        return None
+    name = model.rsplit("/", 1)[-1]
+    if name in BUILTIN_PRICES:
+        return BUILTIN_PRICES[name]
+    # Dated snapshots ("gpt-4o-2024-08-06") price like their family: longest known prefix wins.
+    for known in sorted(BUILTIN_PRICES, key=len, reverse=True):
+        if name.startswith(known + "-"):
+            return BUILTIN_PRICES[known]
+    return None

@@ -1,0 +1,466 @@
+"""The run: plan rows against the journal, send them through the limiter with retries, record.
+
+One producer streams the input (render, hash, skip what the journal already has, dedup), a fixed
+pool of workers sends, and a flusher commits the journal several times a second. A job-wide
+failure, a budget or a signal sets `stopping`: no new request starts, requests in flight finish
+(within a grace period for signals), and unsent rows stay pending for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import simulator
+from .config import RunConfig, Secret, check_transport
+from .cost import Price, price_for
+from .errors import BatchrunError, Interrupted, JobStopped, UsageError
+from .journal import Journal, OutputLock, journal_path, resend
+from .limiter import Limiter
+from .outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
+from .read import BATCH_ROWS, InputTable, open_input
+from .render import Invalid, Renderer, Request, occurrence_key
+from .retry import Failure, Kind, RetryPolicy
+from .send import Answer, Sender, new_session
+from .structured import check_json
+from .write import RESULT_NAMES
+
+log = logging.getLogger("batchrun")
+
+FLUSH_EVERY = 0.1  # seconds: a finished row is durable within this
+GRACE_SECONDS = 10.0  # after a signal, how long requests in flight may finish
+
+
+@dataclass
+class Stats:
+    """Live counters of one run, read by the progress display and the summary."""
+
+    total_rows: int | None = None
+    to_send: int = 0  # distinct requests this run must send
+    finished: int = 0  # of those, committed to the journal
+    ok: int = 0
+    errors: int = 0
+    reused: int = 0  # rows answered by an earlier run
+    copies: int = 0  # rows answered by an identical request of this run (dedup)
+    invalid: int = 0
+    mapped: int = 0  # input rows planned so far
+    sent: int = 0  # HTTP requests sent
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    started: float = field(default_factory=time.time)
+    producing_done: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One distinct request to send."""
+
+    key: bytes
+    body: bytes
+    tokens: int
+    cost_estimate: float
+
+
+class Budget:
+    """--max-cost and --max-total-tokens: admit a request only if, with what is in flight, it fits."""
+
+    def __init__(self, max_cost: float | None, max_tokens: int | None) -> None:
+        self.max_cost = max_cost
+        self.max_tokens = max_tokens
+        self.spent_cost = 0.0
+        self.spent_tokens = 0
+        self.held_cost = 0.0
+        self.held_tokens = 0
+
+    def admit(self, job: Job) -> str | None:
+        """Hold the job's worst case, or say why the budget cannot take it."""
+        if self.max_cost is not None and (
+            self.spent_cost + self.held_cost + job.cost_estimate > self.max_cost
+        ):
+            return (
+                f"budget reached: --max-cost {self.max_cost:g} USD (spent {self.spent_cost:.4f}, "
+                f"{self.held_cost:.4f} in flight); raise it or run again to continue"
+            )
+        if self.max_tokens is not None and (
+            self.spent_tokens + self.held_tokens + job.tokens > self.max_tokens
+        ):
+            return (
+                f"budget reached: --max-total-tokens {self.max_tokens} (used {self.spent_tokens}, "
+                f"{self.held_tokens} in flight); raise it or run again to continue"
+            )
+        self.held_cost += job.cost_estimate
+        self.held_tokens += job.tokens
+        return None
+
+    def settle(self, job: Job, tokens: int, cost: float) -> None:
+        """Replace the job's hold by what it really used."""
+        self.held_cost -= job.cost_estimate
+        self.held_tokens -= job.tokens
+        self.spent_cost += cost
+        self.spent_tokens += tokens
+
+
+class Run:
+    """One execution of a job; `execute()` is the whole of it."""
+
+    def __init__(self, config: RunConfig, key: Secret | None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.key = key
+        self.stats = Stats()
+        self.stop_error: BatchrunError | None = None
+        self._on_event = on_event or (lambda name, data: None)
+        self.price: Price | None = price_for(config.model, config.price)
+        self.policy = RetryPolicy(max_attempts=config.max_attempts)
+        self._rng = random.Random()
+        self._budget = Budget(config.max_cost, config.max_total_tokens)
+        self._producer: asyncio.Task[None] | None = None
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    async def execute(self) -> Journal:
+        """Send every pending row; returns the (open) journal for the writer. Raises on stops."""
+        config = self.config
+        check_transport(config, self.key)
+        table = open_input(config.input, config.encoding)
+        self.table = table
+        renderer = Renderer(config, table.columns)
+        clash = sorted(set(table.columns) & set(RESULT_NAMES))
+        if clash:
+            raise UsageError(
+                f"input column '{clash[0]}' has the name of an output column; rename it in the input"
+            )
+        self.stats.total_rows = table.count_rows()
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(config.output)
+        lock.acquire()
+        self._lock = lock
+        journal = Journal(journal_path(config.output))
+        self.journal = journal
+        if config.fresh:
+            journal.discard_all()
+        journal.start_mapping()
+        journal.set_meta(
+            input=str(config.input), output=str(config.output), model=config.model,
+            base_url=config.base_url, total_rows=self.stats.total_rows,
+            started_at=time.time(), pid=os.getpid(), finished_at=None, state="running",
+        )
+        self._emit("start", total_rows=self.stats.total_rows, output=str(config.output))
+        async with self._endpoint() as base_url, new_session(config.concurrency) as session:
+            self.sender = Sender(session, base_url, self.key, config.timeout,
+                                 scrub=(self.key.reveal(),) if self.key else ())
+            self.limiter = Limiter(config.rpm, config.tpm)
+            await self._pump(table, renderer, journal)
+        journal.flush()
+        if self.stop_error is not None:
+            journal.set_meta(state="stopped", stop_reason=self.stop_error.message,
+                             finished_at=time.time())
+            raise self.stop_error
+        return journal
+
+    def release(self) -> None:
+        """Close the journal and let the next run take the output."""
+        with contextlib.suppress(Exception):
+            self.journal.close()
+        with contextlib.suppress(Exception):
+            self._lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _endpoint(self) -> AsyncIterator[str]:
+        if self.config.provider == "simulator" and not self.config.base_url:
+            async with simulator.running(simulator.SimConfig(), "127.0.0.1", 0) as sim:
+                yield sim.base_url
+        else:
+            yield self.config.base_url
+
+    async def _pump(self, table: InputTable, renderer: Renderer, journal: Journal) -> None:
+        self.stopping = asyncio.Event()
+        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
+        workers = [asyncio.create_task(self._work(queue)) for _ in range(self.config.concurrency)]
+        producer = asyncio.create_task(self._produce(table, renderer, journal, queue))
+        self._producer = producer
+        flusher = asyncio.create_task(self._flush_loop(journal))
+        self._workers = workers
+        with self._signals():
+            try:
+                await producer
+            except asyncio.CancelledError:
+                pass
+            await self._wait_workers(workers)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            self._committed(journal.flush())
+        if producer.done() and not producer.cancelled() and producer.exception():
+            raise producer.exception()  # type: ignore[misc]
+
+    async def _wait_workers(self, workers: list[asyncio.Task[None]]) -> None:
+        done = asyncio.gather(*workers, return_exceptions=True)
+        results = await done
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
+                raise result
+
+    # --- planning ---------------------------------------------------------------------------
+
+    async def _produce(self, table: InputTable, renderer: Renderer, journal: Journal,
+                       queue: asyncio.Queue[Job | None]) -> None:
+        config, stats = self.config, self.stats
+        dedup = config.dedup_enabled
+        needed = renderer.needed
+        start = 0
+        for batch in table.batches(BATCH_ROWS):
+            if self.stopping.is_set():
+                break
+            n = batch.num_rows
+            columns = {name: batch.column(name).to_pylist() for name in needed}
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(),
+                                                                           strict=True)]
+            if not needed:
+                rows = [{} for _ in range(n)]
+            rendered = [renderer.render(row) for row in rows]
+            prior = journal.prior_counts([r.key for r in rendered])
+            in_batch: dict[bytes, int] = {}
+            mapping, firsts = [], []
+            for i, item in enumerate(rendered):
+                base = item.key
+                k = prior.get(base, 0) + in_batch.get(base, 0)
+                in_batch[base] = in_batch.get(base, 0) + 1
+                if dedup or isinstance(item, Invalid):
+                    key, copy = base, int(k > 0)
+                else:
+                    key, copy = occurrence_key(base, k), 0
+                mapping.append((start + i, base, key, copy))
+                if copy:
+                    stats.copies += 1
+                else:
+                    firsts.append((key, item))
+            journal.map_rows(mapping)
+            done = journal.finished([key for key, _ in firsts])
+            jobs = []
+            for key, item in firsts:
+                earlier = done.get(key)
+                if earlier and not resend(*earlier, config.retry_failed):
+                    stats.reused += 1
+                elif isinstance(item, Invalid):
+                    stats.invalid += 1
+                    stats.errors += 1
+                    journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
+                                           error_kind=ROW_FATAL, finished_at=time.time()))
+                else:
+                    jobs.append(self._job(key, item))
+            stats.mapped += n
+            stats.to_send += len(jobs)
+            start += n
+            for job in jobs:
+                await queue.put(job)
+            await asyncio.sleep(0)  # let workers and the flusher run between batches
+        journal.flush()
+        stats.producing_done = True
+        for _ in range(self.config.concurrency):
+            await queue.put(None)
+
+    def _job(self, key: bytes, request: Request) -> Job:
+        estimate = 0.0
+        if self.price is not None:
+            completion = self.config.max_tokens or 0
+            estimate = self.price.cost(request.tokens - completion, completion)
+        return Job(key, request.body, request.tokens, estimate)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def _work(self, queue: asyncio.Queue[Job | None]) -> None:
+        while True:
+            job = await queue.get()
+            if job is None or self.stopping.is_set():
+                return
+            outcome = await self._attempts(job)
+            if outcome is not None:
+                self.journal.record(outcome)
+
+    async def _attempts(self, job: Job) -> Outcome | None:
+        """Send one request until it succeeds, fails for good, or the run stops (None: pending)."""
+        loop = asyncio.get_running_loop()
+        stats, started = self.stats, loop.time()
+        usage = [0, 0, 0]
+        billed = False
+        attempt = 0
+        failure: Failure | None = None
+        while True:
+            if self.stopping.is_set():
+                return None
+            refusal = self._budget.admit(job)
+            if refusal:
+                self.stop(JobStopped(refusal))
+                return None
+            await self.limiter.acquire(job.tokens)
+            if self.stopping.is_set():
+                self._budget.settle(job, 0, 0.0)
+                return None
+            attempt += 1
+            stats.sent += 1
+            stats.retries += attempt > 1
+            stats.in_flight += 1
+            t0 = loop.time()
+            try:
+                reply = await self.sender.send(job.body)
+            finally:
+                stats.in_flight -= 1
+            latency_ms = (loop.time() - t0) * 1000.0
+            self.limiter.observe(reply.headers)
+            answer = reply.answer
+            used_tokens, used_cost = 0, 0.0
+            if answer is not None:
+                billed = True
+                for i, n in enumerate((answer.prompt_tokens, answer.completion_tokens,
+                                       answer.total_tokens)):
+                    usage[i] += n or 0
+                used_tokens = answer.total_tokens or 0
+                if self.price is not None:
+                    used_cost = self.price.cost(answer.prompt_tokens or 0,
+                                                answer.completion_tokens or 0)
+                stats.prompt_tokens += answer.prompt_tokens or 0
+                stats.completion_tokens += answer.completion_tokens or 0
+                stats.cost_usd += used_cost
+            self._budget.settle(job, used_tokens, used_cost)
+            if answer is not None:
+                parsed, failure = self._judge(answer)
+                if failure is None:
+                    stats.ok += 1
+                    return self._outcome(job, OK, answer, usage if billed else None, attempt,
+                                         latency_ms, parsed=parsed)
+            else:
+                failure = reply.failure
+            assert failure is not None
+            if failure.rate_limited:
+                stats.rate_limited += 1
+                self.limiter.rate_limited_by_server(failure.retry_after)
+            if failure.kind is Kind.JOB:
+                self.stop(JobStopped(f"stopped: {failure.message}"))
+                return None
+            if self.policy.should_retry(failure, attempt, loop.time() - started):
+                log.debug("retrying after: %s", failure.message)
+                await self._sleep(self.policy.delay(attempt, failure.retry_after, self._rng))
+                continue
+            stats.errors += 1
+            kind = ROW_FATAL if failure.kind is Kind.ROW else EXHAUSTED
+            message = failure.message if kind == ROW_FATAL else (
+                f"{failure.message} (gave up after {attempt} attempts)"
+            )
+            return self._outcome(job, ERROR, answer, usage if billed else None, attempt,
+                                 latency_ms, error=message, error_kind=kind)
+
+    def _judge(self, answer: Answer) -> tuple[str | None, Failure | None]:
+        """Is a readable answer a success? Finish reasons and structured output decide."""
+        if answer.finish_reason == "error":
+            return None, Failure(Kind.RETRY, "provider reported finish_reason 'error'", 200)
+        if answer.finish_reason == "content_filter":
+            return None, Failure(Kind.ROW, "content filtered by the provider", 200)
+        if answer.content is None and not answer.tool_calls:
+            return None, Failure(Kind.RETRY, "unreadable answer: no content and no tool calls", 200)
+        if self.config.response_format == "text" or answer.tool_calls:
+            return None, None
+        parsed, problem = check_json(answer.content, self.config.schema)
+        if problem:
+            return None, Failure(Kind.RETRY, f"invalid structured output: {problem}", 200)
+        return parsed, None
+
+    def _outcome(self, job: Job, status: str, answer: Answer | None, usage: list[int] | None,
+                 attempts: int, latency_ms: float, *, parsed: str | None = None,
+                 error: str | None = None, error_kind: str | None = None) -> Outcome:
+        cost = None
+        if usage is not None and self.price is not None:
+            cost = self.price.cost(usage[0], usage[1])
+        response = None
+        if answer is not None:
+            response = answer.content
+            if response is None and answer.tool_calls:
+                response = orjson.dumps(answer.tool_calls).decode()
+        return Outcome(
+            key=job.key, status=status, response=response,
+            finish_reason=answer.finish_reason if answer is not None else "error",
+            prompt_tokens=usage[0] if usage else None,
+            completion_tokens=usage[1] if usage else None,
+            total_tokens=usage[2] if usage else None,
+            error=error, error_kind=error_kind, attempts=attempts,
+            latency_ms=latency_ms if status == OK else None,
+            model=answer.model if answer is not None else self.config.model,
+            response_id=answer.response_id if answer is not None else None,
+            cost_usd=cost, parsed=parsed, finished_at=time.time(),
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    # --- stopping and durability ------------------------------------------------------------
+
+    def stop(self, error: BatchrunError) -> None:
+        """Stop starting requests; the first reason wins."""
+        if self.stop_error is None:
+            self.stop_error = error
+            self._emit("stop", reason=error.message)
+        self.stopping.set()
+        if self._producer is not None and not self._producer.done():
+            self._producer.cancel()  # it may wait on a full queue that no worker will drain
+
+    async def _flush_loop(self, journal: Journal) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self._committed(journal.flush())
+
+    def _committed(self, n: int) -> None:
+        self.stats.finished += n
+
+    @contextlib.contextmanager
+    def _signals(self) -> Any:
+        loop = asyncio.get_running_loop()
+        installed = []
+        hits = {"n": 0}
+
+        def on_signal(signame: str) -> None:
+            hits["n"] += 1
+            if hits["n"] == 1:
+                self.stop(Interrupted(
+                    f"interrupted by {signame}; finished rows are saved: run the same command "
+                    "again to resume"
+                ))
+                loop.call_later(GRACE_SECONDS, self._cancel_workers)
+            else:
+                self._cancel_workers()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (e.g. inside a notebook's loop): no handlers
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _cancel_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
+
+    def _emit(self, name: str, **data: Any) -> None:
+        self._on_event(name, data)
+

@@ -1,0 +1,55 @@
+"""The one exception tree of batchrun; every user-facing error carries its exit code.
+
+    BatchrunError                 exit code on the class, message a user can act on
+    ├── UsageError          (2)   bad option, config, job file or input; nothing was sent
+    │   ├── InputError      (2)   the input file cannot be read as asked
+    │   └── LockedError     (2)   another run holds this output
+    ├── JobStopped          (3)   a job-wide failure or budget stopped the run; progress kept
+    └── Interrupted       (130)   SIGINT/SIGTERM; progress kept
+
+Row-level failures are not exceptions: they become an ``Outcome`` with ``status = "error"``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+EXIT_INTERRUPTED = 130
+
+
+class BatchrunError(Exception):
+    """Base of every error batchrun reports to a user."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(BatchrunError):
+    """Bad usage, config or input: nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(UsageError):
+    """The input file is missing, unreadable or lacks a needed column."""
+
+
+class LockedError(UsageError):
+    """Another batchrun process is writing the same output."""
+
+
+class JobStopped(BatchrunError):
+    """A job-wide failure (bad key, no credits, quota, unknown model, budget) stopped the run."""
+
+    exit_code = EXIT_STOPPED
+
+
+class Interrupted(BatchrunError):
+    """The run was interrupted by a signal; finished rows are kept in the journal."""
+
+    exit_code = EXIT_INTERRUPTED

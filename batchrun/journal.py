@@ -1,0 +1,263 @@
+"""Journal: the embedded SQLite file beside the output that makes runs durable and resumable.
+
+Tables: `results` holds one finished request per key (answer or final error); `rows` maps each
+input row of the current run to its key (and marks dedup copies); `meta` holds run facts.
+Results are buffered and committed in batches (WAL, synchronous=NORMAL: a committed row survives
+`kill -9`), so the journal keeps up with thousands of answers a second.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import astuple, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import LockedError, UsageError
+from .outcome import ERROR, EXHAUSTED, OK, Outcome
+
+SCHEMA_VERSION = "1"
+RESULT_COLUMNS = tuple(f.name for f in fields(Outcome))
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    key BLOB PRIMARY KEY, status TEXT NOT NULL, response TEXT, finish_reason TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, error TEXT,
+    error_kind TEXT, attempts INTEGER, latency_ms REAL, model TEXT, response_id TEXT,
+    cost_usd REAL, parsed TEXT, finished_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rows (idx INTEGER PRIMARY KEY, base BLOB NOT NULL, key BLOB NOT NULL,
+    copy INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS rows_base ON rows (base);
+INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
+"""
+_INSERT_RESULT = (
+    f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
+)
+
+
+def journal_path(output: Path) -> Path:
+    """Where the journal of an output lives: beside it, named after it."""
+    return output.with_name(output.name.removesuffix(".parquet") + ".journal.sqlite")
+
+
+class OutputLock:
+    """One run per output: an exclusive flock, released by the kernel if the process dies."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = journal_path(output).with_suffix(".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or refuse at once, naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            output = self.path.name.removesuffix(".journal.lock") + ".parquet"
+            raise LockedError(
+                f"another batchrun run (pid {holder}) is writing {output}; "
+                "wait for it to finish or stop it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the next run in."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def held_elsewhere(self) -> int | None:
+        """The pid of a live run holding this output, or None (used by `status`)."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+
+class Journal:
+    """The run's SQLite journal; use from one thread (the event loop's)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                           isolation_level=None)
+            else:
+                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(
+                f"journal {path} is not readable ({exc}); move it away or run with --fresh"
+            ) from None
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_rows: list[tuple[int, bytes, bytes, int]] = []
+
+    def close(self) -> None:
+        """Commit what is buffered and close."""
+        self.flush()
+        self._db.close()
+
+    def discard_all(self) -> None:
+        """--fresh: forget every earlier result."""
+        self._db.executescript("BEGIN; DELETE FROM results; DELETE FROM rows; COMMIT;")
+
+    def start_mapping(self) -> None:
+        """A new run maps its input rows afresh (the input may have changed)."""
+        self._db.executescript("BEGIN; DELETE FROM rows; COMMIT;")
+
+    # --- meta -------------------------------------------------------------------------------
+
+    def set_meta(self, **values: Any) -> None:
+        """Store run facts (JSON-encoded)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [(k, orjson.dumps(v).decode()) for k, v in values.items()],
+        )
+
+    def meta(self) -> dict[str, Any]:
+        """All run facts."""
+        return {k: orjson.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+
+    # --- planning ---------------------------------------------------------------------------
+
+    def prior_counts(self, bases: Sequence[bytes]) -> dict[bytes, int]:
+        """How many rows already mapped in this run share each base hash (dedup, occurrences)."""
+        self._write_rows()
+        found: dict[bytes, int] = {}
+        for chunk in _chunks(list(set(bases)), 900):
+            marks = ",".join("?" * len(chunk))
+            for base, n in self._db.execute(
+                f"SELECT base, COUNT(*) FROM rows WHERE base IN ({marks}) GROUP BY base", chunk
+            ):
+                found[base] = n
+        return found
+
+    def map_rows(self, rows: Iterable[tuple[int, bytes, bytes, int]]) -> None:
+        """Buffer (idx, base, key, copy) for this run's input rows."""
+        self._pending_rows.extend(rows)
+
+    def finished(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
+        """(status, error_kind) of the keys that already have a result."""
+        found: dict[bytes, tuple[str, str | None]] = {}
+        for chunk in _chunks(list(set(keys)), 900):
+            marks = ",".join("?" * len(chunk))
+            for key, status, kind in self._db.execute(
+                f"SELECT key, status, error_kind FROM results WHERE key IN ({marks})", chunk
+            ):
+                found[key] = (status, kind)
+        return found
+
+    # --- results ----------------------------------------------------------------------------
+
+    def record(self, outcome: Outcome) -> None:
+        """Buffer a finished request; it is durable after the next flush."""
+        self._pending.append(astuple(outcome))
+
+    @property
+    def buffered(self) -> int:
+        """Results not yet committed."""
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Commit buffered rows and results in one transaction; returns results committed."""
+        n = len(self._pending)
+        if not n and not self._pending_rows:
+            return 0
+        self._db.execute("BEGIN")
+        self._write_rows()
+        if n:
+            self._db.executemany(_INSERT_RESULT, self._pending)
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('last_progress_at', ?)", (repr(time.time()),)
+        )
+        self._db.execute("COMMIT")
+        self._pending.clear()
+        return n
+
+    def _write_rows(self) -> None:
+        if self._pending_rows:
+            self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
+                                 self._pending_rows)
+            self._pending_rows.clear()
+
+    # --- reading back -----------------------------------------------------------------------
+
+    def rows_between(self, start: int, stop: int) -> Iterator[tuple[Any, ...]]:
+        """(idx, copy, *result columns) for rows start <= idx < stop, in order; no result: Nones."""
+        cols = ", ".join(f"res.{c}" for c in RESULT_COLUMNS)
+        yield from self._db.execute(
+            f"SELECT r.idx, r.copy, {cols} FROM rows r LEFT JOIN results res ON res.key = r.key "
+            "WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
+            (start, stop),
+        )
+
+    def counts(self) -> dict[str, Any]:
+        """Rows by state and usage over the rows mapped now (copies carry no usage)."""
+        row = self._db.execute(
+            """SELECT COUNT(*),
+                 SUM(res.status = 'ok'), SUM(res.status = 'error'),
+                 SUM(CASE WHEN r.copy = 0 THEN res.prompt_tokens END),
+                 SUM(CASE WHEN r.copy = 0 THEN res.completion_tokens END),
+                 SUM(CASE WHEN r.copy = 0 THEN res.total_tokens END),
+                 SUM(CASE WHEN r.copy = 0 THEN res.cost_usd END),
+                 SUM(CASE WHEN r.copy = 0 THEN res.attempts END),
+                 SUM(r.copy)
+               FROM rows r LEFT JOIN results res ON res.key = r.key"""
+        ).fetchone()
+        mapped, ok, err, pt, ct, tt, cost, attempts, copies = (v or 0 for v in row)
+        return {
+            "mapped": mapped, "ok": ok, "error": err, "prompt_tokens": pt,
+            "completion_tokens": ct, "total_tokens": tt, "cost_usd": cost,
+            "attempts": attempts, "copies": copies,
+        }
+
+    def by_model(self) -> list[tuple[Any, ...]]:
+        """Per-model usage for the sidecar: model, ok, error, requests, tokens, cost."""
+        return self._db.execute(
+            """SELECT COALESCE(res.model, ''),
+                 SUM(res.status = 'ok'), SUM(res.status = 'error'),
+                 SUM(CASE WHEN r.copy = 0 THEN res.attempts ELSE 0 END),
+                 SUM(CASE WHEN r.copy = 0 THEN COALESCE(res.prompt_tokens, 0) ELSE 0 END),
+                 SUM(CASE WHEN r.copy = 0 THEN COALESCE(res.completion_tokens, 0) ELSE 0 END),
+                 SUM(CASE WHEN r.copy = 0 THEN COALESCE(res.total_tokens, 0) ELSE 0 END),
+                 SUM(CASE WHEN r.copy = 0 THEN res.cost_usd END)
+               FROM rows r JOIN results res ON res.key = r.key
+               GROUP BY 1 ORDER BY 1"""
+        ).fetchall()
+
+
+def resend(status: str, error_kind: str | None, retry_failed: bool) -> bool:
+    """Does a request with this earlier result need sending again?"""
+    if status == OK:
+        return False
+    assert status == ERROR
+    return retry_failed or error_kind == EXHAUSTED
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

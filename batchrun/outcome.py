@@ -1,0 +1,34 @@
+"""Outcome: what became of one request, exactly as the journal stores it and the output shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OK = "ok"
+ERROR = "error"
+
+# Why a row ended in error: decides whether a plain resume sends it again.
+ROW_FATAL = "row"  # the request itself is refused (400, content filter, bad row): --retry-failed
+EXHAUSTED = "exhausted"  # transient failures outlasted the retries: a resume tries again
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final result of one distinct request (shared by every row that asked it)."""
+
+    key: bytes
+    status: str
+    response: str | None = None
+    finish_reason: str = "error"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    model: str | None = None
+    response_id: str | None = None
+    cost_usd: float | None = None
+    parsed: str | None = None  # the parsed answer as JSON text
+    finished_at: float = 0.0

@@ -1,0 +1,42 @@
+"""Provider presets: base URL, where the key lives, and each provider's quirks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What batchrun knows about one provider."""
+
+    name: str
+    base_url: str
+    key_env: str | None
+    local: bool = False  # no key needed
+    model_needs_org_prefix: bool = False  # LLMost: "openai/gpt-4o"
+    model_optional: bool = False  # LLMost uses the account's default model when omitted
+    default_model: str | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+        Preset("megallm", "https://ai.megallm.io/v1", "MEGALLM_API_KEY"),
+        Preset(
+            "llmost",
+            "https://llmost.ru/api/v1",
+            "LLMOST_API_KEY",
+            model_needs_org_prefix=True,
+            model_optional=True,
+        ),
+        Preset("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        Preset("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", local=True),
+        Preset("ollama", "http://127.0.0.1:11434/v1", None, local=True),
+        # The simulator is started in-process on a free loopback port for the length of the run.
+        Preset("simulator", "", None, local=True, default_model="sim-1"),
+    )
+}
+
+DEFAULT_KEY_ENVS = ("BATCHRUN_API_KEY",)
+FALLBACK_KEY_ENV = "OPENAI_API_KEY"

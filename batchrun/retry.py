@@ -1,0 +1,150 @@
+"""Retry policy and error classification as small pure values, testable without I/O."""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class Kind(enum.Enum):
+    """What a failed attempt means for the row and for the run."""
+
+    RETRY = "retry"  # transient: try again after a backoff
+    ROW = "row"  # this row can never succeed as sent: record the error, go on
+    JOB = "job"  # nothing will succeed: stop the whole run (exit 3)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt, classified, with a line a user can read."""
+
+    kind: Kind
+    message: str
+    status: int | None = None
+    retry_after: float | None = None  # seconds the server asked us to wait
+    rate_limited: bool = False  # a 429 about rate, which slows the whole run
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped, honouring retry-after, within a deadline."""
+
+    max_attempts: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+    deadline: float = 900.0  # seconds a row may spend retrying before it is given up
+
+    def should_retry(self, failure: Failure, attempt: int, elapsed: float) -> bool:
+        """Retry when the failure is transient and attempts and time remain."""
+        return (
+            failure.kind is Kind.RETRY
+            and attempt < self.max_attempts
+            and elapsed + (failure.retry_after or 0.0) < self.deadline
+        )
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt `attempt + 1`: full jitter, never less than retry-after."""
+        backoff = rng.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        return max(backoff, retry_after or 0.0)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in an OpenAI reset header: '1s', '6m0s', '12ms', '1m30.5s' (or a bare number)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) and pos > 0 else None
+
+
+def error_fields(body: Any) -> tuple[str, str | None, str | None]:
+    """(message, type, code) from an OpenAI or LLMost error body; code as text."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return error, None, None
+    if not isinstance(error, dict):
+        message = body.get("message") if isinstance(body, dict) else None
+        return (str(message) if message else ""), None, None
+    message = str(error.get("message") or "")
+    err_type = error.get("type")
+    code = error.get("code")
+    metadata = error.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("provider"):
+        message = f"{message} (provider: {metadata['provider']})" if message else message
+    return message, (str(err_type) if err_type else None), (str(code) if code is not None else None)
+
+
+FIX_HINTS = {
+    401: "check the API key (the variable named by --api-key-env)",
+    402: "add credits to the account",
+    403: "check the account's access to this model",
+    404: "check --model and --base-url",
+}
+
+
+def classify_http(status: int, body: Any, retry_after: float | None) -> Failure:
+    """Classify an HTTP error answer; both error-body styles are understood."""
+    message, err_type, code = error_fields(body)
+    text = f"HTTP {status}" + (f" {code}" if code and not code.isdigit() else "")
+    line = f"{text}: {message}" if message else text
+    lowered = message.lower()
+    if code in ("insufficient_quota", "billing_hard_limit_reached") or (
+        status == 429 and "quota" in lowered and "rate" not in lowered
+    ):
+        return Failure(Kind.JOB, f"{line}; {FIX_HINTS[402]}", status)
+    if status == 429:
+        if "request too large" in lowered:
+            return Failure(
+                Kind.JOB, f"{line}; lower --max-tokens or shorten the prompts", status
+            )
+        return Failure(Kind.RETRY, line, status, retry_after, rate_limited=True)
+    if status in (401, 402) or code == "invalid_api_key":
+        return Failure(Kind.JOB, f"{line}; {FIX_HINTS.get(status, FIX_HINTS[401])}", status)
+    if status == 404 or code == "model_not_found":
+        return Failure(Kind.JOB, f"{line}; {FIX_HINTS[404]}", status)
+    if status in (408, 409) or status >= 500:
+        return Failure(Kind.RETRY, line, status, retry_after)
+    if status == 403:
+        return Failure(Kind.ROW, line, status)
+    return Failure(Kind.ROW, line, status)

@@ -1,0 +1,190 @@
+"""Send: one request over the run's aiohttp session, mapped to an Answer or a classified Failure.
+
+This is the only module that knows aiohttp's exceptions; everything it returns is plain data.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import Secret
+from .retry import Failure, Kind, classify_http, parse_retry_after
+
+MAX_BODY_BYTES = 32 * 1024 * 1024  # an answer larger than this is refused, not buffered
+MAX_TOKENS_SANE = 10_000_000  # a usage count above this is not a real answer
+USER_AGENT = "batchrun/0.1"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A readable 200 answer."""
+
+    content: str | None
+    finish_reason: str
+    model: str | None
+    response_id: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    tool_calls: Any = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one attempt produced: an Answer or a Failure, plus the headers for the limiter."""
+
+    answer: Answer | None
+    failure: Failure | None
+    headers: Mapping[str, str]
+
+
+NO_HEADERS: Mapping[str, str] = {}
+
+
+class Sender:
+    """Posts request bodies to the chat-completions URL with the run's one session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, key: Secret | None,
+                 timeout: float, scrub: tuple[str, ...] = ()) -> None:
+        self._session = session
+        self._url = base_url + "/chat/completions"
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if key is not None:
+            headers["Authorization"] = "Bearer " + key.reveal()
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        # Servers sometimes echo request headers in error bodies; these strings are cut out.
+        self._scrub = tuple(s for s in scrub if s)
+
+    async def send(self, body: bytes) -> Reply:
+        """One attempt; never raises for anything the network or the server does."""
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await _read_limited(resp)
+                headers = resp.headers
+                status = resp.status
+        except TimeoutError:
+            return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout_s:g} s")
+        except _TooLarge:
+            return _fail(Kind.RETRY, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return _fail(Kind.JOB, f"TLS certificate of {exc.host} could not be verified")
+        except aiohttp.ClientConnectorError as exc:
+            return _fail(Kind.RETRY, f"connection error: cannot connect to {exc.host}:{exc.port}")
+        except aiohttp.ServerDisconnectedError:
+            return _fail(Kind.RETRY, "connection error: server closed the connection")
+        except aiohttp.ClientPayloadError:
+            return _fail(Kind.RETRY, "connection error: answer cut off")
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            return _fail(Kind.RETRY, f"connection error: {type(exc).__name__}")
+        if status == 200:
+            return Reply(*_parse_answer(raw), headers)
+        try:
+            data: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = {"error": {"message": raw[:200].decode("utf-8", "replace").strip()}}
+        failure = classify_http(status, data, parse_retry_after(headers))
+        return Reply(None, self._scrubbed(failure), headers)
+
+    def _scrubbed(self, failure: Failure) -> Failure:
+        message = " ".join(failure.message.split())[:500]
+        for secret in self._scrub:
+            message = message.replace(secret, "***")
+        if message == failure.message:
+            return failure
+        return Failure(failure.kind, message, failure.status, failure.retry_after,
+                       failure.rate_limited)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    length = resp.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise _TooLarge
+    if length is not None:
+        return await resp.read()
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _fail(kind: Kind, message: str) -> Reply:
+    return Reply(None, Failure(kind, message), NO_HEADERS)
+
+
+def _parse_answer(raw: bytes) -> tuple[Answer | None, Failure | None]:
+    """Read a 200 body defensively: anything malformed is a retryable 'unreadable answer'."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, Failure(Kind.RETRY, "unreadable answer: body is not JSON", 200)
+    if not isinstance(data, dict):
+        return None, Failure(Kind.RETRY, "unreadable answer: body is not a JSON object", 200)
+    if "error" in data and not data.get("choices"):
+        message = data["error"].get("message") if isinstance(data["error"], dict) else data["error"]
+        return None, Failure(Kind.RETRY, f"provider error in a 200 answer: {message}", 200)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None, Failure(Kind.RETRY, "unreadable answer: no choices", 200)
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return None, Failure(Kind.RETRY, "unreadable answer: choice has no message", 200)
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        return None, Failure(Kind.RETRY, "unreadable answer: content is not text", 200)
+    finish = choice.get("finish_reason")
+    finish = finish if isinstance(finish, str) and finish else "stop"
+    usage = data.get("usage")
+    tokens: list[int | None] = [None, None, None]
+    if usage is not None:
+        if not isinstance(usage, dict):
+            return None, Failure(Kind.RETRY, "unreadable answer: usage is not an object", 200)
+        for i, name in enumerate(("prompt_tokens", "completion_tokens", "total_tokens")):
+            value = usage.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 <= value <= MAX_TOKENS_SANE
+            ):
+                return None, Failure(Kind.RETRY, f"unreadable answer: usage {name}={value!r}", 200)
+            tokens[i] = value
+        if tokens[2] is None and tokens[0] is not None and tokens[1] is not None:
+            tokens[2] = tokens[0] + tokens[1]
+    model = data.get("model")
+    response_id = data.get("id")
+    return Answer(
+        content=content,
+        finish_reason=finish,
+        model=model if isinstance(model, str) else None,
+        response_id=response_id if isinstance(response_id, str) else None,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        total_tokens=tokens[2],
+        tool_calls=message.get("tool_calls") or None,
+    ), None
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """The run's one session: a connection pool sized to the workers, TLS verified."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
+        ssl=ssl.create_default_context(),
+    )
+    return aiohttp.ClientSession(connector=connector)

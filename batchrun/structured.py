@@ -1,0 +1,118 @@
+"""Structured output: parse an answer as JSON, check it against the job's schema, type its column."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+
+def check_json(content: str | None, schema: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """(parsed JSON text, None) when the answer is a JSON object matching the schema, else (None, why)."""
+    if content is None or not content.strip():
+        return None, "answer is empty, expected JSON"
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        return None, f"answer is not valid JSON ({exc})"
+    if not isinstance(value, dict):
+        return None, f"answer is JSON {type(value).__name__}, expected an object"
+    if schema is not None:
+        problem = validate(value, schema)
+        if problem:
+            return None, f"answer does not match the schema: {problem}"
+    return orjson.dumps(value).decode(), None
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "integer": (int,),
+    "number": (int, float), "boolean": (bool,), "null": (type(None),),
+}
+
+
+def validate(value: Any, schema: Mapping[str, Any], path: str = "$") -> str | None:
+    """The first way `value` breaks the common JSON-schema keywords, or None when it conforms."""
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        ok = any(
+            isinstance(value, _JSON_TYPES.get(t, ()))
+            and not (t in ("integer", "number") and isinstance(value, bool))
+            for t in names
+        )
+        if not ok:
+            return f"{path} should be {' or '.join(names)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path} should be one of {schema['enum']}"
+    if "const" in schema and value != schema["const"]:
+        return f"{path} should be {schema['const']!r}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            return f"{path} should be >= {schema['minimum']}"
+        if "maximum" in schema and value > schema["maximum"]:
+            return f"{path} should be <= {schema['maximum']}"
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            return f"{path} is shorter than {schema['minLength']}"
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            return f"{path} is longer than {schema['maxLength']}"
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for name in schema.get("required", ()):
+            if name not in value:
+                return f"{path} is missing '{name}'"
+        if schema.get("additionalProperties") is False:
+            extra = sorted(set(value) - set(props))
+            if extra:
+                return f"{path} has unexpected '{extra[0]}'"
+        for name, sub in props.items():
+            if name in value:
+                problem = validate(value[name], sub, f"{path}.{name}")
+                if problem:
+                    return problem
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            problem = validate(item, schema["items"], f"{path}[{i}]")
+            if problem:
+                return problem
+    return None
+
+
+def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
+    """The Arrow type of the `parsed` column for a JSON schema."""
+    types = schema.get("type")
+    if isinstance(types, list):
+        non_null = [t for t in types if t != "null"]
+        types = non_null[0] if len(non_null) == 1 else None
+    if types == "object" or (types is None and "properties" in schema):
+        props = schema.get("properties", {})
+        if not props:
+            return pa.string()  # free-form object: kept as JSON text
+        return pa.struct([pa.field(n, arrow_type(s)) for n, s in props.items()])
+    if types == "array":
+        items = schema.get("items")
+        return pa.list_(arrow_type(items) if isinstance(items, Mapping) else pa.string())
+    return {
+        "string": pa.string(), "integer": pa.int64(), "number": pa.float64(),
+        "boolean": pa.bool_(),
+    }.get(str(types), pa.string())
+
+
+def infer_type(parsed_texts: Iterable[str | None]) -> pa.DataType:
+    """The Arrow type of free-form parsed objects (json_object mode), unified over all answers."""
+    schemas = []
+    chunk: list[Any] = []
+    for text in parsed_texts:
+        if text is not None:
+            chunk.append(orjson.loads(text))
+        if len(chunk) >= 10_000:
+            schemas.append(pa.schema([pa.field("p", pa.array(chunk).type)]))
+            chunk = []
+    if chunk:
+        schemas.append(pa.schema([pa.field("p", pa.array(chunk).type)]))
+    if not schemas:
+        return pa.struct([])
+    unified = pa.unify_schemas(schemas, promote_options="permissive").field("p").type
+    return unified if pa.types.is_struct(unified) else pa.struct([])

@@ -1,0 +1,136 @@
+"""Summary: the totals of a run, its exit code, its one-screen report and the output metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import EXIT_OK, EXIT_ROWS_FAILED
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .engine import Stats
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a finished run did, over every row of the output (earlier runs' answers included)."""
+
+    rows_total: int
+    rows_ok: int
+    rows_error: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    requests_sent: int  # this run
+    retries: int  # this run
+    rate_limited: int  # 429s this run
+    reused: int  # rows answered by earlier runs
+    dedup_saved: int  # requests saved by sending identical requests once
+    seconds: float
+    output: Path | None
+    usage_output: Path | None
+    model: str | None
+    stopped: str | None = None  # why the run stopped early, if it did
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row is answered, 1 when some failed."""
+        return EXIT_OK if self.rows_error == 0 else EXIT_ROWS_FAILED
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as text)."""
+        data = asdict(self)
+        data["output"] = str(self.output) if self.output else None
+        data["usage_output"] = str(self.usage_output) if self.usage_output else None
+        return data
+
+    def render(self) -> str:
+        """The one-screen report printed at the end of a run."""
+        rate = self.requests_sent / self.seconds if self.seconds > 0 else 0.0
+        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "unknown (no price)"
+        lines = [
+            f"batchrun: {self.rows_total} rows: {self.rows_ok} ok, {self.rows_error} error"
+            + (f" ({self.reused} from earlier runs)" if self.reused else ""),
+            f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
+            f" = {self.total_tokens:,}",
+            f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
+            f"  requests  {self.requests_sent:,} sent in {self.seconds:.1f} s ({rate:.1f}/s), "
+            f"{self.retries:,} retries, {self.rate_limited:,} rate-limited (429)",
+        ]
+        if self.dedup_saved:
+            lines.append(f"  dedup     {self.dedup_saved:,} identical requests sent once (saved)")
+        if self.output:
+            lines.append(f"  output    {self.output}")
+            lines.append(f"  usage     {self.usage_output}")
+        if self.stopped:
+            lines.append(f"  stopped   {self.stopped}")
+        return "\n".join(lines)
+
+
+def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: RunConfig,
+                  output: Path | None, usage_output: Path | None,
+                  priced: bool, stopped: str | None = None) -> Summary:
+    """Combine the journal's totals over all rows with this run's counters."""
+    return Summary(
+        rows_total=stats.total_rows or 0,
+        rows_ok=counts["ok"],
+        rows_error=counts["error"],
+        prompt_tokens=counts["prompt_tokens"],
+        completion_tokens=counts["completion_tokens"],
+        total_tokens=counts["total_tokens"],
+        cost_usd=counts["cost_usd"] if priced else None,
+        requests_sent=stats.sent,
+        retries=stats.retries,
+        rate_limited=stats.rate_limited,
+        reused=stats.reused,
+        dedup_saved=stats.copies,
+        seconds=seconds,
+        output=output,
+        usage_output=usage_output,
+        model=config.model,
+        stopped=stopped,
+    )
+
+
+def fingerprint(config: RunConfig) -> str:
+    """A short hash of the settings that shape requests (never the key, which is not in config)."""
+    fields = {
+        k: str(v) for k, v in sorted(asdict(config).items())
+        if k not in ("progress", "log_format", "log_level", "fresh", "job_file")
+    }
+    return hashlib.sha256(orjson.dumps(fields)).hexdigest()[:16]
+
+
+def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
+                    started_at: float, finished_at: float) -> dict[str, Any]:
+    """The `batchrun` key of the output's Parquet metadata."""
+    requests_total = counts["attempts"]
+    distinct = counts["mapped"] - counts["copies"]
+    return {
+        "version": 1,
+        "rows": {"total": summary.rows_total, "ok": summary.rows_ok, "error": summary.rows_error},
+        "usage": {
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "total_tokens": summary.total_tokens,
+        },
+        "requests": {"sent": requests_total, "retried": max(0, requests_total - distinct)},
+        "this_run": {
+            "requests_sent": summary.requests_sent, "retries": summary.retries,
+            "rate_limited": summary.rate_limited, "reused_rows": summary.reused,
+            "dedup_saved": summary.dedup_saved, "seconds": round(summary.seconds, 3),
+        },
+        "cost_usd": summary.cost_usd,
+        "model": config.model,
+        "provider": config.provider,
+        "base_url": config.base_url,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "config_fingerprint": fingerprint(config),
+    }

@@ -1,0 +1,90 @@
+"""Shared fixtures: a scripted simulator on loopback, the real CLI in a subprocess, clean env."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.simulator import SimConfig, SimulatorHandle, SimulatorThread
+
+KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
+            "OPENROUTER_API_KEY", "VLLM_API_KEY")
+TEST_KEY = "sk-test-DO-NOT-LEAK-4f9a2c"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real key from the developer's shell reaches a test."""
+    for name in KEY_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def sim() -> Iterator[Callable[..., SimulatorHandle]]:
+    """Start simulators (``sim(rpm=600, latency=0.01)``); all are stopped after the test."""
+    threads: list[SimulatorThread] = []
+
+    def start(**config: Any) -> SimulatorHandle:
+        thread = SimulatorThread(SimConfig(**config))
+        handle = thread.__enter__()
+        threads.append(thread)
+        return handle
+
+    yield start
+    for thread in threads:
+        thread.__exit__(None, None, None)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: this one minus every API key, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: Any, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `batchrun ARGS` in a subprocess and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun", *map(str, args)],
+        env=env if env is not None else clean_env(), cwd=cwd, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def start_cli(*args: Any, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start `batchrun ARGS` in a subprocess (to be signalled or killed)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", *map(str, args)],
+        env=env if env is not None else clean_env(), cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> Path:
+    """Write rows to a CSV file (header from the first row unless given)."""
+    names = fieldnames or list(rows[0])
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def prompts_csv(path: Path, n: int, text: str = "Summarize review number {i}.") -> Path:
+    """A CSV of `n` distinct prompts with an `id` column."""
+    return write_csv(path, [{"id": i, "prompt": text.format(i=i)} for i in range(n)])
+
+
+def read_output(path: Path) -> list[dict[str, Any]]:
+    """The output Parquet as a list of row dicts."""
+    return pq.read_table(path).to_pylist()

@@ -105,6 +105,19 @@ def run(job: Path | None, **options: Any) -> None:
 
 
 @cli.command()
+@run_options
+def plan(job: Path | None, **options: Any) -> None:
+    """Dry run: rows to send, a sample request, token, cost and time estimates. Sends nothing."""
+    from .config import build_config, check_transport, resolve_key
+    from .plan import make_plan, render_plan
+
+    config = build_config(job, options)
+    key = resolve_key(config)
+    check_transport(config, key)
+    click.echo(render_plan(make_plan(config, key), config))
+
+
+@cli.command()
 @click.argument("output", type=click.Path(path_type=Path))
 def status(output: Path) -> None:
     """Progress and usage of a finished, running or interrupted run."""

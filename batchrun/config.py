@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .cost import Price
+from .cost import Price, price_for
 from .errors import UsageError
 from .providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
 
@@ -60,6 +60,34 @@ def _stops(v: Any) -> str | None:
     return None if len(v) <= 4 else "allows at most 4 sequences"
 
 
+_TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _tools(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None  # a JSON file holding the list; loaded and checked in _finish
+    for i, tool in enumerate(v):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not (
+            isinstance(tool, dict) and tool.get("type") == "function"
+            and isinstance(function, dict) and isinstance(function.get("name"), str)
+            and function["name"]
+        ):
+            return f"entry {i} must be a table {{type = \"function\", function = {{name, parameters}}}}"
+        if not isinstance(function.get("parameters", {}), dict):
+            return f"entry {i}: function.parameters must be a JSON schema table"
+    return None if v else "must not be empty"
+
+
+def _tool_choice(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None if v in _TOOL_CHOICES else f"must be one of {', '.join(_TOOL_CHOICES)} or a table"
+    function = v.get("function")
+    if v.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
+        return 'must be {type = "function", function = {name = "..."}}'
+    return None
+
+
 def _known_encoding(name: str) -> str | None:
     import codecs
 
@@ -95,8 +123,8 @@ FIELDS: tuple[Field, ...] = (
     Field("stop", "request", (str, list, tuple), _stops),
     Field("seed", "request", (int,)),
     Field("response_format", "request", (str,)),
-    Field("tools", "request", (list, tuple)),
-    Field("tool_choice", "request", (str, dict)),
+    Field("tools", "request", (list, tuple, str), _tools),  # a list of tables or a JSON file
+    Field("tool_choice", "request", (str, dict), _tool_choice),
     Field("rpm", "limits", NUM, _positive),
     Field("tpm", "limits", NUM, _positive),
     Field("concurrency", "limits", (int,), _range(1, 10_000)),
@@ -210,8 +238,18 @@ def load_job_file(path: Path) -> dict[str, Any]:
                 known = ", ".join(k for s, k in by_place if s == section)
                 raise UsageError(f"{path}: unknown key '{key}' in [{section}]; known: {known}")
             flat[spec.name] = _checked(spec, value, f"{path}: [{section}] {key}")
-    # Relative paths in a job file are relative to the directory the command runs in, like flags.
+    # Relative paths in a job file are relative to the job file's directory, so a job runs the
+    # same from any working directory (`batchrun run jobs/demo.toml` reads `jobs/../data/...`).
+    # Paths given as flags stay relative to the working directory, as on any command line.
+    for name in PATH_SETTINGS:
+        value = flat.get(name)
+        if isinstance(value, str) and not (name == "response_format" and value in FORMATS):
+            flat[name] = str(path.parent / Path(value).expanduser())
     return flat
+
+
+FORMATS = ("text", "json_object")
+PATH_SETTINGS = ("input", "output", "api_key_file", "response_format", "tools")
 
 
 def _checked(spec: Field, value: Any, where: str) -> Any:
@@ -270,6 +308,14 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         raise UsageError(
             f"{preset.name} model ids carry an organization prefix: use e.g. 'openai/{model}'"
         )
+    tools = _load_tools(s.pop("tools", ()))
+    if s.get("tool_choice") is not None:
+        choice = s["tool_choice"]
+        if not tools:
+            raise UsageError("tool_choice needs tools: add [request] tools to the job file")
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if named is not None and named not in {t["function"]["name"] for t in tools}:
+            raise UsageError(f"tool_choice names tool '{named}', which is not in [request] tools")
     if s.get("template") is not None and s.get("messages_column") is not None:
         raise UsageError("--template and --messages-column cannot be used together; choose one")
 
@@ -280,7 +326,14 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     schema = _load_schema(response_format)
     price = None
     if "input_per_million" in s or "output_per_million" in s:
-        price = Price(float(s.pop("input_per_million", 0)), float(s.pop("output_per_million", 0)))
+        if "input_per_million" not in s or "output_per_million" not in s:
+            raise UsageError("[pricing] needs both input_per_million and output_per_million")
+        price = Price(float(s.pop("input_per_million")), float(s.pop("output_per_million")))
+    if s.get("max_cost") is not None and price_for(model, price) is None:
+        raise UsageError(
+            f"--max-cost needs a price, and model {model or '(account default)'} has no built-in "
+            "one: set [pricing] input_per_million and output_per_million in the job file"
+        )
     api_key_file = s.pop("api_key_file", None)
     known = {f.name for f in fields(RunConfig)}
     unknown = set(s) - known
@@ -297,10 +350,25 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         schema=schema,
         price=price,
         api_key_file=Path(api_key_file) if api_key_file else None,
-        tools=tuple(s.pop("tools", ())),
+        tools=tools,
         job_file=job_file,
         **s,
     )
+
+
+def _load_tools(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, str):
+        return tuple(value)
+    try:
+        tools = orjson.loads(Path(value).read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"tools file {value} does not exist") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"tools file {value} is not readable JSON ({exc})") from None
+    if not isinstance(tools, list):
+        raise UsageError(f"tools file {value} must hold a JSON list of tools")
+    _checked(FIELDS_BY_NAME["tools"], tools, f"tools file {value}:")
+    return tuple(tools)
 
 
 def _default_output(input_path: Path) -> Path:

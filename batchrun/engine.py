@@ -24,16 +24,16 @@ import orjson
 from . import simulator
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, price_for
-from .errors import BatchrunError, Interrupted, JobStopped, UsageError
-from .journal import Journal, OutputLock, journal_path, resend
+from .errors import BatchrunError, Interrupted, JobStopped
+from .journal import Journal, OutputLock, journal_path
 from .limiter import Limiter
 from .outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
-from .read import BATCH_ROWS, InputTable, open_input
-from .render import Invalid, Renderer, Request, occurrence_key
+from .plan import completion_reserve, open_job, place, rendered_batches, sort_out
+from .read import InputTable
+from .render import Renderer, Request
 from .retry import Failure, Kind, RetryPolicy
 from .send import Answer, Sender, new_session
 from .structured import check_json
-from .write import RESULT_NAMES
 
 log = logging.getLogger("batchrun")
 
@@ -136,14 +136,8 @@ class Run:
         """Send every pending row; returns the (open) journal for the writer. Raises on stops."""
         config = self.config
         check_transport(config, self.key)
-        table = open_input(config.input, config.encoding)
+        table, renderer = open_job(config)
         self.table = table
-        renderer = Renderer(config, table.columns)
-        clash = sorted(set(table.columns) & set(RESULT_NAMES))
-        if clash:
-            raise UsageError(
-                f"input column '{clash[0]}' has the name of an output column; rename it in the input"
-            )
         self.stats.total_rows = table.count_rows()
         config.output.parent.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(config.output)
@@ -223,51 +217,24 @@ class Run:
                        queue: asyncio.Queue[Job | None]) -> None:
         config, stats = self.config, self.stats
         dedup = config.dedup_enabled
-        needed = renderer.needed
-        start = 0
-        for batch in table.batches(BATCH_ROWS):
+        for start, rendered in rendered_batches(table, renderer):
             if self.stopping.is_set():
                 break
-            n = batch.num_rows
-            columns = {name: batch.column(name).to_pylist() for name in needed}
-            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(),
-                                                                           strict=True)]
-            if not needed:
-                rows = [{} for _ in range(n)]
-            rendered = [renderer.render(row) for row in rows]
-            prior = journal.prior_counts([r.key for r in rendered])
-            in_batch: dict[bytes, int] = {}
-            mapping, firsts = [], []
-            for i, item in enumerate(rendered):
-                base = item.key
-                k = prior.get(base, 0) + in_batch.get(base, 0)
-                in_batch[base] = in_batch.get(base, 0) + 1
-                if dedup or isinstance(item, Invalid):
-                    key, copy = base, int(k > 0)
-                else:
-                    key, copy = occurrence_key(base, k), 0
-                mapping.append((start + i, base, key, copy))
-                if copy:
-                    stats.copies += 1
-                else:
-                    firsts.append((key, item))
-            journal.map_rows(mapping)
-            done = journal.finished([key for key, _ in firsts])
-            jobs = []
-            for key, item in firsts:
-                earlier = done.get(key)
-                if earlier and not resend(*earlier, config.retry_failed):
-                    stats.reused += 1
-                elif isinstance(item, Invalid):
-                    stats.invalid += 1
-                    stats.errors += 1
-                    journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
-                                           error_kind=ROW_FATAL, finished_at=time.time()))
-                else:
-                    jobs.append(self._job(key, item))
+            n = len(rendered)
+            placed = place(rendered, start, journal.prior_counts([r.key for r in rendered]), dedup)
+            journal.map_rows(placed.mapping)
+            stats.copies += placed.copies
+            done = journal.finished([key for _, key, _ in placed.firsts])
+            sorted_out = sort_out(placed.firsts, done, config.retry_failed)
+            stats.reused += sorted_out.reused
+            for _, key, item in sorted_out.invalid:
+                stats.invalid += 1
+                stats.errors += 1
+                journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
+                                       error_kind=ROW_FATAL, finished_at=time.time()))
+            jobs = [self._job(key, request) for _, key, request in sorted_out.send]
             stats.mapped += n
             stats.to_send += len(jobs)
-            start += n
             for job in jobs:
                 await queue.put(job)
             await asyncio.sleep(0)  # let workers and the flusher run between batches
@@ -279,7 +246,8 @@ class Run:
     def _job(self, key: bytes, request: Request) -> Job:
         estimate = 0.0
         if self.price is not None:
-            completion = self.config.max_tokens or 0
+            # Worst case: the answer runs to max_tokens (or the server's default when unset).
+            completion = completion_reserve(self.config)
             estimate = self.price.cost(request.tokens - completion, completion)
         return Job(key, request.body, request.tokens, estimate)
 

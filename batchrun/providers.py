@@ -30,7 +30,11 @@ PRESETS: dict[str, Preset] = {
             model_needs_org_prefix=True,
             model_optional=True,
         ),
-        Preset("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        # OpenRouter names models like LLMost does ("anthropic/claude-3.5-sonnet"), no default.
+        Preset("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY",
+               model_needs_org_prefix=True),
+        # vLLM checks a key only when started with --api-key; llama.cpp's server speaks the same
+        # API (point --base-url at its port, 8080 by default). Ollama ignores keys.
         Preset("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", local=True),
         Preset("ollama", "http://127.0.0.1:11434/v1", None, local=True),
         # The simulator is started in-process on a free loopback port for the length of the run.

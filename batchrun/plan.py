@@ -1,0 +1,381 @@
+"""Plan: which input rows a run must send now (after resume and dedup), and the dry-run report.
+
+The engine's producer and `batchrun plan` share the functions at the top of this module, so a
+plan counts exactly the requests a run would send: same rendering, same keys, same resume rules.
+`make_plan` reads the input and, if there is one, the journal (read-only) and sends nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .config import RunConfig, Secret
+from .cost import Price, price_for
+from .errors import UsageError
+from .journal import Journal, journal_path, resend
+from .read import BATCH_ROWS, InputTable, open_input
+from .render import DEFAULT_COMPLETION_RESERVE, Invalid, Renderer, Request, occurrence_key
+from .send import USER_AGENT
+from .write import RESULT_NAMES
+
+Rendered = Request | Invalid
+
+
+# --- shared with the engine's producer ----------------------------------------------------------
+
+
+def completion_reserve(config: RunConfig) -> int:
+    """Completion tokens one request may use: --max-tokens, else what servers assume by default."""
+    return config.max_tokens or DEFAULT_COMPLETION_RESERVE
+
+
+def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
+    """Open the input and build the renderer; every input and template mistake surfaces here."""
+    table = open_input(config.input, config.encoding)
+    renderer = Renderer(config, table.columns)
+    clash = sorted(set(table.columns) & set(RESULT_NAMES))
+    if clash:
+        raise UsageError(
+            f"input column '{clash[0]}' has the name of an output column; rename it in the input"
+        )
+    table.check_text(renderer.needed)  # a Parquet's bad text fails here, before anything is sent
+    return table, renderer
+
+
+def rendered_batches(table: InputTable, renderer: Renderer,
+                     rows: int = BATCH_ROWS) -> Iterator[tuple[int, list[Rendered]]]:
+    """(index of the first row, rendered rows) for each batch of the input, in order."""
+    needed = renderer.needed
+    start = 0
+    for batch in table.batches(rows):
+        n = batch.num_rows
+        if needed:
+            columns = [batch.column(name).to_pylist() for name in needed]
+            row_dicts = [dict(zip(needed, values, strict=True))
+                         for values in zip(*columns, strict=True)]
+        else:
+            row_dicts = [{} for _ in range(n)]
+        yield start, [renderer.render(row) for row in row_dicts]
+        start += n
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One batch placed against the rows before it: journal mapping and distinct requests."""
+
+    mapping: list[tuple[int, bytes, bytes, int]]  # (idx, base, key, copy) per input row
+    firsts: list[tuple[int, bytes, Rendered]]  # (idx, key, rendered) of each distinct request
+    copies: int  # rows answered by an identical request of this run (dedup)
+
+
+def place(rendered: Sequence[Rendered], start: int, prior: Mapping[bytes, int],
+          dedup: bool) -> Placed:
+    """Key each row: identical requests share one key (dedup) or are numbered by occurrence.
+
+    `prior` counts, per base hash, the rows of this run placed before this batch.
+    """
+    in_batch: dict[bytes, int] = {}
+    mapping: list[tuple[int, bytes, bytes, int]] = []
+    firsts: list[tuple[int, bytes, Rendered]] = []
+    copies = 0
+    for i, item in enumerate(rendered):
+        base = item.key
+        seen = prior.get(base, 0) + in_batch.get(base, 0)
+        in_batch[base] = in_batch.get(base, 0) + 1
+        if dedup or isinstance(item, Invalid):
+            key, copy = base, int(seen > 0)
+        else:
+            key, copy = occurrence_key(base, seen), 0
+        mapping.append((start + i, base, key, copy))
+        if copy:
+            copies += 1
+        else:
+            firsts.append((start + i, key, item))
+    return Placed(mapping, firsts, copies)
+
+
+@dataclass(frozen=True)
+class Sorted:
+    """The distinct requests of a batch, sorted by what this run does with them."""
+
+    send: list[tuple[int, bytes, Request]]
+    invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
+    reused: int  # answered (or failed for good) in an earlier run
+
+
+def sort_out(firsts: Sequence[tuple[int, bytes, Rendered]],
+             done: Mapping[bytes, tuple[str, str | None]], retry_failed: bool) -> Sorted:
+    """Skip what an earlier run settled; split the rest into requests to send and invalid rows."""
+    send: list[tuple[int, bytes, Request]] = []
+    invalid: list[tuple[int, bytes, Invalid]] = []
+    reused = 0
+    for idx, key, item in firsts:
+        earlier = done.get(key)
+        if earlier and not resend(*earlier, retry_failed):
+            reused += 1
+        elif isinstance(item, Invalid):
+            invalid.append((idx, key, item))
+        else:
+            send.append((idx, key, item))
+    return Sorted(send, invalid, reused)
+
+
+# --- the dry run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One fully rendered request, as it would go on the wire (key hidden)."""
+
+    row: int
+    url: str
+    headers: dict[str, str]
+    body: Any
+    already_answered: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run would do now, estimated without sending anything."""
+
+    total_rows: int
+    to_send: int
+    reused: int
+    copies: int
+    invalid: int
+    first_invalid: tuple[int, str] | None
+    prompt_tokens: int  # estimated, over the requests to send
+    completion_tokens: int  # at most: the reserve of every request to send
+    reserve: int
+    price: Price | None
+    journal: str
+    sample: Sample | None
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Worst-case cost of the requests to send (every answer as long as allowed)."""
+        if self.price is None:
+            return None
+        return self.price.cost(self.prompt_tokens, self.completion_tokens)
+
+
+def make_plan(config: RunConfig, key: Secret | None) -> Plan:
+    """Read the input and the journal (read-only) and work out what a run would send now."""
+    table, renderer = open_job(config)
+    reserve = completion_reserve(config)
+    done_lookup, journal_note = _journal_reader(config)
+    dedup = config.dedup_enabled
+    prior: Counter[bytes] = Counter()
+    total = to_send = reused = copies = invalid = prompt_tokens = 0
+    first_invalid: tuple[int, str] | None = None
+    sample: Sample | None = None
+    fallback: tuple[int, Request] | None = None
+    try:
+        for start, rendered in rendered_batches(table, renderer):
+            placed = place(rendered, start, prior, dedup)
+            prior.update(item.key for item in rendered)
+            done = done_lookup([key for _, key, _ in placed.firsts])
+            sorted_out = sort_out(placed.firsts, done, config.retry_failed)
+            total += len(rendered)
+            copies += placed.copies
+            reused += sorted_out.reused
+            invalid += len(sorted_out.invalid)
+            to_send += len(sorted_out.send)
+            prompt_tokens += sum(req.tokens - reserve for _, _, req in sorted_out.send)
+            if first_invalid is None and sorted_out.invalid:
+                idx, _, bad = sorted_out.invalid[0]
+                first_invalid = (idx, bad.message)
+            if sample is None and sorted_out.send:
+                idx, _, req = sorted_out.send[0]
+                sample = _sample(config, key, idx, req, already_answered=False)
+            if fallback is None:
+                fallback = next(((i, r) for i, r in enumerate(rendered, start)
+                                 if isinstance(r, Request)), None)
+    finally:
+        done_lookup.close()
+    if sample is None and fallback is not None:
+        sample = _sample(config, key, fallback[0], fallback[1], already_answered=True)
+    return Plan(
+        total_rows=total, to_send=to_send, reused=reused, copies=copies, invalid=invalid,
+        first_invalid=first_invalid, prompt_tokens=prompt_tokens,
+        completion_tokens=to_send * reserve, reserve=reserve,
+        price=price_for(config.model, config.price), journal=journal_note, sample=sample,
+    )
+
+
+class _NoJournal:
+    """Lookup of earlier results when there are none (no journal, or --fresh)."""
+
+    def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class _JournalLookup:
+    """Lookup of earlier results in an existing journal, opened read-only (no lock, no writes)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
+        return self._journal.finished(keys)
+
+    def close(self) -> None:
+        self._journal.close()
+
+
+def _journal_reader(config: RunConfig) -> tuple[_NoJournal | _JournalLookup, str]:
+    path = journal_path(config.output)
+    if not path.exists():
+        return _NoJournal(), f"none yet ({path.name} will be created by the run)"
+    if config.fresh:
+        return _NoJournal(), f"{path.name} exists, ignored: --fresh starts over"
+    journal = Journal(path, readonly=True)
+    counts = journal.counts()
+    return _JournalLookup(journal), (
+        f"{path.name}: {counts['ok']} rows answered, {counts['error']} failed in earlier runs"
+    )
+
+
+def _sample(config: RunConfig, key: Secret | None, row: int, request: Request,
+            already_answered: bool) -> Sample:
+    if config.base_url:
+        url = config.base_url + "/chat/completions"
+    else:  # the simulator preset starts its own server on a free port when the run begins
+        url = "http://127.0.0.1:<free port>/v1/chat/completions"
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if key is not None:
+        headers["Authorization"] = "Bearer ***"
+    return Sample(row, url, headers, orjson.loads(request.body), already_answered)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def render_plan(plan: Plan, config: RunConfig) -> str:
+    """The plan as a few lines a person reads before paying for a run."""
+    lines = [f"batchrun plan: {config.job_file or 'flags only'} (nothing is sent)"]
+    add = lines.append
+    add(f"  input     {config.input}: {plan.total_rows:,} rows")
+    add(f"  output    {config.output}")
+    add(f"  journal   {plan.journal}")
+    add(f"  to send   {plan.to_send:,} requests now")
+    skipped = []
+    if plan.reused:
+        skipped.append(f"{plan.reused:,} settled by earlier runs")
+    if plan.copies:
+        skipped.append(f"{plan.copies:,} identical rows share one request (dedup)")
+    if plan.invalid:
+        skipped.append(f"{plan.invalid:,} rows cannot be sent and will be row errors")
+    if skipped:
+        add(f"  skipped   {'; '.join(skipped)}")
+    if plan.first_invalid:
+        add(f"  invalid   first at row {plan.first_invalid[0]}: {plan.first_invalid[1]}")
+    model = config.model or "(the account's default model)"
+    add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
+    reserve_note = "" if config.max_tokens else "; no --max-tokens, so the server default is assumed"
+    add(f"  tokens    ~{plan.prompt_tokens:,} prompt (estimated) + at most "
+        f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
+    add("  cost      " + _cost_line(plan, config))
+    add("  time      " + _time_line(plan, config))
+    budget = _budget_line(plan, config)
+    if budget:
+        add("  budget    " + budget)
+    if plan.sample is not None:
+        add("")
+        s = plan.sample
+        note = " (already answered; shown as an example)" if s.already_answered else ""
+        add(f"sample request (row {s.row}){note}:")
+        add(f"  POST {s.url}")
+        if "Authorization" not in s.headers:
+            add("  (no Authorization header: no key set, none needed for a local server)")
+        for name, value in s.headers.items():
+            add(f"  {name}: {value}")
+        body = orjson.dumps(_abbreviate(s.body), option=orjson.OPT_INDENT_2).decode()
+        lines.extend("  " + line for line in body.splitlines())
+    return "\n".join(lines)
+
+
+def _cost_line(plan: Plan, config: RunConfig) -> str:
+    if plan.price is None:
+        return ("unknown: no price for this model; set [pricing] input_per_million and "
+                "output_per_million in the job file")
+    source = "[pricing]" if config.price is not None else "built-in price"
+    return (f"at most ${plan.cost_usd:,.4f} ({source}: ${plan.price.input_per_million:g} in, "
+            f"${plan.price.output_per_million:g} out per 1M tokens)")
+
+
+def _time_line(plan: Plan, config: RunConfig) -> str:
+    if plan.to_send == 0:
+        return "nothing to send"
+    parts = []
+    bounds: list[tuple[float, str]] = []
+    if config.rpm:
+        minutes = plan.to_send / config.rpm
+        bounds.append((minutes, "rpm"))
+        parts.append(f"{_duration(minutes)} at {config.rpm:g} rpm")
+    if config.tpm:
+        minutes = (plan.prompt_tokens + plan.completion_tokens) / config.tpm
+        bounds.append((minutes, "tpm"))
+        parts.append(f"{_duration(minutes)} at {config.tpm:g} tpm")
+    if not bounds:
+        return (f"no --rpm/--tpm set: bounded by the provider and {config.concurrency} "
+                "requests in flight")
+    minutes, binding = max(bounds)
+    return f"at least {_duration(minutes)} ({binding} binds; " + ", ".join(parts) + ")"
+
+
+def _budget_line(plan: Plan, config: RunConfig) -> str | None:
+    notes = []
+    if config.max_cost is not None and plan.cost_usd is not None:
+        fits = plan.cost_usd <= config.max_cost
+        per_request = plan.cost_usd / plan.to_send if plan.to_send else 0.0
+        notes.append(
+            f"--max-cost {config.max_cost:g} USD: "
+            + ("the worst case fits" if fits else
+               f"may stop after about {_fitting(config.max_cost, per_request):,} requests "
+               "(worst case); run again to continue")
+        )
+    if config.max_total_tokens is not None:
+        total = plan.prompt_tokens + plan.completion_tokens
+        per_request = total / plan.to_send if plan.to_send else 0.0
+        notes.append(
+            f"--max-total-tokens {config.max_total_tokens:,}: "
+            + ("the worst case fits" if total <= config.max_total_tokens else
+               f"may stop after about {_fitting(config.max_total_tokens, per_request):,} "
+               "requests (worst case); run again to continue")
+        )
+    return "; ".join(notes) or None
+
+
+def _fitting(budget: float, per_request: float) -> int:
+    return math.floor(budget / per_request) if per_request > 0 else 0
+
+
+def _duration(minutes: float) -> str:
+    seconds = minutes * 60
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if minutes < 90:
+        return f"{minutes:.1f} min"
+    return f"{minutes / 60:.1f} h"
+
+
+def _abbreviate(value: Any) -> Any:
+    """Shorten inline base64 images so the sample stays readable (the run sends them whole)."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > 120:
+        head = value[: value.find(",") + 1] if "," in value else value[:40]
+        return f"{head}...({len(value):,} characters)"
+    if isinstance(value, list):
+        return [_abbreviate(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _abbreviate(v) for k, v in value.items()}
+    return value

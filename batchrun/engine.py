@@ -1,7 +1,7 @@
 """The run: plan rows against the journal, send them through the limiter with retries, record.
 
 One producer streams the input (render, hash, skip what the journal already has, dedup), a fixed
-pool of workers sends, and a flusher commits the journal several times a second. A job-wide
+pool of workers sends, and a flusher group-commits each answer before its worker sends again. A job-wide
 failure, a budget or a signal sets `stopping`: no new request starts, requests in flight finish
 (within a grace period for signals), and unsent rows stay pending for the next run.
 """
@@ -25,7 +25,7 @@ from . import simulator
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, price_for
 from .errors import BatchrunError, Interrupted, JobStopped
-from .journal import Journal, OutputLock, journal_path
+from .journal import GroupCommit, Journal, OutputLock, journal_path
 from .limiter import Limiter
 from .outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
 from .plan import completion_reserve, open_job, place, rendered_batches, sort_out
@@ -37,7 +37,7 @@ from .structured import check_json
 
 log = logging.getLogger("batchrun")
 
-FLUSH_EVERY = 0.1  # seconds: a finished row is durable within this
+FLUSH_EVERY = 0.1  # seconds: the longest a buffered journal row waits (answers: one loop turn)
 GRACE_SECONDS = 10.0  # after a signal, how long requests in flight may finish
 
 
@@ -187,18 +187,26 @@ class Run:
         workers = [asyncio.create_task(self._work(queue)) for _ in range(self.config.concurrency)]
         producer = asyncio.create_task(self._produce(table, renderer, journal, queue))
         self._producer = producer
-        flusher = asyncio.create_task(self._flush_loop(journal))
+        self._commits = GroupCommit(journal, FLUSH_EVERY, self._committed)
+        flusher = asyncio.create_task(self._commits.run())
         self._workers = workers
         with self._signals():
             try:
                 await producer
             except asyncio.CancelledError:
                 pass
+            if self.stopping.is_set():
+                # The producer was cancelled before it could say "no more": queued jobs stay
+                # pending, and workers idle on an empty queue must not wait for the grace timer.
+                while not queue.empty():
+                    queue.get_nowait()
+                for _ in workers:
+                    queue.put_nowait(None)
             await self._wait_workers(workers)
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            self._committed(journal.flush())
+            self._commits.flush()
         if producer.done() and not producer.cancelled() and producer.exception():
             raise producer.exception()  # type: ignore[misc]
 
@@ -260,7 +268,9 @@ class Run:
                 return
             outcome = await self._attempts(job)
             if outcome is not None:
-                self.journal.record(outcome)
+                # Durable before this worker sends again: a kill -9 pays twice only for requests
+                # in flight.
+                await self._commits.commit(outcome)
 
     async def _attempts(self, job: Job) -> Outcome | None:
         """Send one request until it succeeds, fails for good, or the run stops (None: pending)."""
@@ -387,11 +397,6 @@ class Run:
         self.stopping.set()
         if self._producer is not None and not self._producer.done():
             self._producer.cancel()  # it may wait on a full queue that no worker will drain
-
-    async def _flush_loop(self, journal: Journal) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            self._committed(journal.flush())
 
     def _committed(self, n: int) -> None:
         self.stats.finished += n

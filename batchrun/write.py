@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +64,7 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     schema = pa.schema(list(input_schema) + fields,
                        metadata={b"batchrun": orjson.dumps(metadata)})
     output = config.output
+    _remove_stale_temporaries(output)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -85,6 +87,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     sidecar = usage_path(output)
     _write_usage(sidecar, journal.by_model())
     return output, sidecar
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary files of a writer that was killed; the caller holds the output's lock."""
+    for name in (output.name, usage_path(output).name):
+        for stale in output.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None) -> list[pa.Array]:

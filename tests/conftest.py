@@ -88,3 +88,43 @@ def prompts_csv(path: Path, n: int, text: str = "Summarize review number {i}.") 
 def read_output(path: Path) -> list[dict[str, Any]]:
     """The output Parquet as a list of row dicts."""
     return pq.read_table(path).to_pylist()
+
+
+def journal_file(output: Path) -> Path:
+    """The journal beside an output (as batchrun names it)."""
+    return output.with_name(output.name.removesuffix(".parquet") + ".journal.sqlite")
+
+
+def journal_count(output: Path, where: str = "status = 'ok'") -> int:
+    """Results in an output's journal matching `where`, read read-only (0 if there is none yet)."""
+    import sqlite3
+
+    path = journal_file(output)
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(db.execute(f"SELECT COUNT(*) FROM results WHERE {where}").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # created but its tables are not committed yet
+        return 0
+
+
+def wait_until(predicate: Callable[[], Any], proc: subprocess.Popen[str] | None = None,
+               timeout: float = 20.0, interval: float = 0.002) -> Any:
+    """Poll until `predicate()` is truthy (returned); fail if `proc` exits first or on timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited {proc.returncode} first; stderr: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(interval)

@@ -1,0 +1,125 @@
+"""kill -9 at any moment loses at most the requests in flight; a rerun completes without paying twice.
+
+Every run here is the real CLI in a subprocess against the simulator on loopback. The simulator
+bills an answer when it sends it, so `billed_by_prompt` says exactly which prompts were paid twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from batchrun.simulator import expected_answer
+
+from .conftest import (
+    journal_count,
+    prompts_csv,
+    read_output,
+    run_cli,
+    start_cli,
+    wait_until,
+    write_csv,
+)
+
+CONCURRENCY = 16
+
+
+def _args(src: Path, out: Path, base_url: str) -> tuple[Any, ...]:
+    return ("run", "--input", src, "--output", out, "--base-url", base_url, "--model", "sim-1",
+            "--concurrency", CONCURRENCY, "--no-progress")
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _tmp_files(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.*.tmp")) + sorted(
+        out.parent.glob(f".{out.stem}.usage.parquet.*.tmp"))
+
+
+def _check_complete(out: Path, n: int) -> None:
+    """Every row ok, in input order, each answer the one its own prompt gets."""
+    rows = read_output(out)
+    assert [r["id"] for r in rows] == [str(i) for i in range(n)]
+    for row in rows:
+        content, finish = expected_answer([{"role": "user", "content": row["prompt"]}])
+        assert (row["status"], row["response"], row["finish_reason"]) == ("ok", content, finish), row
+    assert not _tmp_files(out)
+
+
+def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight(
+        tmp_path: Path, sim) -> None:
+    server = sim(latency=0.035, latency_jitter=0.015)
+    n = 600
+    src = prompts_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.parquet"
+    args = _args(src, out, server.base_url)
+    # Lost to a kill: answers the simulator billed that the journal does not hold. Each kill may
+    # add at most one per worker (the requests in flight); a re-sent row adds one on each side.
+    lost_before = 0
+    # Kill points by what the simulator has billed, which is not in step with the journal's commits.
+    for more in (40, 150, 150):
+        proc = start_cli(*args)
+        base = server.stats.ok
+        wait_until(lambda base=base, more=more: server.stats.ok >= base + more, proc)
+        _kill(proc)
+        lost = server.stats.ok - journal_count(out)
+        assert lost - lost_before <= CONCURRENCY, (lost, lost_before)
+        lost_before = lost
+        assert not out.exists()
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    _check_complete(out, n)
+    billed = server.stats.billed_by_prompt
+    assert len(billed) == n
+    paid_twice = sum(times - 1 for times in billed.values())
+    assert paid_twice == lost_before <= 3 * CONCURRENCY
+    assert max(billed.values()) <= 2
+    assert "from earlier runs" in result.stdout
+
+
+def test_sigkill_during_the_final_write_keeps_the_old_output_and_sends_nothing_again(
+        tmp_path: Path, sim) -> None:
+    server = sim(latency=0.0)
+    n = 400
+    # A wide column makes the output ~16 MB, so the write takes long enough to be caught.
+    rows = [{"id": i, "prompt": f"Summarize review number {i}.",
+             "payload": base64.b64encode(os.urandom(30_000)).decode()} for i in range(n)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    args = _args(src, out, server.base_url)
+
+    def kill_while_writing() -> None:
+        proc = start_cli(*args)
+        wait_until(lambda: [p for p in _tmp_files(out) if p.name.startswith(f".{out.name}")],
+                   proc, interval=0.0005)
+        _kill(proc)
+        assert _tmp_files(out)  # it died mid-write, leaving its temporary file behind
+
+    # 1. Killed while writing the first output: every answer was committed before the write.
+    kill_while_writing()
+    assert not out.exists()
+    assert journal_count(out) == n
+    assert server.stats.ok == n
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert server.stats.requests == n  # the rerun sent nothing
+    _check_complete(out, n)
+    before = out.read_bytes()
+
+    # 2. Killed while rewriting it: the complete output from before is untouched (atomic replace).
+    kill_while_writing()
+    assert out.read_bytes() == before
+    assert len(read_output(out)) == n
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    _check_complete(out, n)  # includes: no temporary file left over
+    assert server.stats.requests == n
+    assert max(server.stats.billed_by_prompt.values()) == 1

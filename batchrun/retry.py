@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import http
 import random
 import re
 import time
@@ -123,10 +124,19 @@ FIX_HINTS = {
 }
 
 
+def _phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status ("Bad Request"), or "" for an odd one."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def classify_http(status: int, body: Any, retry_after: float | None) -> Failure:
     """Classify an HTTP error answer; both error-body styles are understood."""
     message, err_type, code = error_fields(body)
-    text = f"HTTP {status}" + (f" {code}" if code and not code.isdigit() else "")
+    label = code if code and not code.isdigit() else err_type  # the provider's error class
+    text = f"HTTP {status} {_phrase(status)}".rstrip() + (f" ({label})" if label else "")
     line = f"{text}: {message}" if message else text
     lowered = message.lower()
     if code in ("insufficient_quota", "billing_hard_limit_reached") or (

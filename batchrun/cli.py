@@ -34,7 +34,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--system", metavar="TEXT", help="System prompt sent before each prompt."),
     click.option("--id-column", metavar="NAME", help="Column that identifies rows (checked to exist)."),
     click.option("--image-column", metavar="NAME",
-                 help="Column holding an image URL or a local image file path."),
+                 help="Column holding an image URL or a local image file (relative to the "
+                      "input's folder), sent inline as a data URL."),
     click.option("--encoding", metavar="NAME", help="Text encoding of a CSV input (default utf-8)."),
     click.option("--temperature", type=float, help="Sampling temperature, 0 to 2."),
     click.option("--max-tokens", type=int, help="Most tokens per answer (>= 1)."),

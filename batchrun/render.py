@@ -151,7 +151,8 @@ class Renderer:
             if image is not None and str(image).strip():
                 content = [
                     {"type": "text", "text": text},
-                    {"type": "image_url", "image_url": {"url": _image_url(str(image).strip())}},
+                    {"type": "image_url",
+                     "image_url": {"url": _image_url(str(image).strip(), config.input.parent)}},
                 ]
         messages = [{"role": "user", "content": content}]
         if config.system:
@@ -222,10 +223,13 @@ def _parse_chat(value: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _image_url(value: str) -> str:
+def _image_url(value: str, base: Path) -> str:
+    """A URL as is; a local file inline as a data URL (relative paths: from the input's folder)."""
     if value.startswith(("http://", "https://", "data:")):
         return value
-    path = Path(value).expanduser()
+    # Relative to the input file, so a table and its images move together and a job runs the
+    # same from any working directory.
+    path = base / Path(value).expanduser()
     try:
         data = path.read_bytes()
     except OSError as exc:

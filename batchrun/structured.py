@@ -100,19 +100,52 @@ def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
     }.get(str(types), pa.string())
 
 
+def conform(value: Any, type_: pa.DataType) -> Any:
+    """Shape a parsed value for its Arrow type: parts typed as text (free-form) become JSON text."""
+    if value is None:
+        return None
+    if pa.types.is_string(type_):
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    if pa.types.is_struct(type_) and isinstance(value, dict):
+        return {f.name: conform(value.get(f.name), f.type) for f in type_}
+    if pa.types.is_list(type_) and isinstance(value, list):
+        return [conform(v, type_.value_type) for v in value]
+    if pa.types.is_floating(type_) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def infer_type(parsed_texts: Iterable[str | None]) -> pa.DataType:
-    """The Arrow type of free-form parsed objects (json_object mode), unified over all answers."""
+    """The Arrow type of free-form parsed objects (json_object mode), unified over all answers.
+
+    Answers that disagree on a field's type, or objects with no fields at all, fall back to JSON
+    text: a column must always be writable, whatever the model said.
+    """
     schemas = []
     chunk: list[Any] = []
-    for text in parsed_texts:
-        if text is not None:
-            chunk.append(orjson.loads(text))
-        if len(chunk) >= 10_000:
+    try:
+        for text in parsed_texts:
+            if text is not None:
+                chunk.append(orjson.loads(text))
+            if len(chunk) >= 10_000:
+                schemas.append(pa.schema([pa.field("p", pa.array(chunk).type)]))
+                chunk = []
+        if chunk:
             schemas.append(pa.schema([pa.field("p", pa.array(chunk).type)]))
-            chunk = []
-    if chunk:
-        schemas.append(pa.schema([pa.field("p", pa.array(chunk).type)]))
-    if not schemas:
-        return pa.struct([])
-    unified = pa.unify_schemas(schemas, promote_options="permissive").field("p").type
-    return unified if pa.types.is_struct(unified) else pa.struct([])
+        if not schemas:
+            return pa.string()
+        unified = pa.unify_schemas(schemas, promote_options="permissive").field("p").type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.string()
+    return _writable(unified) if pa.types.is_struct(unified) else pa.string()
+
+
+def _writable(type_: pa.DataType) -> pa.DataType:
+    """Parquet cannot store a struct without fields: such parts are kept as JSON text."""
+    if pa.types.is_struct(type_):
+        if type_.num_fields == 0:
+            return pa.string()
+        return pa.struct([pa.field(f.name, _writable(f.type)) for f in type_])
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return pa.list_(_writable(type_.value_type))
+    return type_

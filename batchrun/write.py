@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .structured import arrow_type, infer_type
+from .structured import arrow_type, conform, infer_type
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -122,9 +122,8 @@ def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None)
         pa.array(column(_COST, True), pa.float64()),
     ]
     if parsed_type is not None:
-        values = [orjson.loads(r[_PARSED]) if r[_PARSED] else None for r in rows]
-        if pa.types.is_string(parsed_type):
-            values = [orjson.dumps(v).decode() if v is not None else None for v in values]
+        values = [conform(orjson.loads(r[_PARSED]), parsed_type) if r[_PARSED] else None
+                  for r in rows]
         arrays.append(pa.array(values, parsed_type))
     return arrays
 

@@ -1,43 +1,90 @@
-"""Status: what the journal of an output says, readable while a run is going."""
+"""Status: what the journal of an output says, readable while a run is going (read-only, no lock)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 from .journal import Journal, OutputLock, journal_path
 
 
-def describe(output: Path) -> str:
-    """A few lines: rows answered, failed and left; usage and cost; running or not; last progress."""
+def describe(output: Path, now: float | None = None) -> str:
+    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress."""
     path = journal_path(output)
     if not path.exists():
         raise UsageError(f"no run found for {output} (no journal at {path})")
-    journal = Journal(path, readonly=True)
-    try:
-        meta = journal.meta()
-        counts = journal.counts()
-    finally:
-        journal.close()
-    total = meta.get("total_rows") or counts["mapped"]
-    left = max(0, total - counts["ok"] - counts["error"])
     pid = OutputLock(output).held_elsewhere()
-    state = f"running (pid {pid})" if pid else meta.get("state", "unknown")
-    if state == "running" and not pid:
-        state = "interrupted (no process holds it)"
-    last = meta.get("last_progress_at")
-    ago = f"{time.time() - float(last):.0f} s ago" if last else "never"
+    try:
+        journal = Journal(path, readonly=True)
+        try:
+            meta = journal.meta()
+            counts = journal.counts()
+        finally:
+            journal.close()
+    except sqlite3.OperationalError:
+        if pid:  # the run has just created its journal and not yet committed its tables
+            return f"{output}: starting (pid {pid})"
+        raise UsageError(f"journal {path} holds no run yet; run the job to fill it") from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"journal {path} is not readable ({exc})") from None
+    return _render(output, meta, counts, pid, time.time() if now is None else now)
+
+
+def _render(output: Path, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
+            now: float) -> str:
+    total = meta.get("total_rows") or counts["mapped"]
+    ok, failed = counts["ok"], counts["error"]
+    left = max(0, total - ok - failed)
     cost = counts["cost_usd"]
     lines = [
-        f"{output}: {state}",
-        f"  rows      {total} total: {counts['ok']} answered, {counts['error']} failed, {left} left",
+        f"{output}: {_state(meta, pid, left)}",
+        f"  rows      {total:,} total: {ok:,} answered, {failed:,} failed, {left:,} left",
         f"  tokens    {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} "
         f"completion = {counts['total_tokens']:,}",
-        f"  cost      ${cost:.4f}" if cost else "  cost      $0 (or no price known)",
+        f"  cost      ${cost:.4f}" if cost else "  cost      $0 (or no price known for the model)",
         f"  requests  {counts['attempts']:,} sent for these rows",
-        f"  progress  last at {ago}",
     ]
-    if meta.get("stop_reason"):
+    if counts["copies"]:
+        lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
+    if meta.get("model") or meta.get("base_url"):
+        lines.append(f"  model     {meta.get('model') or '(default)'} at {meta.get('base_url')}")
+    lines.append(f"  progress  last {_when(meta.get('last_progress_at'), now)}")
+    lines.append(f"  started   {_when(meta.get('started_at'), now)}")
+    if meta.get("finished_at"):
+        lines.append(f"  ended     {_when(meta.get('finished_at'), now)}")
+    if meta.get("stop_reason") and meta.get("state") == "stopped":
         lines.append(f"  stopped   {meta['stop_reason']}")
     return "\n".join(lines)
+
+
+def _state(meta: dict[str, Any], pid: int | None, left: int) -> str:
+    if pid:
+        return f"running (pid {pid})" if pid > 0 else "running (pid unknown)"
+    state = meta.get("state", "unknown")
+    if state == "running":  # the process died without saying so (kill -9, crash, reboot)
+        return "interrupted (no process holds it); run the same command again to resume"
+    if state == "stopped":
+        return "stopped early; run the same command again to resume" if left else "stopped"
+    return str(state)
+
+
+def _when(stamp: Any, now: float) -> str:
+    if not stamp:
+        return "never"
+    at = float(stamp)
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"at {clock} ({_ago(now - at)})"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86_400:.0f} days ago"

@@ -128,3 +128,47 @@ def wait_until(predicate: Callable[[], Any], proc: subprocess.Popen[str] | None 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
         time.sleep(interval)
+
+
+def parse_plan(stdout: str) -> dict[str, Any]:
+    """`batchrun plan` output as data: its `name  value` lines, and the sample request's
+    url, headers and JSON body."""
+    import json
+
+    lines = stdout.splitlines()
+    facts: dict[str, Any] = {}
+    sample_at = next((i for i, line in enumerate(lines) if line.startswith("sample request")),
+                     len(lines))
+    for line in lines[1:sample_at]:
+        if line.strip():
+            name, _, value = line.strip().partition(" ")
+            facts[name] = value.strip()
+    if sample_at < len(lines):
+        rest = lines[sample_at + 1:]
+        facts["url"] = rest[0].strip().removeprefix("POST ")
+        brace = next(i for i, line in enumerate(rest) if line.strip() == "{")
+        facts["headers"] = dict(
+            line.strip().split(": ", 1) for line in rest[1:brace]
+            if ": " in line and not line.strip().startswith("(")
+        )
+        facts["body"] = json.loads("\n".join(rest[brace:]))
+    return facts
+
+
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                   *args: Any, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the real console entry point in this process (fast: no interpreter start-up);
+    returns (exit code, stdout, stderr). For quick commands that send nothing, like `plan`."""
+    from batchrun.cli import main
+
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["batchrun", *map(str, args)])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

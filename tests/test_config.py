@@ -1,0 +1,211 @@
+"""Job files: sections, types, unknown keys, paths relative to the job file, flags over the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchrun.config import FIELDS, build_config
+from batchrun.cost import Price
+from batchrun.errors import UsageError
+
+from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, write_csv
+
+DESIGN_RUN_OPTIONS = (
+    "input output model provider base-url api-key-env prompt-column messages-column template "
+    "system id-column temperature max-tokens top-p frequency-penalty presence-penalty stop seed "
+    "response-format rpm tpm concurrency max-attempts timeout max-cost max-total-tokens fresh "
+    "retry-failed dedup image-column api-key-file allow-insecure-http no-progress log-format "
+    "log-level"
+).split()
+
+
+def job(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_run_option_of_the_design_has_a_job_file_setting() -> None:
+    names = {f.name for f in FIELDS}
+    aliases = {"no-progress": "progress"}
+    missing = [o for o in DESIGN_RUN_OPTIONS if aliases.get(o, o.replace("-", "_")) not in names]
+    assert missing == []
+    sections = {f.section for f in FIELDS}
+    assert sections == {"input", "output", "request", "provider", "limits", "retry", "pricing",
+                        "run"}
+    assert {f.name: f.section for f in FIELDS}["tools"] == "request"
+    assert {f.name: f.section for f in FIELDS}["tool_choice"] == "request"
+
+
+def test_a_full_job_file_sets_every_section(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    prompts_csv(tmp_path / "data" / "in.csv", 3)
+    (tmp_path / "key").write_text("k")
+    (tmp_path / "key").chmod(0o600)
+    path = job(tmp_path, """
+[input]
+path = "data/in.csv"
+template = "Say: {prompt}"
+system = "Be brief."
+id_column = "id"
+encoding = "utf-8"
+[output]
+path = "out/result.parquet"
+[provider]
+name = "openai"
+base_url = "https://example.test/v1"
+api_key_file = "key"
+[request]
+model = "gpt-4o"
+temperature = 0
+max_tokens = 50
+top_p = 0.9
+frequency_penalty = 0.5
+presence_penalty = -0.5
+stop = ["END", "###"]
+seed = 7
+response_format = "json_object"
+[limits]
+rpm = 100
+tpm = 50_000
+concurrency = 4
+timeout = 30
+max_cost = 1.5
+max_total_tokens = 10_000
+[retry]
+max_attempts = 3
+[pricing]
+input_per_million = 1
+output_per_million = 4
+[run]
+fresh = true
+retry_failed = true
+dedup = false
+progress = false
+log_format = "json"
+log_level = "info"
+""")
+    c = build_config(path, {})
+    assert c.input == tmp_path / "data" / "in.csv"
+    assert c.output == tmp_path / "out" / "result.parquet"
+    assert c.api_key_file == tmp_path / "key"
+    assert (c.template, c.system, c.id_column, c.model, c.base_url) == (
+        "Say: {prompt}", "Be brief.", "id", "gpt-4o", "https://example.test/v1")
+    assert (c.temperature, c.max_tokens, c.top_p, c.frequency_penalty, c.presence_penalty) == (
+        0, 50, 0.9, 0.5, -0.5)
+    assert (c.stop, c.seed, c.response_format) == (("END", "###"), 7, "json_object")
+    assert (c.rpm, c.tpm, c.concurrency, c.timeout, c.max_cost, c.max_total_tokens) == (
+        100, 50_000, 4, 30, 1.5, 10_000)
+    assert (c.max_attempts, c.price) == (3, Price(1.0, 4.0))
+    assert (c.fresh, c.retry_failed, c.dedup, c.progress, c.log_format, c.log_level) == (
+        True, True, False, False, "json", "info")
+
+
+def test_relative_paths_are_relative_to_the_job_file_and_flags_to_the_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jobs" / "schemas").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "jobs" / "schemas" / "s.json").write_text('{"type": "object"}')
+    path = job(tmp_path / "jobs", """
+[input]
+path = "../data/in.csv"
+[request]
+model = "m"
+response_format = "schemas/s.json"
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    c = build_config(path, {})
+    assert c.input.resolve() == (tmp_path / "data" / "in.csv").resolve()
+    assert c.schema == {"type": "object"}
+    c = build_config(path, {"input": "mine.csv", "output": "o.parquet"})
+    assert (c.input, c.output) == (Path("mine.csv"), Path("o.parquet"))
+
+
+def test_flags_override_the_job_file(tmp_path: Path) -> None:
+    path = job(tmp_path, """
+[input]
+path = "in.csv"
+[request]
+model = "from-file"
+temperature = 0.5
+stop = "X"
+[limits]
+concurrency = 3
+""")
+    c = build_config(path, {"model": "from-flag", "concurrency": 9, "stop": ("A", "B"),
+                            "temperature": None})
+    assert (c.model, c.concurrency, c.stop, c.temperature) == ("from-flag", 9, ("A", "B"), 0.5)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[input]\npath = "in.csv"\nprompt_colum = "p"\n', "unknown key 'prompt_colum' in [input]"),
+    ('[inputs]\npath = "in.csv"\n', "unknown section [inputs]"),
+    ('model = "m"\n', "top-level key 'model' must be a section"),
+    ('[input]\npath = "in.csv"\n[limits]\nrpm = "fast"\n', "[limits] rpm must be"),
+    ('[input]\npath = "in.csv"\n[request]\nmax_tokens = 1.5\n', "[request] max_tokens must be"),
+    ('[input]\npath = "in.csv"\n[run]\nfresh = "yes"\n', "[run] fresh must be true or false"),
+    ('[input]\npath = "in.csv"\n[limits]\nconcurrency = true\n', "not a boolean"),
+    ('[input]\npath = "in.csv"\n[request]\ntemperature = 3\n', "temperature must be in [0, 2]"),
+    ('[input]\npath = "in.csv"\n[request]\nstop = ["a","b","c","d","e"]\n', "at most 4"),
+    ('[input\npath = 1\n', "is not valid TOML"),
+    ('[input]\npath = "in.csv"\n[request]\ntools = [{type = "function"}]\n',
+     "[request] tools entry 0 must be"),
+    ('[input]\npath = "in.csv"\n[request]\ntool_choice = "always"\n', "tool_choice must be one"),
+    ('[input]\npath = "in.csv"\n[request]\nmodel = "m"\ntool_choice = "auto"\n',
+     "tool_choice needs tools"),
+    ('[input]\npath = "in.csv"\n[request]\nmodel = "m"\n[pricing]\ninput_per_million = 1\n',
+     "needs both input_per_million and output_per_million"),
+    ('[input]\npath = "in.csv"\n[request]\nmodel = "my-own-model"\n[limits]\nmax_cost = 1\n',
+     "--max-cost needs a price"),
+])
+def test_bad_job_files_name_the_file_and_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = job(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        build_config(path, {"model": "gpt-4o"} if "model" not in text else {})
+    assert needle in err.value.message
+    if "needs" not in needle:
+        assert str(path) in err.value.message
+
+
+def test_a_bad_job_file_exits_2_with_one_line_naming_key_and_file(tmp_path: Path, sim) -> None:
+    server = sim()
+    prompts_csv(tmp_path / "in.csv", 2)
+    path = job(tmp_path, '[input]\npath = "in.csv"\n[limits]\nrpm = "lots"\n')
+    result = run_cli("run", path, "--base-url", server.base_url, "--model", "sim-1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert str(path) in result.stderr and "rpm" in result.stderr
+    missing = run_cli("plan", tmp_path / "nope.toml", "--base-url", server.base_url)
+    assert missing.returncode == 2 and "nope.toml does not exist" in missing.stderr
+    assert server.stats.requests == 0
+
+
+def test_run_reads_the_job_file_and_flags_win(tmp_path: Path, sim) -> None:
+    server = sim()
+    (tmp_path / "jobs").mkdir()
+    write_csv(tmp_path / "in.csv", [{"id": i, "text": f"item {i}"} for i in range(5)])
+    path = job(tmp_path / "jobs", f"""
+[input]
+path = "../in.csv"
+template = "Describe {{text}}"
+[output]
+path = "../out/file.parquet"
+[provider]
+base_url = "{server.base_url}"
+[request]
+model = "sim-1"
+max_tokens = 5
+""")
+    out = tmp_path / "flag.parquet"
+    result = run_cli("run", path, "--output", out, "--max-tokens", "3", "--no-progress",
+                     cwd=tmp_path / "jobs", env=clean_env(BATCHRUN_API_KEY=TEST_KEY))
+    assert result.returncode == 0, result.stderr
+    rows = read_output(out)
+    assert not (tmp_path / "out" / "file.parquet").exists()
+    assert [r["completion_tokens"] <= 3 for r in rows] == [True] * 5
+    assert all(r["finish_reason"] == "length" for r in rows)
+    assert server.stats.requests == 5

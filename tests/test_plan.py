@@ -1,0 +1,142 @@
+"""`batchrun plan`: predicts exactly what a run sends, estimates tokens, cost and time, sends nothing."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from batchrun.cost import BUILTIN_PRICES
+
+from .conftest import (
+    TEST_KEY,
+    clean_env,
+    cli_in_process,
+    journal_file,
+    parse_plan,
+    prompts_csv,
+    run_cli,
+    write_csv,
+)
+
+
+def to_send(plan: dict) -> int:
+    return int(plan["to"].split()[1].replace(",", ""))
+
+
+def test_plan_sends_nothing_and_creates_nothing(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 20)
+    out = tmp_path / "out" / "result.parquet"
+    result = run_cli("plan", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "sim-1", env=clean_env(BATCHRUN_API_KEY=TEST_KEY))
+    assert result.returncode == 0, result.stderr
+    plan = parse_plan(result.stdout)
+    assert plan["input"] == f"{src}: 20 rows"
+    assert to_send(plan) == 20
+    assert plan["url"] == server.base_url + "/chat/completions"
+    assert plan["headers"]["Authorization"] == "Bearer ***"
+    assert TEST_KEY not in result.stdout + result.stderr
+    assert plan["body"] == {"model": "sim-1", "messages": [
+        {"role": "user", "content": "Summarize review number 0."}]}
+    assert server.stats.requests == 0
+    assert not (tmp_path / "out").exists()  # no output, journal or lock file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_plan_predicts_what_a_resumed_deduplicated_run_sends(tmp_path: Path, sim) -> None:
+    server = sim()
+    out = tmp_path / "out.parquet"
+    common = ("--output", out, "--base-url", server.base_url, "--model", "sim-1",
+              "--temperature", "0", "--max-tokens", "12", "--no-progress")
+    first = [{"id": i, "prompt": f"question {i}"} for i in range(6)] + [{"id": 6, "prompt": ""}]
+    src = write_csv(tmp_path / "in.csv", first)
+    assert run_cli("run", "--input", src, *common).returncode == 1  # the empty prompt fails
+    assert server.stats.requests == 6
+    # The table grows: 6 answered rows, 1 settled error, 5 new rows of which 2 repeat others.
+    more = [{"id": 7 + i, "prompt": p} for i, p in enumerate(
+        ["question 0", "new a", "new b", "new a", "new c", "new b"])]
+    write_csv(src, first + more)
+    journal_before = journal_file(out).stat()
+    planned = run_cli("plan", "--input", src, *common)
+    assert planned.returncode == 0, planned.stderr
+    plan = parse_plan(planned.stdout)
+    assert to_send(plan) == 3
+    assert "7 settled by earlier runs" in plan["skipped"]
+    assert "3 identical rows share one request" in plan["skipped"]
+    assert plan["body"]["messages"][0]["content"] == "new a"
+    assert plan["journal"].startswith("out.journal.sqlite: 6 rows answered, 1 failed")
+    assert journal_file(out).stat().st_mtime_ns == journal_before.st_mtime_ns
+    assert server.stats.requests == 6
+    # The run sends exactly what the plan said, and bills exactly the prompt tokens estimated.
+    billed_before = server.stats.billed_prompt_tokens
+    assert run_cli("run", "--input", src, *common).returncode == 1
+    assert server.stats.requests == 6 + 3
+    prompt_estimate = int(plan["tokens"].split()[0].lstrip("~").replace(",", ""))
+    assert server.stats.billed_prompt_tokens - billed_before == prompt_estimate
+    assert "at most 36 completion (12 per request)" in plan["tokens"]
+    price = BUILTIN_PRICES["sim-1"]
+    assert f"at most ${price.cost(prompt_estimate, 36):,.4f}" in plan["cost"]
+    again = parse_plan(run_cli("plan", "--input", src, *common).stdout)
+    assert to_send(again) == 0 and again["time"] == "nothing to send"
+    fresh = parse_plan(run_cli("plan", "--input", src, *common, "--fresh").stdout)
+    assert to_send(fresh) == 9 and "--fresh starts over" in fresh["journal"]
+
+
+def test_plan_shows_the_limit_that_binds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    src = prompts_csv(tmp_path / "in.csv", 120)
+    args = ("plan", "--input", src, "--base-url", "http://127.0.0.1:9/v1", "--model", "sim-1",
+            "--max-tokens", "100")
+    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "60")
+    assert code == 0, err
+    assert parse_plan(out)["time"] == "at least 2.0 min (rpm binds; 2.0 min at 60 rpm)"
+    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "6000", "--tpm", "1000")
+    plan = parse_plan(out)
+    total = int(plan["tokens"].split()[0].lstrip("~").replace(",", "")) + 120 * 100
+    assert plan["time"].startswith(f"at least {total / 1000:.1f} min (tpm binds")
+    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--max-cost", "0.006",
+                                    "--max-total-tokens", "100000000")
+    budget = parse_plan(out)["budget"]
+    assert "--max-cost 0.006 USD: may stop after about" in budget
+    assert "--max-total-tokens 100,000,000: the worst case fits" in budget
+
+
+def test_plan_refuses_bad_input_exactly_like_run(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    base = ("--base-url", server.base_url, "--model", "sim-1", "--no-progress")
+    for bad in (("--input", tmp_path / "missing.csv"),
+                ("--input", src, "--template", "{nope}"),
+                ("--input", src, "--temperature", "5")):
+        ran = run_cli("run", *base, *bad)
+        planned = run_cli("plan", *base, *bad)
+        assert (ran.returncode, planned.returncode) == (2, 2)
+        assert planned.stderr == ran.stderr and "Traceback" not in planned.stderr
+    remote = run_cli("plan", "--input", src, "--model", "gpt-4o")
+    assert remote.returncode == 2 and "no API key" in remote.stderr
+    assert server.stats.requests == 0
+
+
+def test_plan_sample_shows_images_short_and_invalid_rows(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "img.png").write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    ) * 20)
+    src = write_csv(tmp_path / "in.csv", [
+        {"prompt": "", "image": ""},
+        {"prompt": "what is this?", "image": "img.png"},
+        {"prompt": "and this?", "image": "gone.png"},
+    ])
+    code, out, err = cli_in_process(
+        monkeypatch, capsys, "plan", "--input", src, "--image-column", "image",
+        "--provider", "vllm", "--model", "llava")
+    assert code == 0, err
+    plan = parse_plan(out)
+    assert to_send(plan) == 1
+    assert "2 rows cannot be sent" in plan["skipped"]
+    assert plan["invalid"].startswith("first at row 0: empty prompt")
+    part = plan["body"]["messages"][0]["content"][1]
+    assert part["image_url"]["url"].startswith("data:image/png;base64,...(")

@@ -1,20 +1,34 @@
-"""The Python API and the one place a run is driven end to end: execute, then write, then sum up."""
+"""The Python API and the one place a run is driven end to end: execute, then write, then sum up.
+
+    summary = batchrun.run(batchrun.build_config(Path("job.toml"), {}))
+    frame = batchrun.run_dataframe(df, model="gpt-4o-mini", temperature=0)
+
+Both work inside a running event loop (Jupyter) too: the run then gets a thread of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig, Secret, resolve_key
+from .config import RunConfig, Secret, build_config, resolve_key
 from .engine import Run
-from .errors import BatchrunError
+from .errors import BatchrunError, UsageError
 from .progress import Reporter
 from .summary import Summary, build_summary, output_metadata
-from .write import write_output
+from .write import RESULT_NAMES, write_output
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("batchrun")
 
 
 async def run_async(config: RunConfig, *, key: Secret | None = None,
@@ -29,14 +43,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     try:
         try:
             journal = await run.execute()
-        except BatchrunError as stop:
-            if getattr(run, "journal", None) is not None:
-                stop.summary = _summary(run, time.time() - started, None, stop.message)  # type: ignore[attr-defined]
-            raise
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await _stop_watching(watcher)  # the display is gone before anything else prints
         counts = journal.counts()
         finished = time.time()
         summary = _summary(run, finished - started, None, None)
@@ -46,8 +54,23 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         summary = _summary(run, finished - started, (output, sidecar), None)
         reporter.finish(summary)
         return summary
+    except BatchrunError as stop:
+        if getattr(run, "journal", None) is not None:
+            partial = _summary(run, time.time() - started, None, stop.message)
+            stop.summary = partial  # type: ignore[attr-defined]
+            reporter.finish(partial, stop.exit_code)
+        raise
     finally:
         run.release()
+
+
+async def _stop_watching(watcher: asyncio.Task[None]) -> None:
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await watcher
+        except Exception as exc:  # a broken display must not fail a run that has paid
+            log.warning("progress display failed: %s: %s", type(exc).__name__, exc)
 
 
 def _summary(run: Run, seconds: float, paths: Any, stopped: str | None) -> Summary:
@@ -80,3 +103,55 @@ def run(config: RunConfig, *, key: Secret | None = None,
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
+                  key: Secret | str | None = None, reporter: Reporter | None = None,
+                  **options: Any) -> pd.DataFrame:
+    """Send every row of `df`; return `df` with the result columns added (same index and order).
+
+    `options` are the settings of a job by name (``model="gpt-4o-mini"``, ``provider="openai"``,
+    ``template="Summarize: {text}"``, ``temperature=0``, ``rpm=500``, ``progress=False``, ...,
+    as listed in the README's job-file reference). With `output` the answers are also written
+    there and its journal is kept, so calling again resumes instead of paying twice; without it
+    everything lives in a temporary directory. The run's summary is in ``result.attrs["batchrun"]``.
+    Rows that fail are in the frame with ``status == "error"``; a job-wide stop (bad key, no
+    credits, budget) or an interrupt raises JobStopped / Interrupted.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if "input" in options:
+        raise TypeError("run_dataframe() takes its rows from df; use run() for an input file")
+    secret = Secret(key) if isinstance(key, str) else key
+    with tempfile.TemporaryDirectory(prefix="batchrun-") as tmp:
+        source = Path(tmp) / "input.parquet"
+        try:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise UsageError(f"the data frame cannot be stored as Parquet: {exc}") from None
+        pq.write_table(table, source)
+        target = Path(output) if output is not None else Path(tmp) / "output.parquet"
+        config = build_config(None, {**options, "input": str(source), "output": str(target)})
+        summary = run(config, key=secret, reporter=reporter)
+        written = pq.read_table(target)
+    names = [name for name in RESULT_NAMES if name in written.column_names]
+    answers = written.select(names).to_pandas(types_mapper=_nullable_ints)
+    answers.index = df.index
+    import pandas as pd
+
+    result = pd.concat([df, answers], axis=1)
+    result.attrs["batchrun"] = summary.as_dict()
+    return result
+
+
+def _nullable_ints(arrow_type: Any) -> Any:
+    """Token counts and attempts stay integers in pandas even where a row failed (null)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_int64(arrow_type):
+        return pd.Int64Dtype()
+    if pa.types.is_int32(arrow_type):
+        return pd.Int32Dtype()
+    return None

@@ -93,13 +93,13 @@ def run(job: Path | None, **options: Any) -> None:
     from .config import build_config
 
     config = build_config(job, options)
-    _setup_logging(config.log_format, config.log_level)
+    _setup_logging(config.log_format, _log_level(job, options, config))
     try:
         summary = run_job(config)
     except BatchrunError as stop:
         partial = getattr(stop, "summary", None)
-        if partial is not None:
-            click.echo(partial.render(), err=True)
+        if partial is not None:  # JSON logs keep stderr pure JSON: the summary goes to stdout
+            click.echo(partial.render(), err=config.log_format != "json")
         raise
     click.echo(summary.render())
     sys.exit(summary.exit_code)
@@ -171,24 +171,49 @@ def _setup_logging(log_format: str, level: str) -> None:
     configure(log_format, level)
 
 
+def _log_level(job: Path | None, options: dict[str, Any], config: Any) -> str:
+    """JSON logs show the run's events (info) by default; a level given by flag or job file wins."""
+    if config.log_format != "json" or options.get("log_level") is not None:
+        return str(config.log_level)
+    if job is not None:
+        from .config import load_job_file
+
+        if "log_level" in load_job_file(job):
+            return str(config.log_level)
+    return "info"
+
+
+def _json_requested(argv: list[str]) -> bool:
+    """`--log-format json` on the command line: errors before the run starts are JSON too."""
+    return "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:], strict=False))
+
+
 def main() -> None:
     """Console entry point: run click, turn BatchrunError into one line and its exit code."""
+    from .logs import error_line
+
+    if _json_requested(sys.argv[1:]):
+        _setup_logging("json", "warning")
+
+    def fail(message: str, code: int) -> None:
+        click.echo(error_line(message, code), err=True)
+        sys.exit(code)
+
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("batchrun: aborted", err=True)
-        sys.exit(130)
+        fail("aborted", 130)
     except click.ClickException as exc:
+        if _json_requested(sys.argv[1:]):
+            fail(exc.format_message(), exc.exit_code)
         exc.show()
         sys.exit(exc.exit_code)
     except BatchrunError as exc:
-        click.echo(f"batchrun: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+        fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("batchrun: interrupted", err=True)
-        sys.exit(130)
+        fail("interrupted", 130)
     except Exception as exc:  # a bug: one line, not a traceback; details at debug level
         logging.getLogger("batchrun").debug("internal error", exc_info=True)
-        click.echo(f"batchrun: internal error: {type(exc).__name__}: {exc}; rerun with "
-                   "--log-level debug and report it", err=True)
-        sys.exit(1)
+        fail(f"internal error: {type(exc).__name__}: {exc}; rerun with --log-level debug and "
+             "report it", 1)

@@ -129,6 +129,7 @@ class Run:
         self._rng = random.Random()
         self._budget = Budget(config.max_cost, config.max_total_tokens)
         self._producer: asyncio.Task[None] | None = None
+        self._quiet_until = -1.0  # loop time before which rate-limit pauses are not reported again
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -153,7 +154,9 @@ class Run:
             base_url=config.base_url, total_rows=self.stats.total_rows,
             started_at=time.time(), pid=os.getpid(), finished_at=None, state="running",
         )
-        self._emit("start", total_rows=self.stats.total_rows, output=str(config.output))
+        self._emit("start", total_rows=self.stats.total_rows, input=str(config.input),
+                   output=str(config.output), model=config.model, base_url=config.base_url,
+                   concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
         async with self._endpoint() as base_url, new_session(config.concurrency) as session:
             self.sender = Sender(session, base_url, self.key, config.timeout,
                                  scrub=(self.key.reveal(),) if self.key else ())
@@ -328,7 +331,10 @@ class Run:
             assert failure is not None
             if failure.rate_limited:
                 stats.rate_limited += 1
+                pauses = self.limiter.pauses
                 self.limiter.rate_limited_by_server(failure.retry_after)
+                if self.limiter.pauses > pauses:
+                    self._pause_event(loop.time(), failure)
             if failure.kind is Kind.JOB:
                 self.stop(JobStopped(f"stopped: {failure.message}"))
                 return None
@@ -397,6 +403,16 @@ class Run:
         self.stopping.set()
         if self._producer is not None and not self._producer.done():
             self._producer.cancel()  # it may wait on a full queue that no worker will drain
+
+    def _pause_event(self, now: float, failure: Failure) -> None:
+        """A `rate_limited` event per pause, not per 429: a burst of 429s is one slowdown."""
+        if now < self._quiet_until:
+            return
+        pause = failure.retry_after if failure.retry_after is not None else 1.0
+        self._quiet_until = now + pause
+        rpm = self.limiter.rpm
+        self._emit("rate_limited", pause_s=round(pause, 3), status=failure.status,
+                   rpm_now=round(rpm, 1) if rpm else None, rate_limited=self.stats.rate_limited)
 
     def _committed(self, n: int) -> None:
         self.stats.finished += n

@@ -37,6 +37,7 @@ class Summary:
     usage_output: Path | None
     model: str | None
     stopped: str | None = None  # why the run stopped early, if it did
+    cost_this_run: float | None = None  # spent by this run alone (None: no price known)
 
     @property
     def exit_code(self) -> int:
@@ -53,24 +54,48 @@ class Summary:
     def render(self) -> str:
         """The one-screen report printed at the end of a run."""
         rate = self.requests_sent / self.seconds if self.seconds > 0 else 0.0
-        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "unknown (no price)"
+        head = f"batchrun: {self.rows_total:,} rows: {self.rows_ok:,} ok, {self.rows_error:,} error"
+        if self.reused:
+            head += f" ({self.reused:,} answered by earlier runs, not sent again)"
+        pending = max(0, self.rows_total - self.rows_ok - self.rows_error)
+        if self.cost_usd is None:
+            cost = "unknown (no price for this model: set [pricing] in the job file)"
+        else:
+            cost = f"${self.cost_usd:.4f}"
+            if self.reused and self.cost_this_run is not None:
+                cost += f" (this run ${self.cost_this_run:.4f})"
         lines = [
-            f"batchrun: {self.rows_total} rows: {self.rows_ok} ok, {self.rows_error} error"
-            + (f" ({self.reused} from earlier runs)" if self.reused else ""),
+            head,
+            f"  time      {_duration(self.seconds)}",
+            f"  requests  {self.requests_sent:,} sent ({rate:.1f}/s), {self.retries:,} retries, "
+            f"{self.rate_limited:,} rate-limited (429)",
             f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
             f" = {self.total_tokens:,}",
             f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
-            f"  requests  {self.requests_sent:,} sent in {self.seconds:.1f} s ({rate:.1f}/s), "
-            f"{self.retries:,} retries, {self.rate_limited:,} rate-limited (429)",
         ]
         if self.dedup_saved:
-            lines.append(f"  dedup     {self.dedup_saved:,} identical requests sent once (saved)")
+            lines.append(f"  dedup     {self.dedup_saved:,} rows repeated an identical request: "
+                         f"{self.dedup_saved:,} requests saved")
+        if self.rows_error:
+            lines.append(f"  errors    {self.rows_error:,} rows failed: their reason is in the "
+                         "error column (status = 'error')")
         if self.output:
             lines.append(f"  output    {self.output}")
             lines.append(f"  usage     {self.usage_output}")
         if self.stopped:
             lines.append(f"  stopped   {self.stopped}")
+            if pending:
+                lines.append(f"  pending   {pending:,} rows not sent yet: run the same command "
+                             "again to resume")
         return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{rest:02d}s" if hours else f"{minutes}m{rest:02d}s"
 
 
 def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: RunConfig,
@@ -95,6 +120,7 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         usage_output=usage_output,
         model=config.model,
         stopped=stopped,
+        cost_this_run=stats.cost_usd if priced else None,
     )
 
 

@@ -122,3 +122,41 @@ def test_sigkill_during_the_final_write_keeps_the_old_output_and_sends_nothing_a
     _check_complete(out, n)  # includes: no temporary file left over
     assert server.stats.requests == n
     assert max(server.stats.billed_by_prompt.values()) == 1
+
+
+def test_every_finished_row_is_committed_within_a_fraction_of_a_second(tmp_path: Path, sim) -> None:
+    """Read the journal read-only while a run is going: answers show up as they arrive."""
+    import sqlite3
+    import time
+
+    from .conftest import journal_file
+
+    concurrency = 4
+    server = sim(latency=0.02)
+    n = 200
+    src = prompts_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.parquet"
+    proc = start_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "sim-1", "--concurrency", concurrency, "--no-progress")
+    wait_until(lambda: journal_count(out) > 0, proc)
+    db = sqlite3.connect(f"file:{journal_file(out)}?mode=ro", uri=True, timeout=5)
+    first_seen: dict[bytes, float] = {}
+    finished_at: dict[bytes, float] = {}
+    most_uncommitted = 0
+    while proc.poll() is None and len(first_seen) < n:
+        billed = server.stats.ok  # read before the journal: it can only have grown since
+        now = time.time()
+        for key, at in db.execute("SELECT key, finished_at FROM results"):
+            first_seen.setdefault(key, now)
+            finished_at[key] = at
+        most_uncommitted = max(most_uncommitted, billed - len(first_seen))
+        time.sleep(0.005)
+    db.close()
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert len(first_seen) == n
+    # Paid but not yet durable: never more than one answer per worker (the requests in flight).
+    assert most_uncommitted <= concurrency
+    # Committed within a fraction of a second of the answer (polling adds up to ~5 ms).
+    lags = sorted(first_seen[key] - finished_at[key] for key in first_seen)
+    assert lags[-1] < 0.5, lags[-10:]

@@ -1,0 +1,146 @@
+"""Resume: a rerun sends exactly the rows whose rendered request has no usable answer yet.
+
+A row is "the same" when its request (model, messages, parameters, base URL) hashes the same:
+an edited template or column value re-sends only the rows it changes, a new model or system prompt
+re-sends everything, `--fresh` forgets everything, row-fatal errors are retried only with
+`--retry-failed`, and rows that ran out of retries on transient errors are retried on any resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from batchrun.simulator import Step, expected_answer
+
+from .conftest import read_output, run_cli, write_csv
+
+TEMPLATE = "Write one line about {topic} for {name}."
+
+
+def _topics(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "name": f"customer {i}", "topic": f"order {i}"} for i in range(n)]
+
+
+def _run(src: Path, out: Path, base_url: str, *extra: Any) -> Any:
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
+                     "--template", TEMPLATE, "--no-progress", *extra)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def _check_answers(out: Path, system: str | None = None) -> None:
+    for row in read_output(out):
+        messages = [{"role": "user", "content": TEMPLATE.format(**row)}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        assert (row["status"], row["response"]) == ("ok", expected_answer(messages)[0]), row
+
+
+def test_editing_one_column_in_ten_rows_resends_exactly_those_rows(tmp_path: Path, sim) -> None:
+    server = sim()
+    n = 60
+    rows = _topics(n)
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    assert _run(src, out, server.base_url, "--model", "sim-1").returncode == 0
+    assert server.stats.requests == n
+    edited = {3, 7, 11, 20, 21, 33, 40, 47, 52, 59}
+    for i in edited:
+        rows[i]["topic"] = f"refund {i}"
+    write_csv(src, rows)
+    result = _run(src, out, server.base_url, "--model", "sim-1")
+    assert result.returncode == 0, result.stderr
+    assert server.stats.requests == n + len(edited)
+    resent = {text for text, times in server.stats.billed_by_prompt.items() if "refund" in text}
+    assert resent == {TEMPLATE.format(**rows[i]) for i in edited}
+    _check_answers(out)
+    # Editing the template's literal text changes every row's request.
+    before = server.stats.requests
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--template", TEMPLATE.replace("one line", "two lines"), "--model", "sim-1",
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert server.stats.requests == before + n
+
+
+def test_new_system_prompt_or_model_resends_all_going_back_is_free_and_fresh_forgets(
+        tmp_path: Path, sim) -> None:
+    server = sim()
+    n = 40
+    src = write_csv(tmp_path / "in.csv", _topics(n))
+    out = tmp_path / "out.parquet"
+    sent = [0]
+
+    def run_and_count(*extra: Any) -> int:
+        result = _run(src, out, server.base_url, *extra)
+        assert result.returncode == 0, result.stderr
+        new, sent[0] = server.stats.requests - sent[0], server.stats.requests
+        return new
+
+    assert run_and_count("--model", "sim-1") == n
+    assert run_and_count("--model", "sim-1") == 0  # nothing changed: nothing sent
+    assert run_and_count("--model", "sim-1", "--system", "Be brief.") == n
+    _check_answers(out, system="Be brief.")
+    assert run_and_count("--model", "sim-1") == 0  # the earlier answers are still in the journal
+    _check_answers(out)
+    assert run_and_count("--model", "sim-large") == n
+    assert {r["model"] for r in read_output(out)} == {"sim-large"}
+    assert run_and_count("--model", "sim-large", "--temperature", "0.5") == n  # a parameter
+    assert run_and_count("--model", "sim-large", "--fresh") == n
+    assert run_and_count("--model", "sim-1") == n  # --fresh forgot the sim-1 answers too
+    _check_answers(out)
+
+
+def test_row_fatal_errors_are_resent_only_with_retry_failed(tmp_path: Path, sim) -> None:
+    server = sim()
+    n = 30
+    rows = _topics(n)
+    bad = {4, 9, 17}
+    for i in bad:
+        rows[i]["topic"] = f"forbidden {i}"
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    # The first request of each bad row is refused as invalid (400, never retried).
+    server.rule("forbidden", Step.status(400, "Invalid prompt."), times=len(bad))
+
+    first = _run(src, out, server.base_url, "--model", "sim-1")
+    assert first.returncode == 1, first.stderr
+    assert server.stats.requests == n
+    output = read_output(out)
+    assert {i for i, r in enumerate(output) if r["status"] == "error"} == bad
+    assert all("400" in output[i]["error"] for i in bad)
+
+    plain = _run(src, out, server.base_url, "--model", "sim-1")
+    assert plain.returncode == 1
+    assert server.stats.requests == n  # a plain resume does not pay for them again
+
+    retried = _run(src, out, server.base_url, "--model", "sim-1", "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert server.stats.requests == n + len(bad)
+    _check_answers(out)
+
+
+def test_rows_that_ran_out_of_retries_are_resent_on_a_plain_resume(tmp_path: Path, sim) -> None:
+    server = sim()
+    n = 30
+    rows = _topics(n)
+    flaky = {2, 15, 28}
+    for i in flaky:
+        rows[i]["topic"] = f"flaky {i}"
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    attempts = 2
+    server.rule("flaky", Step.status(503, retry_after_ms=10), times=len(flaky) * attempts)
+
+    first = _run(src, out, server.base_url, "--model", "sim-1", "--max-attempts", attempts)
+    assert first.returncode == 1, first.stderr
+    assert server.stats.requests == n + len(flaky)  # each flaky row: 2 attempts
+    output = read_output(out)
+    assert {i for i, r in enumerate(output) if r["status"] == "error"} == flaky
+    assert all(output[i]["attempts"] == attempts for i in flaky)
+
+    resumed = _run(src, out, server.base_url, "--model", "sim-1", "--max-attempts", attempts)
+    assert resumed.returncode == 0, resumed.stderr
+    assert server.stats.requests == n + len(flaky) + len(flaky)
+    _check_answers(out)

@@ -185,8 +185,8 @@ class Reporter:
         data = summary.as_dict()
         data["seconds"] = round(summary.seconds, 3)
         data["exit_code"] = code
-        level = logging.INFO if code == 0 else logging.WARNING
-        log.log(level, "finish", extra={"event": "finish", "data": data})
+        # Info whatever the outcome: the stop event and the error line already carry the severity.
+        log.info("finish", extra={"event": "finish", "data": data})
 
     async def _watch_lines(self, stats: Stats) -> None:
         rates = Rates()

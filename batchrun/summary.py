@@ -83,10 +83,10 @@ class Summary:
             lines.append(f"  output    {self.output}")
             lines.append(f"  usage     {self.usage_output}")
         if self.stopped:
-            lines.append(f"  stopped   {self.stopped}")
+            lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
             if pending:
-                lines.append(f"  pending   {pending:,} rows not sent yet: run the same command "
-                             "again to resume")
+                lines.append(f"  pending   {pending:,} rows not answered yet: run the same "
+                             "command again to resume")
         return "\n".join(lines)
 
 

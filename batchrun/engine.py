@@ -308,7 +308,9 @@ class Run:
             answer = reply.answer
             used_tokens, used_cost = 0, 0.0
             if answer is not None:
-                billed = True
+                # An answer without `usage` leaves the row's token counts unknown (null), not 0.
+                billed = billed or any(n is not None for n in (
+                    answer.prompt_tokens, answer.completion_tokens, answer.total_tokens))
                 for i, n in enumerate((answer.prompt_tokens, answer.completion_tokens,
                                        answer.total_tokens)):
                     usage[i] += n or 0

@@ -59,10 +59,14 @@ def compile_template(template: str, columns: Sequence[str]) -> tuple[tuple[str, 
                 f"{':' + spec if spec else ''}}} is not allowed: only plain {{column}} placeholders; "
                 "write literal braces as {{ and }}"
             )
-        if not name or not re.fullmatch(r"[^.\[\]{}]+", name):
+        if not name or not re.fullmatch(r"[^.\[\]{}]+", name) or (
+            name.isdigit() and name not in columns
+        ):
+            what = ("attributes" if "." in name else "indexes" if "[" in name
+                    else "positional fields")
             raise UsageError(
-                f"--template placeholder {{{name}}} is not allowed: only plain {{column}} "
-                "placeholders (no attributes, indexes or positional fields)"
+                f"--template placeholder {{{name}}} is not allowed: {what} are not; only plain "
+                "{column} placeholders naming an input column; write literal braces as {{ and }}"
             )
         if name not in columns:
             raise UsageError(

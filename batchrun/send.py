@@ -16,7 +16,11 @@ import orjson
 from .config import Secret
 from .retry import Failure, Kind, classify_http, parse_retry_after
 
-MAX_BODY_BYTES = 32 * 1024 * 1024  # an answer larger than this is refused, not buffered
+# An answer larger than this is refused, not buffered. The longest real answers (128k completion
+# tokens, ~4 bytes each, JSON-escaped) stay under ~3 MiB; 8 MiB leaves room and bounds memory to
+# concurrency x 8 MiB even when a server or a gzip bomb sends without end.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_RETRY_AFTER = 300.0  # seconds; a longer retry-after (a daily quota, a hostile header) stops
 MAX_TOKENS_SANE = 10_000_000  # a usage count above this is not a real answer
 USER_AGENT = "batchrun/0.1"
 
@@ -75,7 +79,9 @@ class Sender:
         except TimeoutError:
             return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout_s:g} s")
         except _TooLarge:
-            return _fail(Kind.RETRY, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused")
+            # Not retried: a provider bills an answer it sent, and would likely send it again.
+            return _fail(Kind.ROW, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused; "
+                         "lower --max-tokens if the answers are really this long")
         except aiohttp.ClientConnectorCertificateError as exc:
             return _fail(Kind.JOB, f"TLS certificate of {exc.host} could not be verified")
         except aiohttp.ClientConnectorError as exc:
@@ -87,18 +93,21 @@ class Sender:
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             return _fail(Kind.RETRY, f"connection error: {type(exc).__name__}")
         if status == 200:
-            return Reply(*_parse_answer(raw), headers)
+            answer, failure = _parse_answer(raw)
+            return Reply(answer, self._scrubbed(failure) if failure else None, headers)
         try:
             data: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             data = {"error": {"message": raw[:200].decode("utf-8", "replace").strip()}}
-        failure = classify_http(status, data, parse_retry_after(headers))
+        failure = _patience(classify_http(status, data, parse_retry_after(headers)))
         return Reply(None, self._scrubbed(failure), headers)
 
     def _scrubbed(self, failure: Failure) -> Failure:
-        message = " ".join(failure.message.split())[:500]
+        """One line of at most 500 characters, with every secret cut out before it is cut short."""
+        message = failure.message
         for secret in self._scrub:
             message = message.replace(secret, "***")
+        message = " ".join(message.split())[:500]
         if message == failure.message:
             return failure
         return Failure(failure.kind, message, failure.status, failure.retry_after,
@@ -110,18 +119,26 @@ class _TooLarge(Exception):
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, counted as it is decompressed: Content-Length may be absent or compressed."""
     length = resp.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise _TooLarge
-    if length is not None:
-        return await resp.read()
     chunks, size = [], 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
+    async for chunk in resp.content.iter_any():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _patience(failure: Failure) -> Failure:
+    """A server asking to wait longer than MAX_RETRY_AFTER stops the job instead of freezing it."""
+    wait = failure.retry_after
+    if failure.kind is not Kind.RETRY or wait is None or wait <= MAX_RETRY_AFTER:
+        return failure
+    return Failure(Kind.JOB, f"{failure.message}; the server asks to wait {wait:,.0f} s "
+                   "(retry-after): run the same command again later to resume", failure.status)
 
 
 def _fail(kind: Kind, message: str) -> Reply:

@@ -363,6 +363,10 @@ class Run:
         if self.config.response_format == "text" or answer.tool_calls:
             return None, None
         parsed, problem = check_json(answer.content, self.config.schema)
+        if problem and answer.finish_reason == "length":
+            # Cut off by max_tokens: asking again would pay for the same truncated answer.
+            return None, Failure(Kind.ROW, f"invalid structured output: {problem}; the answer "
+                                 "was cut off at --max-tokens: raise it", 200)
         if problem:
             return None, Failure(Kind.RETRY, f"invalid structured output: {problem}", 200)
         return parsed, None

@@ -193,7 +193,9 @@ def _params(config: RunConfig) -> dict[str, Any]:
     if config.response_format == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif config.schema is not None:
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(config.schema.get("title", "response")))[:64]
+        # The schema's title names it, else its file name ("review_label.json" -> review_label).
+        title = config.schema.get("title") or Path(config.response_format).stem
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(title))[:64]
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": name or "response", "schema": config.schema, "strict": True},

@@ -126,3 +126,28 @@ def test_json_object_with_every_row_failed_still_writes(tmp_path: Path, sim) -> 
                      "--max-attempts", "1", "--no-progress")
     assert result.returncode == 1, result.stderr
     assert read_output(out)[0]["parsed"] is None
+
+
+def test_an_answer_cut_off_by_max_tokens_is_not_paid_for_again(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = reviews(tmp_path / "reviews.csv", 4)
+    out = tmp_path / "labels.parquet"
+    result = run_cli("run", CLASSIFY, "--input", src, "--output", out, "--base-url",
+                     server.base_url, "--model", "sim-1", "--max-tokens", "3", "--no-progress")
+    assert result.returncode == 1, result.stderr
+    for row in read_output(out):
+        assert (row["status"], row["finish_reason"], row["attempts"]) == ("error", "length", 1)
+        assert "cut off at --max-tokens: raise it" in row["error"]
+    assert server.stats.requests == 4
+
+
+def test_a_schema_without_title_is_named_after_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    (tmp_path / "yes no.json").write_text(json.dumps(schema))
+    src = write_csv(tmp_path / "in.csv", [{"prompt": "x"}])
+    code, out, err = cli_in_process(monkeypatch, capsys, "plan", "--input", src, "--provider",
+                                    "vllm", "--model", "m", "--response-format",
+                                    tmp_path / "yes no.json")
+    assert code == 0, err
+    assert parse_plan(out)["body"]["response_format"]["json_schema"]["name"] == "yes_no"

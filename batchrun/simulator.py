@@ -36,7 +36,8 @@ CONTEXT_LIMIT = 128_000
 ARRIVALS_KEPT = 1_000_000  # arrival times kept for rate analysis
 DEFAULT_MAX_TOKENS = 1024  # TPM charge when a request sets no max_tokens
 DEFAULT_MODELS = ("sim-1", "sim-large")
-ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})  # developer: OpenAI's newer system role
+# "developer" is OpenAI's newer name for the system role.
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
 _MODEL_PATHS = ("/v1/models", "/models", "/api/v1/models")
 # Parameters OpenAI-compatible servers accept; anything else is a typo worth a 400, as on OpenAI.

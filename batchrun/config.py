@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import stat
@@ -207,9 +208,19 @@ class RunConfig:
 
 
 def is_loopback(url: str) -> bool:
-    """True when the URL's host is on this machine."""
+    """True when the URL's host is on this machine: `localhost` or a loopback IP address.
+
+    Names are not resolved, and only `localhost` is trusted by name: `127.example.com` is remote.
+    """
     host = (urlsplit(url).hostname or "").lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -423,7 +434,7 @@ def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> S
     for name in names:
         value = environ.get(name, "").strip()
         if value:
-            return Secret(value)
+            return _checked_key(value, f"the environment variable {name}")
     if config.is_local:
         return None
     where = " or ".join(names)
@@ -444,6 +455,16 @@ def _read_key_file(path: Path) -> Secret:
         raise UsageError(f"cannot read --api-key-file {path}: {type(exc).__name__}") from None
     if not value:
         raise UsageError(f"--api-key-file {path} is empty")
+    return _checked_key(value, f"--api-key-file {path}")
+
+
+def _checked_key(value: str, where: str) -> Secret:
+    """A key goes into an HTTP header: printable ASCII without spaces (never echoed if not)."""
+    if not all("!" <= c <= "~" for c in value):
+        raise UsageError(
+            f"the API key in {where} contains spaces, line breaks or non-ASCII characters; "
+            "it must be the key alone"
+        )
     return Secret(value)
 
 

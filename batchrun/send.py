@@ -98,7 +98,8 @@ class Sender:
         try:
             data: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            data = {"error": {"message": raw[:200].decode("utf-8", "replace").strip()}}
+            # Whole, not a slice: a cut could split an echoed key and leave a prefix unscrubbed.
+            data = {"error": {"message": raw.decode("utf-8", "replace").strip()}}
         failure = _patience(classify_http(status, data, parse_retry_after(headers)))
         return Reply(None, self._scrubbed(failure), headers)
 

@@ -184,6 +184,9 @@ class Reporter:
         code = summary.exit_code if exit_code is None else exit_code
         data = summary.as_dict()
         data["seconds"] = round(summary.seconds, 3)
+        for name in ("cost_usd", "cost_this_run"):  # float sums: 0.026137999999999990
+            if data.get(name) is not None:
+                data[name] = round(data[name], 8)
         data["exit_code"] = code
         # Info whatever the outcome: the stop event and the error line already carry the severity.
         log.info("finish", extra={"event": "finish", "data": data})
@@ -233,31 +236,33 @@ def _render(snap: Snapshot) -> RenderableType:
     from rich.text import Text
 
     total = snap.rows_total
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column()
-    grid.add_column()
-    grid.add_column()
-    share = f"{100 * snap.rows_done / total:.0f}%" if total else ""
-    grid.add_row(
+    share = f"  {100 * snap.rows_done / total:.0f}%" if total else ""
+    top = Table.grid(padding=(0, 1), expand=True)
+    top.add_column(no_wrap=True)
+    top.add_column(ratio=1)  # the bar takes what the terminal's width leaves
+    top.add_column(no_wrap=True)
+    top.add_row(
         Text("batchrun", style="bold"),
-        ProgressBar(total=float(total or 1), completed=float(snap.rows_done if total else 0),
-                    width=40),
+        ProgressBar(total=float(total or 1), completed=float(snap.rows_done if total else 0)),
         Text.assemble(
             (f"{snap.rows_done:,}/{'?' if total is None else f'{total:,}'} rows", "bold"),
-            f"  {share}  ETA {_duration(snap.eta_s)}  elapsed {_duration(snap.elapsed_s)}",
+            f"{share}  ETA {_duration(snap.eta_s)}",
         ),
     )
-    details = Text.assemble(
+    rates = Text.assemble(
         f"{snap.requests_per_s:.1f} req/s · {snap.tokens_per_s:,.0f} tok/s · ",
-        (f"${snap.cost_usd:.4f}", "bold"),
-        f" · {snap.requests:,} requests · {snap.in_flight} in flight · {snap.retries:,} retries · ",
+        (f"${snap.cost_usd:.4f}", "bold"), f" spent · {_duration(snap.elapsed_s)} elapsed",
+    )
+    counts = Text.assemble(
+        f"{snap.requests:,} requests · {snap.in_flight} in flight · {snap.retries:,} retries · ",
         (f"{snap.rate_limited:,} × 429", "yellow" if snap.rate_limited else ""),
         " · ",
         (f"{snap.errors:,} errors", "red" if snap.errors else ""),
     )
-    outer = Table.grid()
-    outer.add_row(grid)
-    outer.add_row(details)
+    outer = Table.grid(expand=True)
+    outer.add_row(top)
+    outer.add_row(rates)
+    outer.add_row(counts)
     return outer
 
 

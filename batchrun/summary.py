@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,9 @@ class Summary:
         if self.rows_error:
             lines.append(f"  errors    {self.rows_error:,} rows failed: their reason is in the "
                          "error column (status = 'error')")
-        if self.output:
-            lines.append(f"  output    {self.output}")
-            lines.append(f"  usage     {self.usage_output}")
+        if self.output:  # normpath: "jobs/../out/x.parquet" reads as "out/x.parquet"
+            lines.append(f"  output    {os.path.normpath(self.output)}")
+            lines.append(f"  usage     {os.path.normpath(self.usage_output or '')}")
         if self.stopped:
             lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
             if pending:

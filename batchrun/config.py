@@ -299,8 +299,15 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     output = Path(s.pop("output")) if s.get("output") else _default_output(input_path)
     if output.suffix != ".parquet":
         raise UsageError(f"--output {output} must end in .parquet")
-    if output.resolve() == input_path.resolve():
+    if _same_file(output, input_path):
         raise UsageError(f"--output {output} is the input file; choose another output path")
+    sidecar = output.with_name(output.name.removesuffix(".parquet") + ".usage.parquet")
+    if _same_file(sidecar, input_path):
+        raise UsageError(
+            f"--output {output}: its usage file {sidecar} is the input file; choose another output"
+        )
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; give a file path ending in .parquet")
 
     provider = s.pop("provider", None)
     preset = PRESETS.get(provider) if provider else None
@@ -380,6 +387,16 @@ def _load_tools(value: Any) -> tuple[Mapping[str, Any], ...]:
         raise UsageError(f"tools file {value} must hold a JSON list of tools")
     _checked(FIELDS_BY_NAME["tools"], tools, f"tools file {value}:")
     return tuple(tools)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same path, through symlinks, `..`, or a hard link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _default_output(input_path: Path) -> Path:

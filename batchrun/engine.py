@@ -24,7 +24,7 @@ import orjson
 from . import simulator
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, price_for
-from .errors import BatchrunError, Interrupted, JobStopped
+from .errors import BatchrunError, Interrupted, JobStopped, UsageError
 from .journal import GroupCommit, Journal, OutputLock, journal_path
 from .limiter import Limiter
 from .outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
@@ -140,7 +140,11 @@ class Run:
         table, renderer = open_job(config)
         self.table = table
         self.stats.total_rows = table.count_rows()
-        config.output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            config.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the output folder {config.output.parent}: "
+                             f"{exc.strerror}") from None
         lock = OutputLock(config.output)
         lock.acquire()
         self._lock = lock

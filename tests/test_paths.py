@@ -1,0 +1,109 @@
+"""Paths: the output never overwrites the input, appears whole or not at all, and finds its folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .conftest import prompts_csv, read_output, run_cli, write_csv
+
+
+def _run(src: Path | str, out: Path | str, base_url: str, *extra: str, cwd: Path | None = None):
+    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
+                   "--model", "sim-1", "--no-progress", *extra, cwd=cwd, timeout=60)
+
+
+def _refused(result, needle: str) -> None:
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert needle in line, line
+
+
+def test_output_can_never_be_the_input(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), src)
+    before = src.read_bytes()
+    link = tmp_path / "link.parquet"
+    link.symlink_to(src)
+    hard = tmp_path / "hard.parquet"
+    os.link(src, hard)
+    (tmp_path / "sub").mkdir()
+    same_ways = [
+        (src, src, None),
+        ("in.parquet", "./in.parquet", tmp_path),
+        ("in.parquet", "sub/../in.parquet", tmp_path),
+        (src, link, None),  # the output named through a symlink to the input
+        (link, src, None),  # the input named through a symlink
+        (src, hard, None),  # a second name (hard link) of the same file
+    ]
+    for given_in, given_out, cwd in same_ways:
+        _refused(_run(given_in, given_out, server.base_url, cwd=cwd), "is the input")
+    # The usage sidecar of an output must not land on the input either.
+    sidecar_src = tmp_path / "data.usage.parquet"
+    pq.write_table(pa.table({"prompt": ["a"]}), sidecar_src)
+    _refused(_run(sidecar_src, tmp_path / "data.parquet", server.base_url), "is the input")
+    assert src.read_bytes() == before
+    assert server.stats.requests == 0
+
+
+def test_missing_output_folders_are_created(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "a" / "b" / "c" / "out.parquet"
+    result = _run(src, out, server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert len(read_output(out)) == 3
+    assert out.with_name("out.usage.parquet").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    _refused(_run(src, blocker / "out.parquet", server.base_url), "output folder")
+    folder = tmp_path / "dir.parquet"
+    folder.mkdir()
+    _refused(_run(src, folder, server.base_url), "is a directory")
+    assert server.stats.requests == 0
+
+
+def test_output_appears_whole_or_not_at_all(tmp_path: Path, sim) -> None:
+    server = sim()
+    rows = [{"id": str(i), "prompt": f"prompt {i} " + "word " * 60} for i in range(2500)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    seen: list[int] = []
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        # Whenever the output name exists, it must be a complete, readable Parquet file.
+        while not stop.is_set():
+            try:
+                seen.append(pq.read_metadata(out).num_rows)
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # a partial file: any reader error counts
+                problems.append(f"{type(exc).__name__}: {exc}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        first = _run(src, out, server.base_url, "--concurrency", "64")
+        assert first.returncode == 0, first.stderr
+        second = _run(src, out, server.base_url, "--fresh", "--concurrency", "64")
+        assert second.returncode == 0, second.stderr
+    finally:
+        stop.set()
+        watcher.join()
+    assert not problems, problems[:3]
+    assert seen and set(seen) == {2500}
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []

@@ -268,11 +268,25 @@ def _checked(spec: Field, value: Any, where: str) -> Any:
         raise UsageError(f"{where} must be {_type_names(spec.types)}, not a boolean")
     if not isinstance(value, spec.types):
         raise UsageError(f"{where} must be {_type_names(spec.types)}, not {type(value).__name__}")
+    # Command-line bytes that are not UTF-8 arrive as lone surrogates; no request can carry them.
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else []
+    for text in texts:
+        if isinstance(text, str) and not _is_utf8(text):
+            raise UsageError(f"{where} holds bytes that are not valid UTF-8 text; check the value "
+                             "and the shell's locale (LANG)")
     if spec.check is not None:
         complaint = spec.check(value)
         if complaint:
             raise UsageError(f"{where} {complaint} (got {value!r})")
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _type_names(types: tuple[type, ...]) -> str:

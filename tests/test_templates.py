@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from batchrun.errors import UsageError
 from batchrun.render import compile_template
 from batchrun.simulator import expected_answer
 
-from .conftest import read_output, run_cli, start_cli, write_csv
+from .conftest import clean_env, read_output, run_cli, start_cli, write_csv
 
 REFUSED = [
     ("{prompt.__class__}", "attributes"),
@@ -89,3 +92,18 @@ def test_a_column_named_like_a_number_is_still_a_plain_placeholder(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     [row] = read_output(out)
     assert row["response"] == expected_answer([{"role": "user", "content": "value zero"}])[0]
+
+
+def test_non_utf8_bytes_on_the_command_line_are_refused_not_crashed(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = write_csv(tmp_path / "in.csv", [{"prompt": "hello"}])
+    base = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output",
+            str(tmp_path / "out.parquet"), "--base-url", server.base_url, "--model", "sim-1"]
+    for option, value in ((b"--template", b"caf\xe9 {prompt}"), (b"--system", b"\xff\xfe"),
+                          (b"--stop", b"\xc3")):
+        result = subprocess.run([*map(os.fsencode, base), option, value], capture_output=True,
+                                env=clean_env(LANG="C.UTF-8"), timeout=60)
+        stderr = result.stderr.decode("utf-8", "replace")
+        assert result.returncode == 2, stderr
+        assert option.decode() in stderr and "UTF-8" in stderr and "Traceback" not in stderr
+    assert server.stats.requests == 0

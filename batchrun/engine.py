@@ -290,11 +290,15 @@ class Run:
         while True:
             if self.stopping.is_set():
                 return None
+            oversize = self.limiter.oversize(job.tokens)
+            if oversize:
+                self.stop(JobStopped(f"stopped: {oversize}"))
+                return None
             refusal = self._budget.admit(job)
             if refusal:
                 self.stop(JobStopped(refusal))
                 return None
-            await self.limiter.acquire(job.tokens)
+            sent_at = await self.limiter.acquire(job.tokens)
             if self.stopping.is_set():
                 self._budget.settle(job, 0, 0.0)
                 return None
@@ -338,7 +342,7 @@ class Run:
             if failure.rate_limited:
                 stats.rate_limited += 1
                 pauses = self.limiter.pauses
-                self.limiter.rate_limited_by_server(failure.retry_after)
+                self.limiter.rate_limited_by_server(failure.retry_after, sent_at)
                 if self.limiter.pauses > pauses:
                     self._pause_event(loop.time(), failure)
             if failure.kind is Kind.JOB:
@@ -411,6 +415,7 @@ class Run:
             self.stop_error = error
             self._emit("stop", reason=error.message)
         self.stopping.set()
+        self.limiter.close()  # workers waiting for a start go now, and see `stopping`
         if self._producer is not None and not self._producer.done():
             self._producer.cancel()  # it may wait on a full queue that no worker will drain
 

@@ -1,131 +1,277 @@
 """Limiter: smooth pacing of request starts under requests- and tokens-per-minute limits.
 
-Each request is given a start time on two clocks (GCRA, the "virtual scheduling" form of a leaky
-bucket with no burst): the request clock advances by 60/rpm per request, the token clock by
-tokens*60/tpm. A request starts at the later of its two slots, so in any window, of any length,
-the run never sends more than the limits allow; there is no start-up burst for a strict provider
-to punish. Rates adapt for the whole run: the provider's `x-ratelimit-limit-*` headers lower a
-configured limit that is too high, `x-ratelimit-remaining-*` near zero holds sending until the
-reset, and a 429 pauses everyone for its retry-after and cuts the rate, which then recovers.
+Each limit is a clock (GCRA, the "virtual scheduling" form of a leaky bucket with no burst): the
+request clock advances 60/rpm per request, the token clock tokens*60/tpm per request, where a
+request's tokens are its prompt estimate plus `max_tokens`, held for good (providers charge that at
+arrival, not the answer's length). A request starts when both clocks allow it, so in any window of
+any length the run sends at most the limit plus one request: no start-up burst for a strict
+provider to punish. Starts pass one gate in turn, so a pause or a rate cut applies to the very next
+start, not only after requests already booked at the old pace.
+
+Rates adapt for the whole run. `x-ratelimit-limit-*` headers lower a configured limit that is too
+high (or set one where none was given); `x-ratelimit-remaining-*` with its reset is the provider's
+own book: when it leaves less room than the next request needs, starts hold until enough frees up.
+A 429 about rate pauses every start for its retry-after and cuts the pace to DECREASE times the rate
+the run was really sending at (the "wall"); the pace climbs back to the wall in a few seconds and
+then probes slowly above it, so a run with no headers and no configured limit finds the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from .retry import parse_duration
 
 # Pace a hair under the limit: arrival jitter must not push a strict sliding window over.
 SAFETY = 0.97
-DECREASE = 0.7  # multiplicative decrease on a 429
-RECOVER_EVERY = 2.0  # seconds between additive increases after the last 429
-RECOVER_STEP = 0.05  # fraction of the ceiling regained per step
-MEASURE_WINDOW = 5.0  # seconds of send history used to guess a rate when none is configured
+DECREASE = 0.7  # multiplicative cut after a 429 far from any known wall
+TOUCH = 0.9  # the cut when the run merely touched the wall it already knew
+RECOVER_EVERY = 1.0  # seconds between increases after the last cut
+CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * wall
+PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
+MEASURE_SPAN = 2.0  # seconds of send history that say how fast the run is really going
+DEFAULT_PAUSE = 1.0  # a 429 without retry-after pauses this long
+# A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
+# catching up adds at most half of what SAFETY holds back in the shortest window in use (1 s).
+LATE = (1 - SAFETY) / 2
+SNAPSHOT_LIFE = 1.0  # a remaining count sent without its reset is trusted this long
+
+
+class _Clock:
+    """One limit (requests or tokens per minute): its pace, what it learned, the server's book."""
+
+    def __init__(self, per_minute: float | None) -> None:
+        self.ceiling = per_minute  # the most we may use: configured, lowered by headers
+        self.rate = per_minute  # current pace (None: unpaced), at most the ceiling
+        self.wall: float | None = None  # the rate a 429 told us is too much
+        self.tat = -math.inf  # theoretical start of the next request (GCRA)
+        self.changed_at = -math.inf  # last cut or recovery step
+        # The provider's book as of its last answer: room left, when that was, when it resets.
+        self._room = 0.0
+        self._room_at = 0.0
+        self._room_until = -math.inf
+        self._refill: float | None = None  # per second, by the provider's limit and reset
+        self._spent = 0.0  # what we started since that answer
+
+    def interval(self, amount: float) -> float:
+        return amount * 60.0 / (self.rate * SAFETY) if self.rate else 0.0
+
+    def ready(self, amount: float, now: float) -> float:
+        """Earliest start for `amount` by our pace and by the provider's book."""
+        start = self.tat
+        if now < self._room_until:
+            refill = self._refill
+            room = self._room - self._spent + (now - self._room_at) * (refill or 0.0)
+            if room < amount:
+                # The allowance comes back steadily until the reset, when all of it is back.
+                free_at = now + (amount - room) / refill if refill else self._room_until
+                start = max(start, min(free_at, self._room_until))
+        return start
+
+    def take(self, amount: float, now: float) -> None:
+        """Book a start now. A start a little late for its slot keeps the schedule (timer
+        overshoot must not slow the run down); an idle clock banks nothing: no burst, ever."""
+        step = self.interval(amount)
+        on_time = now - self.tat <= LATE
+        self.tat = (self.tat if on_time else now) + step
+        self._spent += amount
+
+    def adopt_limit(self, limit: float) -> None:
+        """The provider states its per-minute limit: ours may not be higher."""
+        if self.ceiling is None or limit < self.ceiling:
+            self.ceiling = limit
+        if self.rate is None or self.rate > self.ceiling:
+            self.rate = self.ceiling
+
+    def snapshot(self, remaining: float, reset: float | None, limit: float | None,
+                 now: float) -> None:
+        """The provider's remaining allowance as of now, valid until its reset."""
+        self._room, self._room_at, self._spent = remaining, now, 0.0
+        self._room_until = now + (reset if reset is not None else SNAPSHOT_LIFE)
+        # OpenAI's reset is when the allowance is whole again, so it refills at this pace.
+        self._refill = None
+        if limit and reset and limit > remaining:
+            self._refill = (limit - remaining) / reset
+
+    def cut(self, measured: float | None, now: float) -> None:
+        """Slow down below what we were really sending at when the server said 429."""
+        # What really went out is what the server judged (in the units of `rate`: / SAFETY).
+        # Not our pace: just after a cut the server's window still holds the faster past.
+        current = measured / SAFETY if measured else self.rate
+        if current is None:
+            return
+        # Near the wall we already learned, a 429 only confirms it: a small step back is enough.
+        touched = self.wall is not None and current >= self.wall * TOUCH
+        self.wall = current
+        self.rate = max(current * (TOUCH if touched else DECREASE), 1e-3)
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling * (TOUCH if touched else DECREASE))
+        self.changed_at = max(self.changed_at, now)
+
+    def recover(self, now: float) -> None:
+        """Climb back to the wall quickly, then probe above it slowly, never past the ceiling."""
+        if self.wall is None or self.rate is None:
+            return
+        steps = int((now - self.changed_at) / RECOVER_EVERY)
+        if steps <= 0:
+            return
+        self.changed_at += steps * RECOVER_EVERY
+        for _ in range(min(steps, 1000)):
+            below = self.wall * SAFETY
+            if self.rate < below:
+                self.rate = min(below, self.rate + CLIMB_STEP * self.wall)
+            else:
+                self.rate += PROBE_STEP * self.wall
+            if self.ceiling is not None and self.rate >= self.ceiling:
+                self.rate = self.ceiling
+                break
 
 
 class Limiter:
     """Hands out start times for requests; one per run, shared by all workers."""
 
     def __init__(self, rpm: float | None, tpm: float | None,
-                 clock: Callable[[], float] | None = None) -> None:
-        self._clock = clock or asyncio.get_running_loop().time
-        self.rpm_ceiling = rpm  # the most we may use: configured, lowered by headers
-        self.tpm_ceiling = tpm
-        self.rpm = rpm  # current pacing rate (<= ceiling after 429s)
-        self.tpm = tpm
-        now = self._clock()
-        self._next_request = now
-        self._next_token = now
-        self._paused_until = now
-        self._last_cut = -1e9
-        self._last_recover = now
-        self._sent: deque[float] = deque()
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[object]] | None = None) -> None:
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or asyncio.sleep
+        self.requests = _Clock(rpm)
+        self.tokens = _Clock(tpm)
+        self._paused_until = -math.inf
+        self._last_cut = -math.inf
+        self._sent: deque[tuple[float, int]] = deque()  # (start, tokens) of recent starts
+        self._gate = asyncio.Lock()
+        self._closed = False
         self.pauses = 0
         self.rate_limited = 0
 
-    def slot(self, tokens: int) -> float:
-        """Reserve the earliest start time for a request of `tokens`; returns seconds to wait."""
-        now = self._clock()
-        self._maybe_recover(now)
-        start = max(now, self._next_request, self._next_token, self._paused_until)
-        if self.rpm:
-            self._next_request = start + 60.0 / (self.rpm * SAFETY)
-        if self.tpm:
-            self._next_token = start + tokens * 60.0 / (self.tpm * SAFETY)
-        self._sent.append(start)
-        while self._sent and self._sent[0] < now - MEASURE_WINDOW:
-            self._sent.popleft()
-        return start - now
+    # --- the pace -----------------------------------------------------------------------
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait for this request's slot."""
-        wait = self.slot(tokens)
-        if wait > 0:
-            await asyncio.sleep(wait)
+    @property
+    def rpm(self) -> float | None:
+        """Current request pace per minute (None: unpaced)."""
+        return self.requests.rate
+
+    @property
+    def tpm(self) -> float | None:
+        """Current token pace per minute (None: unpaced)."""
+        return self.tokens.rate
+
+    def now(self) -> float:
+        """The limiter's clock (what `acquire` returns and `rate_limited_by_server` takes)."""
+        return self._clock()
+
+    def wait_for(self, tokens: int) -> float:
+        """Seconds until a request of `tokens` may start (0: now). Books nothing."""
+        now = self._clock()
+        self.requests.recover(now)
+        self.tokens.recover(now)
+        start = max(self._paused_until, self.requests.ready(1, now), self.tokens.ready(tokens, now))
+        return max(0.0, start - now)
+
+    def take(self, tokens: int) -> float:
+        """Book a start of a request of `tokens` now; returns the start time."""
+        now = self._clock()
+        self.requests.take(1, now)
+        self.tokens.take(tokens, now)
+        self._sent.append((now, tokens))
+        self._forget(now)
+        return now
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait for this request's turn and book it; returns its start time on `now()`'s clock."""
+        async with self._gate:
+            # One worker waits at a time, and re-reads the state when it wakes: a 429 that came
+            # in meanwhile holds this start too.
+            while not self._closed:
+                wait = self.wait_for(tokens)
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            return self.take(tokens)
+
+    def close(self) -> None:
+        """The run is stopping: let every waiting worker through at once (it will not send)."""
+        self._closed = True
+
+    def oversize(self, tokens: int) -> str | None:
+        """Why a request of `tokens` can never be sent under the token limit, or None."""
+        limit = self.tokens.ceiling
+        if limit is None or tokens <= limit:
+            return None
+        return (
+            f"one request reserves {tokens} tokens (prompt estimate + max_tokens) but the limit "
+            f"is {limit:g} tokens per minute, so it can never be sent; lower --max-tokens, "
+            "shorten the prompt, or raise --tpm if the provider allows more"
+        )
+
+    # --- learning -----------------------------------------------------------------------
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn from `x-ratelimit-*` headers: real limits, and remaining budget near zero."""
+        """Learn from `x-ratelimit-*` headers: the real limits and the provider's remaining room."""
         if not headers:
             return
         now = self._clock()
-        for kind in ("requests", "tokens"):
+        for kind, clock in (("requests", self.requests), ("tokens", self.tokens)):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             if limit is not None and limit > 0:
-                self._adopt_ceiling(kind, limit)
+                clock.adopt_limit(limit)
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}", "") or "")
-            if remaining is not None and reset is not None and remaining <= 0:
-                # The provider's books say this window is spent: nobody starts before it resets.
-                self._paused_until = max(self._paused_until, now + reset)
+            if remaining is not None:
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+                clock.snapshot(max(0.0, remaining), reset, limit, now)
 
-    def _adopt_ceiling(self, kind: str, limit: float) -> None:
-        # Headers state per-minute limits (OpenAI); a provider's real limit lowers ours.
-        if kind == "requests":
-            if self.rpm_ceiling is None or limit < self.rpm_ceiling:
-                self.rpm_ceiling = limit
-                self.rpm = min(self.rpm or limit, limit)
-        else:
-            if self.tpm_ceiling is None or limit < self.tpm_ceiling:
-                self.tpm_ceiling = limit
-                self.tpm = min(self.tpm or limit, limit)
+    def rate_limited_by_server(self, retry_after: float | None,
+                               sent_at: float | None = None) -> None:
+        """A 429 about rate: pause every start for its retry-after and slow the whole run down.
 
-    def rate_limited_by_server(self, retry_after: float | None) -> None:
-        """A 429 about rate: pause everyone for its retry-after and slow the whole run down."""
+        Only a 429 for a request started after the last cut cuts again: the ones in flight at
+        the time of a cut describe the old pace, which is already cut.
+        """
         now = self._clock()
         self.rate_limited += 1
-        pause = retry_after if retry_after is not None else 1.0
+        pause = retry_after if retry_after is not None else DEFAULT_PAUSE
         if now + pause > self._paused_until:
             self._paused_until = now + pause
             self.pauses += 1
-        if now - self._last_cut < 1.0:
-            return  # one cut per burst of 429s: they describe the same overload
-        self._last_cut = now
-        self._last_recover = now
-        observed = len(self._sent) / MEASURE_WINDOW * 60.0 if self._sent else None
-        current = self.rpm or observed
-        if current:
-            self.rpm = max(1.0, current * DECREASE)
-            if self.rpm_ceiling is None:
-                self.rpm_ceiling = current  # no configured limit: what we were doing is too much
-        if self.tpm:
-            self.tpm = max(1.0, self.tpm * DECREASE)
-
-    def _maybe_recover(self, now: float) -> None:
-        if now - self._last_recover < RECOVER_EVERY or now - self._last_cut < RECOVER_EVERY:
+            for clock in (self.requests, self.tokens):  # recovery counts from the pause's end
+                clock.changed_at = max(clock.changed_at, self._paused_until)
+        if sent_at is not None and sent_at < self._last_cut:
             return
-        self._last_recover = now
-        if self.rpm and self.rpm_ceiling and self.rpm < self.rpm_ceiling:
-            self.rpm = min(self.rpm_ceiling, self.rpm + RECOVER_STEP * self.rpm_ceiling)
-        if self.tpm and self.tpm_ceiling and self.tpm < self.tpm_ceiling:
-            self.tpm = min(self.tpm_ceiling, self.tpm + RECOVER_STEP * self.tpm_ceiling)
+        if sent_at is None and now - self._last_cut < RECOVER_EVERY:
+            return  # no start time to judge by: one cut per burst of 429s
+        self._last_cut = now
+        request_rate, token_rate = self._measured(now)
+        self.requests.cut(request_rate, now)
+        if self.tokens.rate is not None:
+            self.tokens.cut(token_rate, now)
+
+    def _measured(self, now: float) -> tuple[float | None, float | None]:
+        """Requests and tokens per minute actually started over the last MEASURE_SPAN seconds."""
+        self._forget(now)
+        sent = self._sent
+        if len(sent) < 2:
+            return None, None
+        # The starts before the last one filled the time from the first start until now.
+        span = max(now - sent[0][0], 1e-3)
+        tokens = sum(t for _, t in sent) - sent[-1][1]
+        return (len(sent) - 1) * 60.0 / span, tokens * 60.0 / span
+
+    def _forget(self, now: float) -> None:
+        sent = self._sent
+        while sent and sent[0][0] < now - MEASURE_SPAN:
+            sent.popleft()
 
 
 def _number(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None

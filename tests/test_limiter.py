@@ -1,0 +1,311 @@
+"""The limiter on a fake clock: exact pacing, no burst, the provider's book, 429s and learning."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+
+import pytest
+
+from batchrun.limiter import SAFETY, Limiter
+
+
+class FakeClock:
+    """A clock the test moves; `sleep` advances it instead of waiting."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def limiter(rpm: float | None = None, tpm: float | None = None) -> tuple[Limiter, FakeClock]:
+    clock = FakeClock()
+    return Limiter(rpm, tpm, clock=clock, sleep=clock.sleep), clock
+
+
+def starts(lim: Limiter, clock: FakeClock, sizes: list[int]) -> list[float]:
+    """Start one request per size as early as the limiter allows; returns the start times."""
+    out = []
+    for tokens in sizes:
+        clock.t += lim.wait_for(tokens)
+        out.append(lim.take(tokens))
+    return out
+
+
+def most_in_window(times: list[float], weights: list[int], window: float) -> int:
+    """The largest total weight of starts inside any half-open window [t, t + window)."""
+    best, total, lo = 0, 0, 0
+    for hi, t in enumerate(times):
+        total += weights[hi]
+        while times[lo] <= t - window:
+            total -= weights[lo]
+            lo += 1
+        best = max(best, total)
+    return best
+
+
+# --- pacing -----------------------------------------------------------------------------------
+
+
+def test_first_requests_are_paced_not_burst() -> None:
+    lim, clock = limiter(rpm=600)
+    t0 = clock.t
+    times = starts(lim, clock, [1] * 5)
+    gap = 60 / (600 * SAFETY)
+    assert times == pytest.approx([t0 + i * gap for i in range(5)])
+
+
+@pytest.mark.parametrize("window", [0.25, 1.0, 7.0, 60.0])
+def test_rpm_pacing_is_exact_over_any_window(window: float) -> None:
+    rpm = 6000
+    lim, clock = limiter(rpm=rpm)
+    times = starts(lim, clock, [1] * 12_000)  # two minutes of starts
+    allowed = rpm * window / 60
+    most = most_in_window(times, [1] * len(times), window)
+    assert most <= allowed + 1  # the limit, plus the one request that opens the window
+    assert most >= int(allowed * SAFETY)  # and not slower than the pace asked for
+    assert times[-1] - times[0] == pytest.approx((len(times) - 1) * 60 / (rpm * SAFETY))
+
+
+@pytest.mark.parametrize("window", [1.0, 10.0, 60.0])
+def test_tpm_pacing_is_exact_over_any_window(window: float) -> None:
+    tpm = 90_000
+    rng = random.Random(7)
+    sizes = [rng.randint(20, 900) for _ in range(4000)]
+    lim, clock = limiter(tpm=tpm)
+    times = starts(lim, clock, sizes)
+    most = most_in_window(times, sizes, window)
+    assert most <= tpm * window / 60 + max(sizes)
+    assert most >= tpm * window / 60 * SAFETY - max(sizes)
+    # Start k waits for exactly the reservations of the k before it.
+    assert times[-1] - times[0] == pytest.approx(sum(sizes[:-1]) * 60 / (tpm * SAFETY))
+
+
+def test_both_clocks_bind_the_later_start() -> None:
+    lim, clock = limiter(rpm=60, tpm=600)  # 1 request/s, 10 tokens/s (before SAFETY)
+    t0 = clock.t
+    times = starts(lim, clock, [5, 50, 5])
+    assert times[1] - t0 == pytest.approx(60 / (60 * SAFETY))  # requests bind
+    assert times[2] - times[1] == pytest.approx(50 * 60 / (600 * SAFETY))  # tokens bind
+
+
+def test_timer_overshoot_does_not_slow_the_run_but_idling_banks_no_burst() -> None:
+    lim, clock = limiter(rpm=6000)
+    gap = 60 / (6000 * SAFETY)
+    times = []
+    for _ in range(1000):
+        clock.t += lim.wait_for(1) + gap * 0.3  # every sleep wakes 30% of an interval late
+        times.append(lim.take(1))
+    # Lateness is absorbed: 1000 starts span 999 intervals (plus one lateness), not 999 * 1.3.
+    assert times[-1] - times[0] == pytest.approx(999.3 * gap, rel=1e-6)
+    clock.t += 30.0  # a long lull
+    times = starts(lim, clock, [1] * 50)
+    assert most_in_window(times, [1] * 50, 0.1) <= 0.1 / gap + 2
+
+
+def test_reservation_stands_for_the_window_whatever_the_answer_used() -> None:
+    # A request reserves prompt + max_tokens; a short answer hands nothing back.
+    lim, clock = limiter(tpm=6000)
+    lim.take(1000)
+    lim.observe({"content-type": "application/json"})  # an answer of 12 tokens: no refund
+    assert lim.wait_for(1000) == pytest.approx(1000 * 60 / (6000 * SAFETY))
+
+
+def test_acquire_waits_on_the_injected_clock_and_returns_the_start() -> None:
+    lim, clock = limiter(rpm=120)
+
+    async def main() -> list[float]:
+        return [await lim.acquire(10) for _ in range(3)]
+
+    times = asyncio.run(main())
+    assert times == pytest.approx([1000.0, 1000.0 + 0.5 / SAFETY, 1000.0 + 1.0 / SAFETY])
+
+
+def test_close_lets_waiting_workers_through_at_once() -> None:
+    lim, clock = limiter(rpm=1)
+    lim.take(1)
+    lim.rate_limited_by_server(3600)
+
+    async def main() -> float:
+        lim.close()
+        return await lim.acquire(1)
+
+    assert asyncio.run(main()) == 1000.0  # no hour-long wait once the run is stopping
+
+
+def test_a_request_larger_than_the_token_limit_is_named_before_sending() -> None:
+    lim, _ = limiter(tpm=1000)
+    assert lim.oversize(1000) is None
+    reason = lim.oversize(1500)
+    assert reason is not None and "1500" in reason and "--max-tokens" in reason
+    assert limiter()[0].oversize(10**9) is None  # no limit, nothing is too large
+    learned, _ = limiter()
+    learned.observe({"x-ratelimit-limit-tokens": "800"})
+    assert learned.oversize(900) is not None
+
+
+# --- the provider's headers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reset", "seconds"), [
+    ("1s", 1.0), ("6m0s", 360.0), ("12ms", 0.012), ("1m30.5s", 90.5), ("2", 2.0),
+])
+def test_no_remaining_requests_holds_until_the_reset(reset: str, seconds: float) -> None:
+    lim, clock = limiter()
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": reset})
+    assert lim.wait_for(1) == pytest.approx(seconds)
+    clock.t += seconds
+    assert lim.wait_for(1) == 0.0  # after the reset our own books rule again
+
+
+def test_limit_headers_lower_a_ceiling_set_too_high_at_once() -> None:
+    lim, _ = limiter(rpm=12_000, tpm=2_000_000)
+    lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-limit-tokens": "150000",
+                 "x-ratelimit-remaining-requests": "5999", "x-ratelimit-remaining-tokens": "149000",
+                 "x-ratelimit-reset-requests": "10ms", "x-ratelimit-reset-tokens": "400ms"})
+    assert (lim.rpm, lim.tpm) == (6000, 150_000)
+    lower, _ = limiter(rpm=100)
+    lower.observe({"x-ratelimit-limit-requests": "6000"})
+    assert lower.rpm == 100  # a user's lower limit (sharing a key) is kept
+
+
+def test_no_configured_limit_adopts_the_header_limit() -> None:
+    lim, clock = limiter()
+    lim.observe({"x-ratelimit-limit-requests": "600"})
+    times = starts(lim, clock, [1] * 3)
+    assert times[2] - times[0] == pytest.approx(2 * 60 / (600 * SAFETY))
+
+
+def test_remaining_tokens_below_the_next_need_holds_until_the_reset() -> None:
+    lim, clock = limiter()  # no limits known: only the provider's book
+    lim.observe({"x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "2s"})
+    assert lim.wait_for(50) == 0.0  # fits in what is left
+    assert lim.wait_for(400) == pytest.approx(2.0)  # does not: wait for the reset
+
+
+def test_remaining_tokens_count_what_we_started_since() -> None:
+    lim, clock = limiter()
+    lim.observe({"x-ratelimit-remaining-tokens": "1000", "x-ratelimit-reset-tokens": "10s"})
+    lim.take(400)
+    lim.take(400)
+    assert lim.wait_for(200) == 0.0
+    assert lim.wait_for(400) == pytest.approx(10.0)  # 200 left by the provider's book
+
+
+def test_remaining_tokens_refill_until_the_reset() -> None:
+    # OpenAI: the reset is when the allowance is whole again, so 5,900 tokens come back in 10 s.
+    lim, clock = limiter()
+    lim.observe({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "100",
+                 "x-ratelimit-reset-tokens": "10s"})
+    assert lim.wait_for(400) == pytest.approx(300 / 590)  # 300 short at 590 tokens/s
+
+
+def test_remaining_is_truth_over_our_books_when_it_says_less() -> None:
+    # Our pace alone would start now; the provider says its window is spent by someone else.
+    lim, clock = limiter(tpm=600_000)
+    lim.observe({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "850ms"})
+    assert lim.wait_for(10) == pytest.approx(0.85)
+
+
+def test_unparseable_headers_are_ignored() -> None:
+    lim, _ = limiter(rpm=60)
+    lim.observe({"x-ratelimit-limit-requests": "lots", "x-ratelimit-remaining-requests": "inf",
+                 "x-ratelimit-reset-requests": "soon"})
+    assert lim.rpm == 60 and lim.wait_for(1) == 0.0
+
+
+# --- 429s -------------------------------------------------------------------------------------
+
+
+def test_429_pauses_everyone_cuts_the_rate_and_recovers() -> None:
+    lim, clock = limiter(rpm=600)
+    times = starts(lim, clock, [1] * 60)  # ~6 s at the pace
+    lim.rate_limited_by_server(2.0, sent_at=times[-1])
+    assert lim.wait_for(1) == pytest.approx(2.0)  # every start waits out the retry-after
+    cut = lim.rpm
+    assert cut == pytest.approx(600 * 0.7, rel=0.02)
+    # A 429 for a request sent before the cut describes the old pace: pause, no second cut.
+    clock.t += 0.5
+    lim.rate_limited_by_server(3.0, sent_at=times[-2])
+    assert lim.rpm == cut and lim.wait_for(1) == pytest.approx(3.0)
+    clock.t += 3.0
+    paced = starts(lim, clock, [1] * 3)
+    assert paced[2] - paced[1] >= 60 / (cut * SAFETY) - 1e-9  # the slower pace holds
+    clock.t += 10.0
+    lim.wait_for(1)
+    assert lim.rpm == 600  # recovered to the ceiling within seconds
+    assert lim.rate_limited == 2
+
+
+def test_429_without_retry_after_pauses_one_second() -> None:
+    lim, clock = limiter()
+    lim.take(1)
+    lim.rate_limited_by_server(None)
+    assert lim.wait_for(1) == pytest.approx(1.0)
+
+
+class WindowServer:
+    """A strict provider: at most `per_minute * window / 60` arrivals in any `window` seconds,
+    every arrival counted (refused ones too, as OpenAI does); 429 says when a slot frees."""
+
+    def __init__(self, per_minute: float, window: float = 1.0) -> None:
+        self.allowed = per_minute * window / 60
+        self.window = window
+        self.arrivals: deque[float] = deque()
+        self.ok: list[float] = []
+        self.refused: list[float] = []
+
+    def arrive(self, now: float) -> float | None:
+        """None when accepted, else the retry-after in seconds."""
+        while self.arrivals and self.arrivals[0] <= now - self.window:
+            self.arrivals.popleft()
+        self.arrivals.append(now)
+        if len(self.arrivals) <= self.allowed:
+            self.ok.append(now)
+            return None
+        self.refused.append(now)
+        return self.arrivals[0] + self.window - now
+
+
+def drive(lim: Limiter, clock: FakeClock, server: WindowServer, seconds: float) -> None:
+    """Requests start as soon as the limiter lets them; a 429 comes back at once."""
+    end = clock.t + seconds
+    while clock.t < end:
+        clock.t += lim.wait_for(1)
+        sent = lim.take(1)
+        retry_after = server.arrive(clock.t)
+        if retry_after is not None:
+            lim.rate_limited_by_server(retry_after, sent)
+        clock.t += 1e-4  # no two starts in the same instant, even unpaced
+
+
+@pytest.mark.parametrize("configured", [12_000, None])
+def test_429s_alone_teach_the_real_limit_within_seconds(configured: float | None) -> None:
+    # A provider with no rate-limit headers (vLLM, LLMost) enforcing 6,000 RPM per second.
+    lim, clock = limiter(rpm=configured)
+    server = WindowServer(6000)
+    t0 = clock.t
+    drive(lim, clock, server, 40.0)
+    learned = [t for t in server.refused if t > t0 + 10]
+    late_ok = [t for t in server.ok if t > t0 + 10]
+    # After 10 s, at most ~1% of requests are refused and the run uses ~90%+ of the limit.
+    assert len(learned) <= 0.01 * len(late_ok)
+    assert len(late_ok) / 30.0 >= 0.9 * 100
+    assert 0.85 * 6000 <= lim.rpm <= 1.1 * 6000
+
+
+def test_headers_teach_the_real_limit_from_the_first_answer() -> None:
+    lim, clock = limiter(rpm=12_000)
+    server = WindowServer(6000)
+    lim.take(1)
+    server.arrive(clock.t)
+    lim.observe({"x-ratelimit-limit-requests": "6000"})
+    drive(lim, clock, server, 20.0)
+    assert server.refused == []
+    assert len(server.ok) >= 20 * 100 * SAFETY - 1

@@ -53,22 +53,27 @@ class OutputLock:
     """One run per output: an exclusive flock, released by the kernel if the process dies."""
 
     def __init__(self, output: Path) -> None:
+        self.output = output
         self.path = journal_path(output).with_suffix(".lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock or refuse at once, naming the process that holds it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            output = self.path.name.removesuffix(".journal.lock") + ".parquet"
-            raise LockedError(
-                f"another batchrun run (pid {holder}) is writing {output}; "
-                "wait for it to finish or stop it, then run again"
-            ) from None
+        for attempt in range(4):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 3:  # `status` may hold a shared lock for a moment: look again
+                    time.sleep(0.02)
+                    continue
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise LockedError(
+                    f"another batchrun run (pid {holder}) is writing {self.output.name}; "
+                    "wait for it to finish or stop it, then run again"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -210,8 +215,11 @@ class Journal:
 
     def _write_rows(self) -> None:
         if self._pending_rows:
-            self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
-                                 self._pending_rows)
+            # One transaction: in autocommit mode each row would be a commit of its own.
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
+                                     self._pending_rows)
             self._pending_rows.clear()
 
     # --- reading back -----------------------------------------------------------------------
@@ -278,10 +286,13 @@ class GroupCommit:
         self._on_commit = on_commit
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
+        self._failed: BaseException | None = None
 
     async def commit(self, outcome: Outcome) -> None:
         """Buffer a finished request and return once it is committed."""
         self.journal.record(outcome)
+        if self._failed is not None:  # no flusher is left to wake us
+            raise self._failed
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         self._wake.set()
@@ -309,6 +320,7 @@ class GroupCommit:
         try:
             n = self.journal.flush()
         except BaseException as exc:
+            self._failed = exc
             for done in waiters:
                 if not done.done():
                     done.set_exception(exc)

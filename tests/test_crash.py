@@ -7,6 +7,7 @@ bills an answer when it sends it, so `billed_by_prompt` says exactly which promp
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -160,3 +161,48 @@ def test_every_finished_row_is_committed_within_a_fraction_of_a_second(tmp_path:
     # Committed within a fraction of a second of the answer (polling adds up to ~5 ms).
     lags = sorted(first_seen[key] - finished_at[key] for key in first_seen)
     assert lags[-1] < 0.5, lags[-10:]
+
+
+def test_group_commit_wakes_each_worker_after_its_commit_and_a_failure_reaches_all(
+        tmp_path: Path) -> None:
+    """The engine's commit path in-process: one transaction serves many workers; a failed commit
+    (here: a value SQLite cannot store) fails every waiting and later worker instead of hanging."""
+    import asyncio
+    import sqlite3
+
+    from batchrun.journal import GroupCommit, Journal
+    from batchrun.outcome import OK, Outcome
+
+    journal = Journal(tmp_path / "j.sqlite")
+    commits: list[int] = []
+
+    async def main() -> None:
+        group = GroupCommit(journal, every=10.0, on_commit=commits.append)
+        flusher = asyncio.create_task(group.run())
+
+        async def worker(i: int) -> int:
+            await group.commit(Outcome(i.to_bytes(4, "big"), OK, response=f"answer {i}"))
+            # Committed before commit() returns: another connection sees it now.
+            other = sqlite3.connect(tmp_path / "j.sqlite")
+            seen = other.execute("SELECT response FROM results WHERE key = ?",
+                                 (i.to_bytes(4, "big"),)).fetchone()
+            other.close()
+            assert seen == (f"answer {i}",)
+            return i
+
+        assert await asyncio.gather(*(worker(i) for i in range(50))) == list(range(50))
+        assert sum(commits) == 50 and len(commits) < 50  # shared transactions
+
+        bad = Outcome(b"bad", OK, response=object())  # type: ignore[arg-type]
+        results = await asyncio.gather(group.commit(bad), return_exceptions=True)
+        assert isinstance(results[0], sqlite3.Error)
+        with contextlib.suppress(sqlite3.Error):
+            await flusher
+        assert flusher.done()
+        later = await asyncio.wait_for(
+            asyncio.gather(group.commit(Outcome(b"late", OK)), return_exceptions=True), 1.0)
+        assert isinstance(later[0], sqlite3.Error)  # raised at once, not left waiting
+
+    asyncio.run(main())
+    count = sqlite3.connect(tmp_path / "j.sqlite").execute("SELECT COUNT(*) FROM results")
+    assert count.fetchone()[0] == 50  # the failed transaction was rolled back

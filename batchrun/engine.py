@@ -148,7 +148,7 @@ class Run:
         lock = OutputLock(config.output)
         lock.acquire()
         self._lock = lock
-        journal = Journal(journal_path(config.output))
+        journal = Journal(journal_path(config.output), fresh=config.fresh)
         self.journal = journal
         if config.fresh:
             journal.discard_all()

@@ -103,8 +103,12 @@ class OutputLock:
 class Journal:
     """The run's SQLite journal; use from one thread (the event loop's)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, fresh: bool = False) -> None:
         self.path = path
+        if fresh and not readonly:  # --fresh: start from nothing, even from an unreadable file
+            for stale in (path, path.with_name(path.name + "-wal"),
+                          path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,

@@ -144,3 +144,22 @@ def test_rows_that_ran_out_of_retries_are_resent_on_a_plain_resume(tmp_path: Pat
     assert resumed.returncode == 0, resumed.stderr
     assert server.stats.requests == n + len(flaky) + len(flaky)
     _check_answers(out)
+
+
+def test_unreadable_journal_is_one_line_exit_2_and_fresh_starts_over(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = write_csv(tmp_path / "in.csv", _topics(10))
+    out = tmp_path / "out.parquet"
+    journal = tmp_path / "out.journal.sqlite"
+    journal.write_bytes(b"not a database, just bytes " * 200)
+    refused = _run(src, out, server.base_url, "--model", "sim-1")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "journal" in refused.stderr and "--fresh" in refused.stderr
+    assert server.stats.requests == 0
+    status = run_cli("status", out)
+    assert status.returncode == 2 and status.stderr.count("\n") == 1
+    fresh = _run(src, out, server.base_url, "--model", "sim-1", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert server.stats.requests == 10
+    _check_answers(out)

@@ -86,8 +86,9 @@ class Summary:
         if self.stopped:
             lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
             if pending:
-                lines.append(f"  pending   {pending:,} rows not answered yet: run the same "
-                             "command again to resume")
+                hint = "" if "run the same command again" in self.stopped else (
+                    ": run the same command again to resume")
+                lines.append(f"  pending   {pending:,} rows not answered yet{hint}")
         return "\n".join(lines)
 
 

@@ -77,3 +77,10 @@ def test_summary_of_a_real_run_with_dedup_and_failures(tmp_path: Path, sim) -> N
     assert again.returncode == 1
     assert "(4 answered by earlier runs, not sent again)" in again.stdout
     assert "  requests  0 sent" in again.stdout
+
+
+def test_pending_hint_is_not_repeated() -> None:
+    reason = "interrupted by SIGINT; finished rows are saved: run the same command again to resume"
+    lines = replace(BASE, rows_ok=10, rows_error=0, stopped=reason).render().splitlines()
+    assert f"  stopped   {reason}" in lines
+    assert "  pending   1,190 rows not answered yet" in lines

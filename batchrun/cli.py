@@ -68,7 +68,7 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--log-format", type=click.Choice(["text", "json"]),
                  help="Log lines as text or one JSON object per line."),
     click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-                 help="Least severe log level shown (default warning)."),
+                 help="Least severe log level shown (default warning; info with --log-format json)."),
 ]
 
 

@@ -89,3 +89,42 @@ def test_second_sigint_stops_at_once_and_the_journal_stays_consistent(tmp_path: 
     _check_complete(out, fast + slow)
     assert server.stats.ok == fast + slow
     assert set(server.stats.billed_by_prompt.values()) == {1}
+
+
+def test_sigint_while_the_producer_skips_answered_rows_exits_without_waiting_the_grace(
+        tmp_path: Path, sim) -> None:
+    """Workers idle on an empty queue while the producer skips a long answered stretch must be
+    released when a signal stops the producer (not left to the 10 s grace timer)."""
+    server = sim()
+    n = 60_000
+    # One identical deterministic prompt: the first run sends 1 request and maps every row.
+    src = write_csv(tmp_path / "in.csv", [{"id": i, "prompt": "Same question."} for i in range(n)])
+    out = tmp_path / "out.parquet"
+    args = ("run", "--input", src, "--output", out, "--base-url", server.base_url,
+            "--model", "sim-1", "--temperature", "0", "--no-progress")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert server.stats.requests == 1
+
+    def mapped() -> int:
+        import sqlite3
+
+        from .conftest import journal_file
+
+        try:
+            db = sqlite3.connect(f"file:{journal_file(out)}?mode=ro", uri=True, timeout=5)
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.OperationalError:
+            return 0
+
+    proc = start_cli(*args)
+    # The rerun maps its rows afresh: wait until it is part-way through skipping them.
+    wait_until(lambda: 0 < mapped() < n // 2, proc, interval=0.001)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=6)  # the grace period is 10 s: it must not wait for it
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert server.stats.requests == 1

@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# --fresh: the demo shows a whole run every time (a plain rerun would resume: nothing to send).
 demo: $(STAMP)
-	$(BIN)/batchrun run jobs/demo.toml
+	$(BIN)/batchrun run jobs/demo.toml --fresh
 
 test: $(STAMP)
 	$(BIN)/ruff check batchrun tests benchmarks

@@ -461,7 +461,10 @@ def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> S
         names: tuple[str, ...] = (config.api_key_env,)
     else:
         preset_env = config.preset.key_env if config.preset else None
-        names = DEFAULT_KEY_ENVS + tuple(n for n in (preset_env, FALLBACK_KEY_ENV) if n)
+        # dict.fromkeys: the openai preset's variable is also the fallback; name it once.
+        names = tuple(dict.fromkeys(
+            DEFAULT_KEY_ENVS + tuple(n for n in (preset_env, FALLBACK_KEY_ENV) if n)
+        ))
     for name in names:
         value = environ.get(name, "").strip()
         if value:

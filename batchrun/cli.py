@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import BatchrunError
+from .errors import BatchrunError, UsageError
 
 RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--input", "input", metavar="PATH", help="CSV, TSV or Parquet file of prompts."),
@@ -162,7 +162,11 @@ def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> N
     key = os.environ.get(api_key_env, "") if api_key_env else None
     if api_key_env and not key:
         raise BatchrunError(f"--api-key-env {api_key_env}: that variable is not set")
-    serve(SimConfig(api_key=key or None, **options), host=host, port=port)
+    try:
+        config = SimConfig(api_key=key or None, **options)
+    except ValueError as exc:
+        raise UsageError(f"simulate: {exc}") from None
+    serve(config, host=host, port=port)
 
 
 def _setup_logging(log_format: str, level: str) -> None:

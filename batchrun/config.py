@@ -202,6 +202,13 @@ class RunConfig:
         return PRESETS.get(self.provider) if self.provider else None
 
     @property
+    def endpoint(self) -> str:
+        """The base URL as reports show it: the simulator preset's port is chosen at run time."""
+        if self.provider == "simulator" and not self.base_url:
+            return "in-process simulator (loopback)"
+        return self.base_url
+
+    @property
     def is_local(self) -> bool:
         """A loopback base URL or a local preset: the key is optional."""
         return (self.preset is not None and self.preset.local) or is_loopback(self.base_url)

@@ -155,11 +155,11 @@ class Run:
         journal.start_mapping()
         journal.set_meta(
             input=str(config.input), output=str(config.output), model=config.model,
-            base_url=config.base_url, total_rows=self.stats.total_rows,
+            base_url=config.endpoint, total_rows=self.stats.total_rows,
             started_at=time.time(), pid=os.getpid(), finished_at=None, state="running",
         )
         self._emit("start", total_rows=self.stats.total_rows, input=str(config.input),
-                   output=str(config.output), model=config.model, base_url=config.base_url,
+                   output=str(config.output), model=config.model, base_url=config.endpoint,
                    concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
         async with self._endpoint() as base_url, new_session(config.concurrency) as session:
             self.sender = Sender(session, base_url, self.key, config.timeout,

@@ -130,6 +130,8 @@ def open_input(path: Path, encoding: str = "utf8") -> InputTable:
     except OSError as exc:
         raise InputError(f"cannot read input {path}: {exc.strerror}") from None
     suffix = path.suffix.lower()
+    if not head:
+        raise InputError(f"input {path} is empty (0 bytes); a CSV needs at least a header line")
     if head == PARQUET_MAGIC:
         try:
             schema = pq.ParquetFile(path).schema_arrow
@@ -142,8 +144,6 @@ def open_input(path: Path, encoding: str = "utf8") -> InputTable:
             "if it is CSV, rename it to .csv"
         )
     elif suffix in CSV_SUFFIXES:
-        if not head:
-            raise InputError(f"input {path} is empty (0 bytes); a CSV needs at least a header line")
         delimiter = CSV_SUFFIXES[suffix]
         schema, header_only = _csv_schema(path, delimiter, encoding)
         table = InputTable(path, "csv", schema, delimiter, encoding, header_only)

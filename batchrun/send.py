@@ -70,8 +70,11 @@ class Sender:
     async def send(self, body: bytes) -> Reply:
         """One attempt; never raises for anything the network or the server does."""
         try:
+            # Redirects are not followed: they would carry the prompts (and, on the same origin,
+            # the key) to an address the user never named.
             async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=self._timeout
+                self._url, data=body, headers=self._headers, timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
                 raw = await _read_limited(resp)
                 headers = resp.headers
@@ -95,6 +98,11 @@ class Sender:
         if status == 200:
             answer, failure = _parse_answer(raw)
             return Reply(answer, self._scrubbed(failure) if failure else None, headers)
+        if 300 <= status < 400:
+            where = headers.get("Location", "(no Location)")
+            return Reply(None, self._scrubbed(Failure(
+                Kind.JOB, f"HTTP {status} redirect to {where}: batchrun does not follow "
+                "redirects; set --base-url to the final address", status)), headers)
         try:
             data: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:

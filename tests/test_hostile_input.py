@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.errors import InputError
 from batchrun.read import open_input
 from batchrun.simulator import expected_answer
 
@@ -164,6 +165,11 @@ def test_duplicate_column_names_are_refused(tmp_path: Path, sim) -> None:
     src = tmp_path / "dup.csv"
     src.write_text("prompt,id,id\nhello,1,2\n", encoding="utf-8")
     _refused(_run(src, tmp_path / "out.parquet", server.base_url), server, "duplicate", "id")
+    parquet = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], ["prompt", "prompt"]),
+                   parquet)
+    with pytest.raises(InputError, match="duplicate column names: prompt"):
+        open_input(parquet)
 
 
 def test_zero_byte_file_is_refused(tmp_path: Path, sim) -> None:
@@ -171,6 +177,10 @@ def test_zero_byte_file_is_refused(tmp_path: Path, sim) -> None:
     src = tmp_path / "empty.csv"
     src.write_bytes(b"")
     _refused(_run(src, tmp_path / "out.parquet", server.base_url), server, "empty", str(src))
+    empty_parquet = tmp_path / "empty.parquet"
+    empty_parquet.write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        open_input(empty_parquet)
     blank = tmp_path / "blank.csv"
     blank.write_bytes(b"\n\n")
     _refused(_run(blank, tmp_path / "out.parquet", server.base_url), server, "header")

@@ -304,3 +304,19 @@ def test_self_signed_certificate_is_refused_and_nothing_is_sent(
     assert result.returncode == 0, result.stderr
     assert tls_server.requests == 3
     assert os.path.exists(out)
+
+
+def test_redirects_are_not_followed(tmp_path: Path, sim) -> None:
+    elsewhere = sim()
+    server = sim(api_key=TEST_KEY)
+    target = elsewhere.base_url + "/chat/completions"
+    server.rule("go", Step.body(b"", 307, {"Location": target}))
+    src = tmp_path / "in.csv"
+    src.write_text("prompt\nplease go\n", encoding="utf-8")
+    result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet", "--base-url",
+                     server.base_url, "--model", "sim-1", "--no-progress",
+                     env=clean_env(BATCHRUN_API_KEY=TEST_KEY), timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "redirect" in result.stderr and "--base-url" in result.stderr
+    assert elsewhere.stats.requests == 0
+    _assert_clean(result.stdout, result.stderr)

@@ -242,11 +242,10 @@ def _explain(exc: BaseException, path: Path, delimiter: str, encoding: str) -> s
     if "expected" in lowered and "columns" in lowered:
         found = _ragged_row(path, delimiter, encoding)
         if found is not None:
-            line, expected, got = found
-            return (
-                f"line {line}: expected {expected} fields like the header, got {got}; "
-                f"quote fields that contain '{delimiter}' or line breaks"
-            )
+            line, expected, got, spans_lines = found
+            hint = (f"a quote opened on line {line} may never be closed" if spans_lines
+                    else f"quote fields that contain '{delimiter}' or line breaks")
+            return f"line {line}: expected {expected} fields like the header, got {got}; {hint}"
     return text
 
 
@@ -269,8 +268,8 @@ def _first_bad_byte(path: Path, encoding: str) -> tuple[int, int] | None:
     return None
 
 
-def _ragged_row(path: Path, delimiter: str, encoding: str) -> tuple[int, int, int] | None:
-    """(line, expected, got) of the first record whose width differs from the header's."""
+def _ragged_row(path: Path, delimiter: str, encoding: str) -> tuple[int, int, int, bool] | None:
+    """(line, expected, got, spans lines) of the first record whose width differs the header's."""
     width = None
     try:
         for line, fields in _python_rows(path, delimiter, encoding):
@@ -279,7 +278,7 @@ def _ragged_row(path: Path, delimiter: str, encoding: str) -> tuple[int, int, in
             if width is None:
                 width = len(fields)
             elif len(fields) != width:
-                return line, width, len(fields)
+                return line, width, len(fields), any("\n" in f for f in fields)
     except (UnicodeDecodeError, csv.Error, OSError):
         return None
     return None

@@ -117,6 +117,9 @@ def test_ragged_rows_are_refused_naming_the_line(tmp_path: Path, sim) -> None:
     src.write_text('prompt,id\n"multi\nline",1\nx,2,3\n', encoding="utf-8")
     _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
              "line 4", "expected 2", "got 3")
+    src.write_text('prompt,id\na,1\n"never closed,2\nb,3\n', encoding="utf-8")
+    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+             "line 3", "quote opened on line 3 may never be closed")
 
 
 def test_a_one_megabyte_field_is_sent_and_kept_whole(tmp_path: Path, sim) -> None:

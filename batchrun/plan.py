@@ -241,7 +241,7 @@ def _journal_reader(config: RunConfig) -> tuple[_NoJournal | _JournalLookup, str
     journal = Journal(path, readonly=True)
     counts = journal.counts()
     return _JournalLookup(journal), (
-        f"{path.name}: {counts['ok']} rows answered, {counts['error']} failed in earlier runs"
+        f"{path.name}: {counts['ok']:,} rows answered, {counts['error']:,} failed in earlier runs"
     )
 
 

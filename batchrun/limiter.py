@@ -11,9 +11,10 @@ start, not only after requests already booked at the old pace.
 Rates adapt for the whole run. `x-ratelimit-limit-*` headers lower a configured limit that is too
 high (or set one where none was given); `x-ratelimit-remaining-*` with its reset is the provider's
 own book: when it leaves less room than the next request needs, starts hold until enough frees up.
-A 429 about rate pauses every start for its retry-after and cuts the pace to DECREASE times the rate
-the run was really sending at (the "wall"); the pace climbs back to the wall in a few seconds and
-then probes slowly above it, so a run with no headers and no configured limit finds the real one.
+A 429 about rate pauses every start for its retry-after. When 429s are more than noise among the
+recent answers, it also cuts the pace to DECREASE times the rate the run was really sending at
+(the "wall"); the pace climbs back to the wall in a few seconds and then probes slowly above it,
+so a run with no headers and no configured limit finds the real one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ TOUCH = 0.9  # the cut when the run merely touched the wall it already knew
 RECOVER_EVERY = 1.0  # seconds between increases after the last cut
 CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * wall
 PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
-MEASURE_SPAN = 2.0  # seconds of send history that say how fast the run is really going
+MEASURE_SPAN = 2.0  # seconds of history that say how fast the run goes and how it is answered
+NOISE = 0.02  # a share of 429s up to this among recent answers does not cut the rate
 DEFAULT_PAUSE = 1.0  # a 429 without retry-after pauses this long
 # A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
 # catching up adds at most half of what SAFETY holds back in the shortest window in use (1 s).
@@ -99,9 +101,13 @@ class _Clock:
 
     def cut(self, measured: float | None, now: float) -> None:
         """Slow down below what we were really sending at when the server said 429."""
-        # What really went out is what the server judged (in the units of `rate`: / SAFETY).
-        # Not our pace: just after a cut the server's window still holds the faster past.
-        current = measured / SAFETY if measured else self.rate
+        current = self.rate
+        sent = measured / SAFETY if measured else None  # what went out, in the units of `rate`
+        # What the server judged is what really went out: just after a cut its window still
+        # holds the faster past; and with a pace far above what the workers manage, the pace
+        # says nothing. Otherwise our pace: pauses make the measured rate read low.
+        if sent is not None and (current is None or sent > current or current > 1.5 * sent):
+            current = sent
         if current is None:
             return
         # Near the wall we already learned, a 429 only confirms it: a small step back is enough.
@@ -111,6 +117,11 @@ class _Clock:
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling * (TOUCH if touched else DECREASE))
         self.changed_at = max(self.changed_at, now)
+
+    @property
+    def probing(self) -> bool:
+        """Is the pace above the wall a 429 taught, looking for room?"""
+        return self.wall is not None and self.rate is not None and self.rate > self.wall
 
     def recover(self, now: float) -> None:
         """Climb back to the wall quickly, then probe above it slowly, never past the ceiling."""
@@ -144,6 +155,8 @@ class Limiter:
         self._paused_until = -math.inf
         self._last_cut = -math.inf
         self._sent: deque[tuple[float, int]] = deque()  # (start, tokens) of recent starts
+        self._replies: deque[float] = deque()  # when recent answers of any kind came back
+        self._limited: deque[float] = deque()  # when recent rate-limit 429s came back
         self._gate = asyncio.Lock()
         self._closed = False
         self.pauses = 0
@@ -212,10 +225,14 @@ class Limiter:
     # --- learning -----------------------------------------------------------------------
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn from `x-ratelimit-*` headers: the real limits and the provider's remaining room."""
+        """Count an answer (of any kind, headers or none) and learn from its `x-ratelimit-*`
+        headers: the real limits and the provider's remaining room."""
+        now = self._clock()
+        self._replies.append(now)
+        while self._replies[0] < now - MEASURE_SPAN:
+            self._replies.popleft()
         if not headers:
             return
-        now = self._clock()
         for kind, clock in (("requests", self.requests), ("tokens", self.tokens)):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             if limit is not None and limit > 0:
@@ -240,15 +257,29 @@ class Limiter:
             self.pauses += 1
             for clock in (self.requests, self.tokens):  # recovery counts from the pause's end
                 clock.changed_at = max(clock.changed_at, self._paused_until)
+        self._limited.append(now)
         if sent_at is not None and sent_at < self._last_cut:
             return
         if sent_at is None and now - self._last_cut < RECOVER_EVERY:
             return  # no start time to judge by: one cut per burst of 429s
+        # Above a wall it learned before, the run was looking for room: one 429 is the answer.
+        probing = self.requests.probing or self.tokens.probing
+        if not probing and not self._overloaded(now):
+            return
         self._last_cut = now
         request_rate, token_rate = self._measured(now)
         self.requests.cut(request_rate, now)
         if self.tokens.rate is not None:
             self.tokens.cut(token_rate, now)
+
+    def _overloaded(self, now: float) -> bool:
+        """Do recent 429s say the run is too fast? One 429 in a hundred answers is noise a
+        provider makes at any pace (its retry-after pause is enough); cutting the rate for each
+        would spiral it down to nothing."""
+        for times in (self._replies, self._limited):
+            while times and times[0] < now - MEASURE_SPAN:
+                times.popleft()
+        return len(self._limited) >= max(2, NOISE * len(self._replies))
 
     def _measured(self, now: float) -> tuple[float | None, float | None]:
         """Requests and tokens per minute actually started over the last MEASURE_SPAN seconds."""

@@ -223,16 +223,18 @@ def test_unparseable_headers_are_ignored() -> None:
 # --- 429s -------------------------------------------------------------------------------------
 
 
-def test_429_pauses_everyone_cuts_the_rate_and_recovers() -> None:
+def test_429s_pause_everyone_cut_the_rate_and_it_recovers() -> None:
     lim, clock = limiter(rpm=600)
     times = starts(lim, clock, [1] * 60)  # ~6 s at the pace
-    lim.rate_limited_by_server(2.0, sent_at=times[-1])
+    lim.rate_limited_by_server(2.0, sent_at=times[-2])
     assert lim.wait_for(1) == pytest.approx(2.0)  # every start waits out the retry-after
+    assert lim.rpm == 600  # one 429 is not yet a pattern
+    lim.rate_limited_by_server(2.0, sent_at=times[-1])
     cut = lim.rpm
     assert cut == pytest.approx(600 * 0.7, rel=0.02)
     # A 429 for a request sent before the cut describes the old pace: pause, no second cut.
     clock.t += 0.5
-    lim.rate_limited_by_server(3.0, sent_at=times[-2])
+    lim.rate_limited_by_server(3.0, sent_at=times[-3])
     assert lim.rpm == cut and lim.wait_for(1) == pytest.approx(3.0)
     clock.t += 3.0
     paced = starts(lim, clock, [1] * 3)
@@ -240,7 +242,20 @@ def test_429_pauses_everyone_cuts_the_rate_and_recovers() -> None:
     clock.t += 10.0
     lim.wait_for(1)
     assert lim.rpm == 600  # recovered to the ceiling within seconds
-    assert lim.rate_limited == 2
+    assert lim.rate_limited == 3
+
+
+def test_a_stray_429_among_many_answers_pauses_but_does_not_cut() -> None:
+    # Providers answer 429 now and then at any pace; cutting for each would spiral to nothing.
+    lim, clock = limiter(rpm=6000)
+    for _ in starts(lim, clock, [1] * 200):
+        lim.observe({})
+    lim.rate_limited_by_server(0.5, sent_at=clock.t)
+    lim.rate_limited_by_server(0.5, sent_at=clock.t)
+    assert lim.rpm == 6000 and lim.wait_for(1) == pytest.approx(0.5)
+    for _ in range(4):  # 6 of 200 answers: a pattern
+        lim.rate_limited_by_server(0.5, sent_at=clock.t)
+    assert lim.rpm < 6000
 
 
 def test_429_without_retry_after_pauses_one_second() -> None:
@@ -280,6 +295,7 @@ def drive(lim: Limiter, clock: FakeClock, server: WindowServer, seconds: float) 
         clock.t += lim.wait_for(1)
         sent = lim.take(1)
         retry_after = server.arrive(clock.t)
+        lim.observe({})
         if retry_after is not None:
             lim.rate_limited_by_server(retry_after, sent)
         clock.t += 1e-4  # no two starts in the same instant, even unpaced

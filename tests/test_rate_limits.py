@@ -1,0 +1,132 @@
+"""Rate limits end to end: the real CLI against a simulator enforcing them over 1-second windows.
+
+Small limits keep each run to a few seconds; the full-size figures are in benchmarks/ratelimit.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from batchrun.simulator import Step
+from batchrun.tokens import count_prompt_tokens
+
+from .conftest import prompts_csv, read_output, run_cli
+
+RPM = 6000  # 100 requests in any second
+
+
+def run(src: Path, out: Path, base_url: str, *extra: object):
+    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
+                   "--model", "sim-1", "--concurrency", 16, "--no-progress", *extra)
+
+
+def most_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def all_ok(out: Path, n: int) -> bool:
+    rows = read_output(out)
+    return len(rows) == n and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_run_at_the_declared_rpm_is_paced_with_no_429(tmp_path: Path, sim) -> None:
+    server = sim(rpm=RPM, window_s=1.0, latency=0.05)
+    src = prompts_csv(tmp_path / "in.csv", 300)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--rpm", RPM)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 300)
+    assert server.stats.rate_limited == 0 and server.stats.requests == 300
+    arrivals = sorted(server.stats.arrivals)
+    assert most_in_window(arrivals) <= 100
+    assert most_in_window(arrivals, 0.1) <= 12  # smooth: no start-up burst
+    # And as fast as allowed: 300 requests at 100/s (less SAFETY) take about 3 s.
+    assert arrivals[-1] - arrivals[0] < 299 / 100 / 0.97 * 1.05
+
+
+def test_a_run_at_the_declared_tpm_is_paced_with_no_429(tmp_path: Path, sim) -> None:
+    src = prompts_csv(tmp_path / "in.csv", 300)
+    prompt_tokens = count_prompt_tokens([{"role": "user", "content": "Summarize review number 10."}])
+    reserve = prompt_tokens + 30  # prompt + max_tokens: what the simulator charges at arrival
+    tpm = reserve * 100 * 60  # about 100 requests' reservations per second
+    server = sim(tpm=tpm, window_s=1.0, latency=0.05)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--tpm", tpm, "--max-tokens", 30)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 300)
+    assert server.stats.rate_limited == 0
+    arrivals = sorted(server.stats.arrivals)
+    # Reservations are held, not refunded: the pace follows prompt + max_tokens, not usage.
+    assert 290 / 100 < arrivals[-1] - arrivals[0] < 299 / 100 / 0.97 * 1.05
+
+
+def test_a_limit_configured_too_high_is_learned_from_headers(tmp_path: Path, sim) -> None:
+    server = sim(rpm=RPM, window_s=1.0, latency=0.05)
+    src = prompts_csv(tmp_path / "in.csv", 400)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--rpm", 2 * RPM)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 400)
+    assert server.stats.rate_limited <= 0.02 * server.stats.requests
+    late = [t for t in server.stats.arrivals if t > server.stats.arrivals[0] + 1.5]
+    assert most_in_window(late) <= 100
+
+
+def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim) -> None:
+    # vLLM and LLMost send no x-ratelimit headers; no --rpm either.
+    server = sim(rpm=RPM, window_s=1.0, latency=0.05, rate_limit_headers=False)
+    src = prompts_csv(tmp_path / "in.csv", 500)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--concurrency", 32)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 500)
+    stats = server.stats
+    # Not a storm: the first wave of requests in flight when the limit is first hit, and a few
+    # more while learning; after that the run keeps to the real limit.
+    assert stats.rate_limited <= 32 + 10
+    late = [t for t in stats.arrivals if t > stats.arrivals[0] + 2]
+    assert most_in_window(late) <= 102  # by then the run keeps to the real limit
+
+
+def test_a_429_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
+    server = sim(latency=0.02)
+    server.rule("number 5.", Step.status(429, retry_after=1), Step.ok())
+    src = prompts_csv(tmp_path / "in.csv", 120)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--concurrency", 4, "--rpm", 3000)
+    assert result.returncode == 0, result.stderr
+    arrivals = sorted(server.stats.arrivals)
+    limited_at = arrivals[5]  # the 6th request, paced: requests start in row order
+    quiet = [t for t in arrivals if limited_at + 0.05 < t < limited_at + 0.95]
+    assert quiet == []  # nobody started during the pause
+    assert any(t >= limited_at + 1.0 for t in arrivals)
+
+
+def test_retries_and_429s_are_counted_in_summary_and_metadata(tmp_path: Path, sim) -> None:
+    server = sim(latency=0.01)
+    server.rule("number 3.", Step.status(429, retry_after_ms=20), Step.status(429, retry_after_ms=20),
+                Step.ok())
+    server.rule("number 5.", Step.status(500), Step.ok())
+    server.rule("number 8.", Step.drop(), Step.ok())
+    src = prompts_csv(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert server.stats.requests == 34
+    assert "34 sent" in result.stdout and "4 retries, 2 rate-limited (429)" in result.stdout
+    meta = json.loads(pq.read_metadata(out).metadata[b"batchrun"])
+    assert meta["this_run"]["requests_sent"] == 34
+    assert meta["this_run"]["retries"] == 4
+    assert meta["this_run"]["rate_limited"] == 2
+    assert meta["requests"] == {"sent": 34, "retried": 4}
+    attempts = {r["id"]: r["attempts"] for r in read_output(out)}
+    assert (attempts["3"], attempts["5"], attempts["8"], attempts["0"]) == (3, 2, 2, 1)

@@ -164,7 +164,7 @@ class Run:
         async with self._endpoint() as base_url, new_session(config.concurrency) as session:
             self.sender = Sender(session, base_url, self.key, config.timeout,
                                  scrub=(self.key.reveal(),) if self.key else ())
-            self.limiter = Limiter(config.rpm, config.tpm)
+            self.limiter = Limiter(config.rpm, config.tpm, config.concurrency)
             await self._pump(table, renderer, journal)
         journal.flush()
         if self.stop_error is not None:
@@ -300,6 +300,7 @@ class Run:
                 return None
             sent_at = await self.limiter.acquire(job.tokens)
             if self.stopping.is_set():
+                self.limiter.release()
                 self._budget.settle(job, 0, 0.0)
                 return None
             attempt += 1
@@ -311,6 +312,7 @@ class Run:
                 reply = await self.sender.send(job.body)
             finally:
                 stats.in_flight -= 1
+                self.limiter.release()
             latency_ms = (loop.time() - t0) * 1000.0
             self.limiter.observe(reply.headers)
             answer = reply.answer
@@ -342,7 +344,8 @@ class Run:
             if failure.rate_limited:
                 stats.rate_limited += 1
                 pauses = self.limiter.pauses
-                self.limiter.rate_limited_by_server(failure.retry_after, sent_at)
+                self.limiter.rate_limited_by_server(failure.retry_after, sent_at,
+                                                    concurrent=failure.concurrency)
                 if self.limiter.pauses > pauses:
                     self._pause_event(loop.time(), failure)
             if failure.kind is Kind.JOB:

@@ -1,4 +1,5 @@
-"""Limiter: smooth pacing of request starts under requests- and tokens-per-minute limits.
+"""Limiter: smooth pacing of request starts under requests- and tokens-per-minute limits, and a
+cap on requests in flight.
 
 Each limit is a clock (GCRA, the "virtual scheduling" form of a leaky bucket with no burst): the
 request clock advances 60/rpm per request, the token clock tokens*60/tpm per request, where a
@@ -14,7 +15,8 @@ own book: when it leaves less room than the next request needs, starts hold unti
 A 429 about rate pauses every start for its retry-after. When 429s are more than noise among the
 recent answers, it also cuts the pace to DECREASE times the rate the run was really sending at
 (the "wall"); the pace climbs back to the wall in a few seconds and then probes slowly above it,
-so a run with no headers and no configured limit finds the real one.
+so a run with no headers and no configured limit finds the real one. A 429 about concurrent
+requests lowers the cap on requests in flight to what the server allowed instead.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * 
 PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
 MEASURE_SPAN = 2.0  # seconds of history that say how fast the run goes and how it is answered
 NOISE = 0.02  # a share of 429s up to this among recent answers does not cut the rate
+CONCURRENCY_RECOVER_EVERY = 5.0  # seconds between raising a learned concurrency cap by one
 DEFAULT_PAUSE = 1.0  # a 429 without retry-after pauses this long
 # A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
 # catching up adds at most half of what SAFETY holds back in the shortest window in use (1 s).
@@ -145,13 +148,18 @@ class _Clock:
 class Limiter:
     """Hands out start times for requests; one per run, shared by all workers."""
 
-    def __init__(self, rpm: float | None, tpm: float | None,
+    def __init__(self, rpm: float | None, tpm: float | None, concurrency: int | None = None,
                  clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[object]] | None = None) -> None:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self.requests = _Clock(rpm)
         self.tokens = _Clock(tpm)
+        self.concurrency = concurrency  # cap on requests in flight, lowered by the server's 429s
+        self._concurrency_ceiling = concurrency
+        self._concurrency_changed = -math.inf
+        self.in_flight = 0
+        self._freed = asyncio.Event()
         self._paused_until = -math.inf
         self._last_cut = -math.inf
         self._sent: deque[tuple[float, int]] = deque()  # (start, tokens) of recent starts
@@ -201,15 +209,41 @@ class Limiter:
             # One worker waits at a time, and re-reads the state when it wakes: a 429 that came
             # in meanwhile holds this start too.
             while not self._closed:
+                if self._full():
+                    self._freed.clear()
+                    await self._freed.wait()
+                    continue
                 wait = self.wait_for(tokens)
                 if wait <= 0:
                     break
                 await self._sleep(wait)
+            self.in_flight += 1
             return self.take(tokens)
+
+    def release(self) -> None:
+        """A request `acquire` let through has its answer (or failed): its slot is free."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self._freed.set()
 
     def close(self) -> None:
         """The run is stopping: let every waiting worker through at once (it will not send)."""
         self._closed = True
+        self._freed.set()
+
+    def _full(self) -> bool:
+        """Are as many requests in flight as the server allows? The cap creeps back up slowly
+        towards the configured one: each probe costs one 429 at most."""
+        cap = self.concurrency
+        if cap is None:
+            return False
+        ceiling = self._concurrency_ceiling
+        now = self._clock()
+        if ceiling is not None and cap < ceiling and (
+            now - self._concurrency_changed >= CONCURRENCY_RECOVER_EVERY
+        ):
+            self.concurrency = cap = cap + 1
+            self._concurrency_changed = now
+        return self.in_flight >= cap
 
     def oversize(self, tokens: int) -> str | None:
         """Why a request of `tokens` can never be sent under the token limit, or None."""
@@ -242,8 +276,8 @@ class Limiter:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
                 clock.snapshot(max(0.0, remaining), reset, limit, now)
 
-    def rate_limited_by_server(self, retry_after: float | None,
-                               sent_at: float | None = None) -> None:
+    def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
+                               concurrent: bool = False) -> None:
         """A 429 about rate: pause every start for its retry-after and slow the whole run down.
 
         Only a 429 for a request started after the last cut cuts again: the ones in flight at
@@ -257,6 +291,9 @@ class Limiter:
             self.pauses += 1
             for clock in (self.requests, self.tokens):  # recovery counts from the pause's end
                 clock.changed_at = max(clock.changed_at, self._paused_until)
+        if concurrent:
+            self._too_many_in_flight(now)
+            return
         self._limited.append(now)
         if sent_at is not None and sent_at < self._last_cut:
             return
@@ -271,6 +308,15 @@ class Limiter:
         self.requests.cut(request_rate, now)
         if self.tokens.rate is not None:
             self.tokens.cut(token_rate, now)
+
+    def _too_many_in_flight(self, now: float) -> None:
+        """The server counts requests in flight, not their pace: keep to as many as it allowed.
+        The refused one is already released, so `in_flight` is what the server holds now; such
+        429s come back at once, so even one for a request sent long ago tells the truth."""
+        cap = max(1, self.in_flight)
+        if self.concurrency is None or cap < self.concurrency:
+            self.concurrency = cap
+        self._concurrency_changed = now
 
     def _overloaded(self, now: float) -> bool:
         """Do recent 429s say the run is too fast? One 429 in a hundred answers is noise a

@@ -32,6 +32,11 @@ class Failure:
     retry_after: float | None = None  # seconds the server asked us to wait
     rate_limited: bool = False  # a 429 about rate, which slows the whole run
 
+    @property
+    def concurrency(self) -> bool:
+        """A 429 about requests in flight (MegaLLM, the simulator), not about their pace."""
+        return self.rate_limited and "concurren" in self.message.lower()
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

@@ -24,9 +24,10 @@ class FakeClock:
         self.t += seconds
 
 
-def limiter(rpm: float | None = None, tpm: float | None = None) -> tuple[Limiter, FakeClock]:
+def limiter(rpm: float | None = None, tpm: float | None = None,
+            concurrency: int | None = None) -> tuple[Limiter, FakeClock]:
     clock = FakeClock()
-    return Limiter(rpm, tpm, clock=clock, sleep=clock.sleep), clock
+    return Limiter(rpm, tpm, concurrency, clock=clock, sleep=clock.sleep), clock
 
 
 def starts(lim: Limiter, clock: FakeClock, sizes: list[int]) -> list[float]:
@@ -325,3 +326,44 @@ def test_headers_teach_the_real_limit_from_the_first_answer() -> None:
     drive(lim, clock, server, 20.0)
     assert server.refused == []
     assert len(server.ok) >= 20 * 100 * SAFETY - 1
+
+
+# --- requests in flight -----------------------------------------------------------------------
+
+
+def test_the_concurrency_cap_holds_starts_until_a_request_is_released() -> None:
+    lim, clock = limiter(concurrency=2)
+
+    async def main() -> list[str]:
+        events: list[str] = []
+
+        async def worker(name: str) -> None:
+            await lim.acquire(1)
+            events.append(f"start {name}")
+
+        first = [asyncio.create_task(worker(n)) for n in "abc"]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        events.append(f"in flight {lim.in_flight}")
+        lim.release()
+        await asyncio.gather(*first)
+        return events
+
+    assert asyncio.run(main()) == ["start a", "start b", "in flight 2", "start c"]
+
+
+def test_a_concurrency_429_lowers_the_cap_not_the_rate_and_it_creeps_back() -> None:
+    lim, clock = limiter(rpm=600, concurrency=16)
+    lim.in_flight = 10  # as `acquire` counts them
+    lim.release()  # the refused request comes back first
+    lim.rate_limited_by_server(0.2, sent_at=clock.t, concurrent=True)
+    lim.rate_limited_by_server(0.2, sent_at=clock.t, concurrent=True)
+    assert lim.concurrency == 9 and lim.rpm == 600
+    clock.t += 5.0
+    lim.in_flight = 0
+    assert not lim._full() and lim.concurrency == 10  # one more every 5 s, up to 16
+    clock.t += 100.0
+    for _ in range(20):
+        clock.t += 5.0
+        lim._full()
+    assert lim.concurrency == 16

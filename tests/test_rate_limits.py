@@ -97,6 +97,20 @@ def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim)
     assert most_in_window(late) <= 102  # by then the run keeps to the real limit
 
 
+def test_a_concurrency_limit_is_learned_from_its_429s(tmp_path: Path, sim) -> None:
+    # MegaLLM Basic allows 10 requests in flight; the run was told 16 (here: 4 allowed).
+    server = sim(max_concurrency=4, latency=0.1)
+    src = prompts_csv(tmp_path / "in.csv", 100)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 100)
+    # The first wave over the cap is refused; after that the run keeps to it.
+    assert server.stats.rate_limited <= 16 + 4
+    arrivals = sorted(server.stats.arrivals)
+    assert arrivals[-1] - arrivals[0] < 100 / 40 * 1.4  # 4 in flight, 0.1 s each
+
+
 def test_a_429_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
     server = sim(latency=0.02)
     server.rule("number 5.", Step.status(429, retry_after=1), Step.ok())

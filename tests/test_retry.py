@@ -193,3 +193,10 @@ def test_unreadable_error_bodies_still_classify_by_status() -> None:
     assert classify_http(500, [], None).kind is Kind.RETRY
     assert classify_http(400, {"error": "plain text error"}, None).message.endswith(
         "plain text error")
+
+
+def test_a_429_about_requests_in_flight_is_told_apart() -> None:
+    body = openai("Too many concurrent requests: Limit 10.", "requests", "rate_limit_exceeded")
+    assert classify_http(429, body, 0.2).concurrency
+    assert not classify_http(429, openai("Rate limit reached for requests"), 0.2).concurrency
+    assert not classify_http(500, openai("concurrent modification"), None).concurrency

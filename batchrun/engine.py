@@ -31,13 +31,14 @@ from .outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
 from .plan import completion_reserve, open_job, place, rendered_batches, sort_out
 from .read import InputTable
 from .render import Renderer, Request
-from .retry import Failure, Kind, RetryPolicy
+from .retry import FIX_HINTS, Failure, Kind, RetryPolicy
 from .send import Answer, Sender, new_session
 from .structured import check_json
 
 log = logging.getLogger("batchrun")
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered journal row waits (answers: one loop turn)
+FORBIDDEN_STORM = 10  # this many 403s in a row, with no answer between, stop the run
 GRACE_SECONDS = 10.0  # after a signal, how long requests in flight may finish
 
 
@@ -130,6 +131,7 @@ class Run:
         self._budget = Budget(config.max_cost, config.max_total_tokens)
         self._producer: asyncio.Task[None] | None = None
         self._quiet_until = -1.0  # loop time before which rate-limit pauses are not reported again
+        self._refused = 0  # 403s in a row with no answer between: many mean no access at all
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -336,6 +338,7 @@ class Run:
                 parsed, failure = self._judge(answer)
                 if failure is None:
                     stats.ok += 1
+                    self._refused = 0
                     return self._outcome(job, OK, answer, usage if billed else None, attempt,
                                          latency_ms, parsed=parsed)
             else:
@@ -351,6 +354,14 @@ class Run:
             if failure.kind is Kind.JOB:
                 self.stop(JobStopped(f"stopped: {failure.message}"))
                 return None
+            if failure.status == 403 and failure.kind is Kind.ROW:
+                self._refused += 1
+                if self._refused >= FORBIDDEN_STORM or self.stopping.is_set():
+                    self.stop(JobStopped(
+                        f"stopped: {self._refused} requests in a row refused ({failure.message}); "
+                        f"{FIX_HINTS[403]}, then run again with --retry-failed for the rows "
+                        "refused before the stop"))
+                    return None  # pending: the next run sends it
             if self.policy.should_retry(failure, attempt, loop.time() - started):
                 log.debug("retrying after: %s", failure.message)
                 await self._sleep(self.policy.delay(attempt, failure.retry_after, self._rng))

@@ -155,3 +155,14 @@ def test_every_transient_failure_is_retried_until_the_row_is_answered(
         assert (row["status"], row["response"]) == ("ok", content)
         failed_once = f"number {row['id']}." in transient
         assert row["attempts"] == (2 if failed_once else 1), row
+
+
+def test_403_on_every_row_is_a_job_wide_stop_not_two_thousand_errors(tmp_path: Path, sim) -> None:
+    # One 403 is one row's problem (moderation); ten in a row with no answer is the account's.
+    server = sim(latency=0.02)
+    server.rule("", Step.status(403))
+    src = prompts_csv(tmp_path / "in.csv", 2000)
+    result = run(src, tmp_path / "out.parquet", server.base_url)
+    assert_stopped(result, "access to this model")
+    assert "--retry-failed" in last_line(result.stderr)
+    assert server.stats.requests <= 10 + CONCURRENCY + 2

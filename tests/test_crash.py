@@ -71,6 +71,8 @@ def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight
         base = server.stats.ok
         wait_until(lambda base=base, more=more: server.stats.ok >= base + more, proc)
         _kill(proc)
+        # The dead client's requests still at the simulator end now: billed, or cancelled unbilled.
+        wait_until(lambda: server.stats.in_flight == 0, timeout=10)
         lost = server.stats.ok - journal_count(out)
         assert lost - lost_before <= CONCURRENCY, (lost, lost_before)
         lost_before = lost

@@ -24,6 +24,7 @@ from .errors import LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
 
 SCHEMA_VERSION = "1"
+PROGRESS_EVERY = 1.0  # seconds: how often a commit also stores `last_progress_at` (for status)
 RESULT_COLUMNS = tuple(f.name for f in fields(Outcome))
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -125,6 +126,7 @@ class Journal:
             ) from None
         self._pending: list[tuple[Any, ...]] = []
         self._pending_rows: list[tuple[int, bytes, bytes, int]] = []
+        self._progress_at = 0.0  # when `last_progress_at` was last stored
 
     def close(self) -> None:
         """Commit what is buffered and close."""
@@ -205,10 +207,15 @@ class Journal:
                                      self._pending_rows)
             if n:
                 self._db.executemany(_INSERT_RESULT, self._pending)
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('last_progress_at', ?)", (repr(time.time()),)
-            )
+            now = time.time()
+            stamp = now - self._progress_at >= PROGRESS_EVERY  # a page less to write per commit
+            if stamp:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('last_progress_at', ?)", (repr(now),)
+                )
             self._db.execute("COMMIT")
+            if stamp:
+                self._progress_at = now
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")

@@ -1,0 +1,118 @@
+"""Throughput: batchrun vs a bare aiohttp loop, same rows, same local simulator, alternating.
+
+    python benchmarks/throughput.py [--rows 20000] [--concurrency 64] [--rounds 3]
+
+The simulator runs in its own process (`batchrun simulate`, zero latency) so that it does not
+share an interpreter with the client being measured. Each round runs the bare loop and then
+batchrun, each as a fresh subprocess timed from start to exit (batchrun's time includes reading
+the CSV, the journal and writing the Parquet output). Prints rows/s and the ratio of wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _sim import simulator_process  # noqa: E402
+
+BARE_LOOP = r'''
+import asyncio, csv, sys, aiohttp, orjson
+
+async def main(path, url, concurrency):
+    with open(path, newline="", encoding="utf-8") as f:
+        prompts = [row["prompt"] for row in csv.DictReader(f)]
+    queue = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    answers = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        async def worker():
+            nonlocal answers
+            while not queue.empty():
+                p = queue.get_nowait()
+                body = orjson.dumps({"model": "sim-1", "messages": [{"role": "user", "content": p}]})
+                async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    data = orjson.loads(await r.read())
+                    answers += bool(data["choices"][0]["message"]["content"])
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    assert answers == len(prompts), answers
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+'''
+
+
+def make_input(path: Path, rows: int) -> None:
+    """Short review-like prompts, all distinct."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "prompt"])
+        for i in range(rows):
+            writer.writerow([i, f"Summarize in one sentence: review {i} says the kettle is fine."])
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a subprocess; fails loudly if it fails.
+
+    CPU time (user + system, from the child's rusage) is reported beside wall time because it
+    barely moves when other work shares the machine, while wall time does.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, simulator_process() as base_url:
+        src = Path(tmp) / "in.csv"
+        make_input(src, args.rows)
+        bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
+        for round_no in range(1, args.rounds + 1):
+            bare, bare_c = timed([sys.executable, "-c", BARE_LOOP, str(src), base_url + "/chat/completions",
+                          str(args.concurrency)])
+            out = Path(tmp) / f"out{round_no}.parquet"
+            ours, ours_c = timed([sys.executable, "-m", "batchrun", "run", "--input", str(src),
+                          "--output", str(out), "--base-url", base_url, "--model", "sim-1",
+                          "--concurrency", str(args.concurrency), "--no-progress"])
+            bare_times.append(bare)
+            batch_times.append(ours)
+            bare_cpu.append(bare_c)
+            batch_cpu.append(ours_c)
+            print(f"round {round_no}: bare loop {bare:6.2f} s ({args.rows / bare:7.0f} rows/s, "
+                  f"cpu {bare_c:5.2f} s)   batchrun {ours:6.2f} s ({args.rows / ours:7.0f} rows/s, "
+                  f"cpu {ours_c:5.2f} s)   ratio {ours / bare:.2f}x", flush=True)
+        bare_m, ours_m = statistics.median(bare_times), statistics.median(batch_times)
+        bare_cm, ours_cm = statistics.median(bare_cpu), statistics.median(batch_cpu)
+        print(f"\n{args.rows} rows, concurrency {args.concurrency}, {os.cpu_count()} cores, "
+              f"median of {args.rounds} rounds")
+        print(f"bare aiohttp loop : {bare_m:6.2f} s  {args.rows / bare_m:7.0f} rows/s")
+        print(f"batchrun          : {ours_m:6.2f} s  {args.rows / ours_m:7.0f} rows/s")
+        print(f"ratio (wall)      : {ours_m / bare_m:.2f}x  (issue 5: at most 1.3x, goal 1.15x)")
+        print(f"client CPU        : bare {bare_cm:.2f} s, batchrun {ours_cm:.2f} s, "
+              f"ratio {ours_cm / bare_cm:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,7 +64,7 @@ def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight
     args = _args(src, out, server.base_url)
     # Lost to a kill: answers the simulator billed that the journal does not hold. Each kill may
     # add at most one per worker (the requests in flight); a re-sent row adds one on each side.
-    lost_before = 0
+    lost_before = committed_before = 0
     # Kill points by what the simulator has billed, which is not in step with the journal's commits.
     for more in (40, 150, 150):
         proc = start_cli(*args)
@@ -73,9 +73,11 @@ def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight
         _kill(proc)
         # The dead client's requests still at the simulator end now: billed, or cancelled unbilled.
         wait_until(lambda: server.stats.in_flight == 0, timeout=10)
-        lost = server.stats.ok - journal_count(out)
+        committed = journal_count(out)
+        assert committed >= committed_before + more - CONCURRENCY  # this run's rows were kept
+        lost = server.stats.ok - committed
         assert lost - lost_before <= CONCURRENCY, (lost, lost_before)
-        lost_before = lost
+        lost_before, committed_before = lost, committed
         assert not out.exists()
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr

@@ -2,8 +2,11 @@
 
 Tables: `results` holds one finished request per key (answer or final error); `rows` maps each
 input row of the current run to its key (and marks dedup copies); `meta` holds run facts.
-Results are buffered and committed in batches (WAL, synchronous=NORMAL: a committed row survives
-`kill -9`), so the journal keeps up with thousands of answers a second.
+Results are group-committed (`GroupCommit`): each worker's answer is in a committed transaction
+before that worker sends again, and answers that arrive together share one transaction, so the
+journal keeps up with tens of thousands of answers a second. WAL with synchronous=NORMAL: a
+committed row survives `kill -9` and any crash of the process; only a power cut may lose the last
+commits (never corrupting the file).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ class Journal:
                 stale.unlink(missing_ok=True)
         try:
             if readonly:
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                            isolation_level=None)
             else:
                 self._db = sqlite3.connect(path, isolation_level=None)

@@ -31,11 +31,16 @@ def test_second_run_on_the_same_output_exits_2_at_once_naming_the_holder(tmp_pat
         "wait for it to finish or stop it, then run again\n"
     )
     assert second_server.stats.requests == 0  # the refused run sent nothing
+    # Not even --fresh may touch the journal of the run that holds the output.
+    fresh = run_cli(*args(second_server.base_url), "--fresh", timeout=30)
+    assert fresh.returncode == 2 and f"pid {first.pid}" in fresh.stderr
+    assert journal_count(out) >= 5
     assert first.poll() is None  # and did not disturb the run that holds the output
     stdout, stderr = first.communicate(timeout=60)
     assert first.returncode == 0, stderr
     assert [r["status"] for r in read_output(out)] == ["ok"] * n
     assert first_server.stats.ok == n
+    assert set(first_server.stats.billed_by_prompt.values()) == {1}
 
 
 def test_lock_of_a_killed_run_is_taken_over(tmp_path: Path, sim) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 
-from . import simulator
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, price_for
 from .errors import BatchrunError, Interrupted, JobStopped, UsageError
@@ -159,6 +158,7 @@ class Run:
             input=str(config.input), output=str(config.output), model=config.model,
             base_url=config.endpoint, total_rows=self.stats.total_rows,
             started_at=time.time(), pid=os.getpid(), finished_at=None, state="running",
+            stop_reason=None,
         )
         self._emit("start", total_rows=self.stats.total_rows, input=str(config.input),
                    output=str(config.output), model=config.model, base_url=config.endpoint,
@@ -168,11 +168,13 @@ class Run:
                                  scrub=(self.key.reveal(),) if self.key else ())
             self.limiter = Limiter(config.rpm, config.tpm, config.concurrency)
             await self._pump(table, renderer, journal)
-        journal.flush()
         if self.stop_error is not None:
-            journal.set_meta(state="stopped", stop_reason=self.stop_error.message,
-                             finished_at=time.time())
+            with contextlib.suppress(JobStopped):  # a journal that cannot be written stays as is
+                journal.flush()
+                journal.set_meta(state="stopped", stop_reason=self.stop_error.message,
+                                 finished_at=time.time())
             raise self.stop_error
+        journal.flush()
         return journal
 
     def release(self) -> None:
@@ -185,6 +187,8 @@ class Run:
     @contextlib.asynccontextmanager
     async def _endpoint(self) -> AsyncIterator[str]:
         if self.config.provider == "simulator" and not self.config.base_url:
+            from . import simulator  # aiohttp.web: imported only when the preset asks for it
+
             async with simulator.running(simulator.SimConfig(), "127.0.0.1", 0) as sim:
                 yield sim.base_url
         else:
@@ -200,10 +204,14 @@ class Run:
         flusher = asyncio.create_task(self._commits.run())
         self._workers = workers
         with self._signals():
+            producer_error: BaseException | None = None
             try:
                 await producer
             except asyncio.CancelledError:
                 pass
+            except BaseException as exc:  # raised below, once the workers are done
+                producer_error = exc
+                self.stopping.set()
             if self.stopping.is_set():
                 # The producer was cancelled before it could say "no more": queued jobs stay
                 # pending, and workers idle on an empty queue must not wait for the grace timer.
@@ -216,8 +224,8 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             self._commits.flush()
-        if producer.done() and not producer.cancelled() and producer.exception():
-            raise producer.exception()  # type: ignore[misc]
+        if producer_error is not None:
+            raise producer_error
 
     async def _wait_workers(self, workers: list[asyncio.Task[None]]) -> None:
         done = asyncio.gather(*workers, return_exceptions=True)
@@ -279,7 +287,11 @@ class Run:
             if outcome is not None:
                 # Durable before this worker sends again: a kill -9 pays twice only for requests
                 # in flight.
-                await self._commits.commit(outcome)
+                try:
+                    await self._commits.commit(outcome)
+                except JobStopped as exc:  # the journal cannot be written: start nothing more
+                    self.stop(exc)
+                    return
 
     async def _attempts(self, job: Job) -> Outcome | None:
         """Send one request until it succeeds, fails for good, or the run stops (None: pending)."""

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from .errors import LockedError, UsageError
+from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
 
+_T = TypeVar("_T")
 SCHEMA_VERSION = "1"
 PROGRESS_EVERY = 1.0  # seconds: how often a commit also stores `last_progress_at` (for status)
 RESULT_COLUMNS = tuple(f.name for f in fields(Outcome))
@@ -104,6 +106,22 @@ class OutputLock:
         return None
 
 
+def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Journal writes that fail (disk full, I/O error) stop the run with a line, not a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: Journal, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise JobStopped(
+                f"cannot write the journal {self.path} ({exc}); free disk space or fix the folder, "
+                "then run the same command again: what was committed is kept"
+            ) from None
+
+    return wrapper
+
+
 class Journal:
     """The run's SQLite journal; use from one thread (the event loop's)."""
 
@@ -136,16 +154,19 @@ class Journal:
         self.flush()
         self._db.close()
 
+    @_writes
     def discard_all(self) -> None:
         """--fresh: forget every earlier result."""
         self._db.executescript("BEGIN; DELETE FROM results; DELETE FROM rows; COMMIT;")
 
+    @_writes
     def start_mapping(self) -> None:
         """A new run maps its input rows afresh (the input may have changed)."""
         self._db.executescript("BEGIN; DELETE FROM rows; COMMIT;")
 
     # --- meta -------------------------------------------------------------------------------
 
+    @_writes
     def set_meta(self, **values: Any) -> None:
         """Store run facts (JSON-encoded)."""
         self._db.executemany(
@@ -198,6 +219,7 @@ class Journal:
         """Results not yet committed."""
         return len(self._pending)
 
+    @_writes
     def flush(self) -> int:
         """Commit buffered rows and results in one transaction; returns results committed."""
         n = len(self._pending)
@@ -227,6 +249,7 @@ class Journal:
         self._pending_rows.clear()
         return n
 
+    @_writes
     def _write_rows(self) -> None:
         if self._pending_rows:
             # One transaction: in autocommit mode each row would be a commit of its own.

@@ -34,6 +34,7 @@ RESULT_FIELDS = (
     pa.field("response_id", pa.string()),
     pa.field("cost_usd", pa.float64()),
 )
+ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: big enough for readers, small enough for memory
 RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",)
 USAGE_SCHEMA = pa.schema([
     pa.field("model", pa.string()), pa.field("rows_ok", pa.int64()),
@@ -68,7 +69,7 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            start = 0
+            start, group, grouped = 0, [], 0
             for batch in table.batches():
                 rows = list(journal.rows_between(start, start + batch.num_rows))
                 if len(rows) != batch.num_rows:
@@ -76,10 +77,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
                         f"journal maps {len(rows)} of rows {start}..{start + batch.num_rows}"
                     )
                 arrays = list(batch.columns) + _result_arrays(rows, parsed_type)
-                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                grouped += batch.num_rows
                 start += batch.num_rows
-            if start == 0:
-                writer.write_table(schema.empty_table())
+                if grouped >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(group))
+                    group, grouped = [], 0
+            if group or start == 0:
+                writer.write_table(pa.Table.from_batches(group, schema=schema))
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -98,33 +103,33 @@ def _remove_stale_temporaries(output: Path) -> None:
 
 
 def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None) -> list[pa.Array]:
-    copy = [r[_COPY] for r in rows]
-
-    def column(i: int, usage: bool = False) -> list[Any]:
-        if usage:
-            return [0 if c and r[i] is not None else r[i] for r, c in zip(rows, copy, strict=True)]
-        return [r[i] for r in rows]
-
-    status = [r[_STATUS] or "pending" for r in rows]
+    cols = list(zip(*rows, strict=True)) if rows else [()] * (_PARSED + 1)
+    copy = cols[_COPY]
+    usage = {i: cols[i] for i in (_PT, _CT, _TT, _COST)}
+    attempts = [a or 0 for a in cols[_ATTEMPTS]]
+    if any(copy):
+        # A dedup copy shows the shared answer but none of its usage: totals stay what was billed.
+        for i, values in usage.items():
+            usage[i] = tuple(0 if c and v is not None else v
+                             for v, c in zip(values, copy, strict=True))
+        attempts = [0 if c else a for a, c in zip(attempts, copy, strict=True)]
     arrays = [
-        pa.array(column(_RESPONSE), pa.string()),
-        pa.array([r[_FINISH] or "error" for r in rows], pa.string()),
-        pa.array(column(_PT, True), pa.int64()),
-        pa.array(column(_CT, True), pa.int64()),
-        pa.array(column(_TT, True), pa.int64()),
-        pa.array(status, pa.string()),
-        pa.array(column(_ERROR), pa.string()),
-        pa.array([0 if c else (r[_ATTEMPTS] or 0) for r, c in zip(rows, copy, strict=True)],
-                 pa.int32()),
-        pa.array(column(_LATENCY), pa.float64()),
-        pa.array(column(_MODEL), pa.string()),
-        pa.array(column(_RID), pa.string()),
-        pa.array(column(_COST, True), pa.float64()),
+        pa.array(cols[_RESPONSE], pa.string()),
+        pa.array([f or "error" for f in cols[_FINISH]], pa.string()),
+        pa.array(usage[_PT], pa.int64()),
+        pa.array(usage[_CT], pa.int64()),
+        pa.array(usage[_TT], pa.int64()),
+        pa.array([s or "pending" for s in cols[_STATUS]], pa.string()),
+        pa.array(cols[_ERROR], pa.string()),
+        pa.array(attempts, pa.int32()),
+        pa.array(cols[_LATENCY], pa.float64()),
+        pa.array(cols[_MODEL], pa.string()),
+        pa.array(cols[_RID], pa.string()),
+        pa.array(usage[_COST], pa.float64()),
     ]
     if parsed_type is not None:
-        values = [conform(orjson.loads(r[_PARSED]), parsed_type) if r[_PARSED] else None
-                  for r in rows]
-        arrays.append(pa.array(values, parsed_type))
+        parsed = [conform(orjson.loads(p), parsed_type) if p else None for p in cols[_PARSED]]
+        arrays.append(pa.array(parsed, parsed_type))
     return arrays
 
 

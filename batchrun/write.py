@@ -34,7 +34,7 @@ RESULT_FIELDS = (
     pa.field("response_id", pa.string()),
     pa.field("cost_usd", pa.float64()),
 )
-ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: big enough for readers, small enough for memory
+ROW_GROUP_ROWS = 16_384  # rows per Parquet row group: big enough for readers, small enough for memory
 RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",)
 USAGE_SCHEMA = pa.schema([
     pa.field("model", pa.string()), pa.field("rows_ok", pa.int64()),

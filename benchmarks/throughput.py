@@ -1,6 +1,6 @@
 """Throughput: batchrun vs a bare aiohttp loop, same rows, same local simulator, alternating.
 
-    python benchmarks/throughput.py [--rows 20000] [--concurrency 64] [--rounds 3]
+    python benchmarks/throughput.py [--rows 20000] [--concurrency 64] [--rounds 3] [--latency S]
 
 The simulator runs in its own process (`batchrun simulate`, zero latency) so that it does not
 share an interpreter with the client being measured. Each round runs the bare loop and then
@@ -83,9 +83,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="simulator seconds per answer (0.04 at concurrency 64 is the ~1,600 "
+                             "requests/s of the issue's reference server)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, simulator_process() as base_url:
+    sim_flags = ("--latency", str(args.latency)) if args.latency else ()
+    with tempfile.TemporaryDirectory() as tmp, simulator_process(*sim_flags) as base_url:
         src = Path(tmp) / "in.csv"
         make_input(src, args.rows)
         bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
@@ -106,7 +110,7 @@ def main() -> None:
         bare_m, ours_m = statistics.median(bare_times), statistics.median(batch_times)
         bare_cm, ours_cm = statistics.median(bare_cpu), statistics.median(batch_cpu)
         print(f"\n{args.rows} rows, concurrency {args.concurrency}, {os.cpu_count()} cores, "
-              f"median of {args.rounds} rounds")
+              f"simulator latency {args.latency:g} s, median of {args.rounds} rounds")
         print(f"bare aiohttp loop : {bare_m:6.2f} s  {args.rows / bare_m:7.0f} rows/s")
         print(f"batchrun          : {ours_m:6.2f} s  {args.rows / ours_m:7.0f} rows/s")
         print(f"ratio (wall)      : {ours_m / bare_m:.2f}x  (issue 5: at most 1.3x, goal 1.15x)")

@@ -11,7 +11,6 @@ at most 1.5.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -22,18 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _sim import simulator_process  # noqa: E402
-
-
-def make_input(path: Path, rows: int) -> None:
-    """Distinct review-like prompts of realistic length (~60 words)."""
-    filler = ("The kettle arrived quickly, boils fast, and the handle stays cool; the lid is a bit "
-              "stiff and the cord is short, but for the price it does exactly what I wanted.")
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prompt"])
-        for i in range(rows):
-            writer.writerow([i, f"Summarize review {i}: {filler}"])
+from _common import REVIEW, simulator_process, write_prompts  # noqa: E402
 
 
 def peak_rss_mib(cmd: list[str]) -> tuple[float, float]:
@@ -59,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, simulator_process() as base_url:
         for rows in sizes:
             src = Path(tmp) / f"in{rows}.csv"
-            make_input(src, rows)
+            write_prompts(src, rows, REVIEW)
             out = Path(tmp) / f"out{rows}.parquet"
             rss, wall = peak_rss_mib([
                 sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),

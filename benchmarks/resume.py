@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import sqlite3
 import statistics
 import subprocess
@@ -31,18 +30,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _sim import simulator_process  # noqa: E402
+from _common import simulator_process, write_prompts  # noqa: E402
 
 from batchrun.journal import GroupCommit, Journal, journal_path  # noqa: E402
 from batchrun.outcome import OK, Outcome  # noqa: E402
-
-
-def make_input(path: Path, rows: int) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prompt"])
-        for i in range(rows):
-            writer.writerow([i, f"Summarize in one sentence: review {i} says the kettle is fine."])
 
 
 def sim_get(base_url: str, path: str, post: bool = False) -> dict:
@@ -82,7 +73,7 @@ def forget(out: Path, where: str) -> int:
 def bench_resume(rows: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, simulator_process() as base_url:
         src, out = Path(tmp) / "in.csv", Path(tmp) / "out.parquet"
-        make_input(src, rows)
+        write_prompts(src, rows)
         args = ["run", "--input", str(src), "--output", str(out), "--base-url", base_url,
                 "--model", "sim-1", "--concurrency", "64", "--no-progress"]
         start = time.perf_counter()

@@ -11,7 +11,6 @@ the CSV, the journal and writing the Parquet output). Prints rows/s and the rati
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import resource
 import statistics
@@ -24,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _sim import simulator_process  # noqa: E402
+from _common import simulator_process, write_prompts  # noqa: E402
 
 BARE_LOOP = r'''
 import asyncio, csv, sys, aiohttp, orjson
@@ -50,15 +49,6 @@ async def main(path, url, concurrency):
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 '''
-
-
-def make_input(path: Path, rows: int) -> None:
-    """Short review-like prompts, all distinct."""
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prompt"])
-        for i in range(rows):
-            writer.writerow([i, f"Summarize in one sentence: review {i} says the kettle is fine."])
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -91,7 +81,7 @@ def main() -> None:
     sim_flags = ("--latency", str(args.latency)) if args.latency else ()
     with tempfile.TemporaryDirectory() as tmp, simulator_process(*sim_flags) as base_url:
         src = Path(tmp) / "in.csv"
-        make_input(src, args.rows)
+        write_prompts(src, args.rows)
         bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
         for round_no in range(1, args.rounds + 1):
             bare, bare_c = timed([sys.executable, "-c", BARE_LOOP, str(src), base_url + "/chat/completions",

@@ -1,12 +1,14 @@
-"""Start `batchrun simulate` in a subprocess for a benchmark and yield its base URL."""
+"""What the benchmarks share: a simulator in its own process, and an input of distinct prompts."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -28,3 +30,18 @@ def simulator_process(*flags: str) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+SHORT = "Summarize in one sentence: review {i} says the kettle is fine."
+REVIEW = ("Summarize review {i}: The kettle arrived quickly, boils fast, and the handle stays "
+          "cool; the lid is a bit stiff and the cord is short, but for the price it does "
+          "exactly what I wanted.")
+
+
+def write_prompts(path: Path, rows: int, text: str = SHORT) -> None:
+    """A CSV of `rows` distinct prompts (`text` with the row number as {i}) and an id column."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "prompt"])
+        for i in range(rows):
+            writer.writerow([i, text.format(i=i)])

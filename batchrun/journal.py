@@ -114,6 +114,10 @@ def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
+            # Only what the machine did (disk full, I/O error, read-only, locked, a damaged file);
+            # a ProgrammingError or IntegrityError is a bug in batchrun and stays one.
+            if not isinstance(exc, sqlite3.OperationalError) and type(exc) is not sqlite3.DatabaseError:
+                raise
             raise JobStopped(
                 f"cannot write the journal {self.path} ({exc}); free disk space or fix the folder, "
                 "then run the same command again: what was committed is kept"

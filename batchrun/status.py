@@ -50,7 +50,8 @@ def _render(output: Path, meta: dict[str, Any], counts: dict[str, Any], pid: int
     if counts["copies"]:
         lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
     if meta.get("model") or meta.get("base_url"):
-        lines.append(f"  model     {meta.get('model') or '(default)'} at {meta.get('base_url')}")
+        where = f" at {meta['base_url']}" if meta.get("base_url") else ""  # older journals: ""
+        lines.append(f"  model     {meta.get('model') or '(default)'}{where}")
     lines.append(f"  progress  last {_when(meta.get('last_progress_at'), now)}")
     lines.append(f"  started   {_when(meta.get('started_at'), now)}")
     if meta.get("finished_at"):

@@ -339,10 +339,6 @@ class GroupCommit:
         self._wake.set()
         await done
 
-    def nudge(self) -> None:
-        """Commit what is buffered at the next chance (rows recorded with `Journal.record`)."""
-        self._wake.set()
-
     async def run(self) -> None:
         """Commit whenever something is waiting; cancel it to stop (then call `flush()`)."""
         while True:

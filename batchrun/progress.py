@@ -122,11 +122,6 @@ def snapshot(stats: Stats, rates: Rates, now: float | None = None) -> Snapshot:
     )
 
 
-def progress_line(stats: Stats) -> str:
-    """One line of progress: rows done of total, rates, spend, retries, errors, ETA."""
-    return snapshot(stats, Rates()).line()
-
-
 def progress_every(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds between plain progress lines: BATCHRUN_PROGRESS_EVERY, else PLAIN_EVERY."""
     raw = environ.get(EVERY_ENV, "").strip()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -117,10 +117,7 @@ class Sender:
         for secret in self._scrub:
             message = message.replace(secret, "***")
         message = " ".join(message.split())[:500]
-        if message == failure.message:
-            return failure
-        return Failure(failure.kind, message, failure.status, failure.retry_after,
-                       failure.rate_limited)
+        return failure if message == failure.message else replace(failure, message=message)
 
 
 class _TooLarge(Exception):

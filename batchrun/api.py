@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -45,18 +46,18 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
             journal = await run.execute()
         finally:
             await _stop_watching(watcher)  # the display is gone before anything else prints
-        counts = journal.counts()
+        counts = journal.counts()  # one pass over every row: costly at millions of rows
         finished = time.time()
-        summary = _summary(run, finished - started, None, None)
+        summary = _summary(run, counts, finished - started, None)
         metadata = output_metadata(summary, counts, config, started, finished)
         output, sidecar = write_output(config, run.table, journal, metadata)
         journal.set_meta(state="finished", finished_at=finished, stop_reason=None)
-        summary = _summary(run, finished - started, (output, sidecar), None)
+        summary = dataclasses.replace(summary, output=output, usage_output=sidecar)
         reporter.finish(summary)
         return summary
     except BatchrunError as stop:
         if getattr(run, "journal", None) is not None:
-            partial = _summary(run, time.time() - started, None, stop.message)
+            partial = _summary(run, run.journal.counts(), time.time() - started, stop.message)
             stop.summary = partial  # type: ignore[attr-defined]
             reporter.finish(partial, stop.exit_code)
         raise
@@ -73,10 +74,8 @@ async def _stop_watching(watcher: asyncio.Task[None]) -> None:
             log.warning("progress display failed: %s: %s", type(exc).__name__, exc)
 
 
-def _summary(run: Run, seconds: float, paths: Any, stopped: str | None) -> Summary:
-    counts = run.journal.counts()
-    output, sidecar = paths if paths else (None, None)
-    return build_summary(counts, run.stats, seconds, run.config, output, sidecar,
+def _summary(run: Run, counts: dict[str, Any], seconds: float, stopped: str | None) -> Summary:
+    return build_summary(counts, run.stats, seconds, run.config, None, None,
                          priced=run.price is not None, stopped=stopped)
 
 

@@ -65,6 +65,17 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         run.release()
 
 
+def _run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed: its loop and transports cost about half the
+    CPU per request of asyncio's, which is what bounds a run against a fast server."""
+    try:
+        import uvloop
+    except ImportError:  # Windows, or a build without it: the standard loop does the same work
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 async def _stop_watching(watcher: asyncio.Task[None]) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -86,13 +97,13 @@ def run(config: RunConfig, *, key: Secret | None = None,
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro_factory())
+        return _run_loop(coro_factory())
     # A loop is already running in this thread: run ours in a thread of its own.
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = asyncio.run(coro_factory())
+            box["result"] = _run_loop(coro_factory())
         except BaseException as exc:  # handed back to the caller's thread below
             box["error"] = exc
 

@@ -105,7 +105,7 @@ def journal_count(output: Path, where: str = "status = 'ok'") -> int:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            return int(db.execute(f"SELECT COUNT(*) FROM results WHERE {where}").fetchone()[0])
+            return int(db.execute(f"SELECT COUNT(*) FROM all_results WHERE {where}").fetchone()[0])
         finally:
             db.close()
     except sqlite3.OperationalError:  # created but its tables are not committed yet

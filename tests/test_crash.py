@@ -151,7 +151,7 @@ def test_every_finished_row_is_committed_within_a_fraction_of_a_second(tmp_path:
     while proc.poll() is None and len(first_seen) < n:
         billed = server.stats.ok  # read before the journal: it can only have grown since
         now = time.time()
-        for key, at in db.execute("SELECT key, finished_at FROM results"):
+        for key, at in db.execute("SELECT key, finished_at FROM all_results"):
             first_seen.setdefault(key, now)
             finished_at[key] = at
         most_uncommitted = max(most_uncommitted, billed - len(first_seen))
@@ -188,7 +188,7 @@ def test_group_commit_wakes_each_worker_after_its_commit_and_a_failure_reaches_a
             await group.commit(Outcome(i.to_bytes(4, "big"), OK, response=f"answer {i}"))
             # Committed before commit() returns: another connection sees it now.
             other = sqlite3.connect(tmp_path / "j.sqlite")
-            seen = other.execute("SELECT response FROM results WHERE key = ?",
+            seen = other.execute("SELECT response FROM all_results WHERE key = ?",
                                  (i.to_bytes(4, "big"),)).fetchone()
             other.close()
             assert seen == (f"answer {i}",)
@@ -208,5 +208,5 @@ def test_group_commit_wakes_each_worker_after_its_commit_and_a_failure_reaches_a
         assert isinstance(later[0], sqlite3.Error)  # raised at once, not left waiting
 
     asyncio.run(main())
-    count = sqlite3.connect(tmp_path / "j.sqlite").execute("SELECT COUNT(*) FROM results")
+    count = sqlite3.connect(tmp_path / "j.sqlite").execute("SELECT COUNT(*) FROM all_results")
     assert count.fetchone()[0] == 50  # the failed transaction was rolled back

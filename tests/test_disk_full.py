@@ -44,7 +44,7 @@ def test_full_disk_stops_with_one_line_and_keeps_what_was_committed(
     assert "free disk space" in line and "run the same command again" in line
     # Every answer the journal holds is intact and readable; the run stopped well short of 3000.
     journal = sqlite3.connect(f"file:{tiny_disk / 'out.journal.sqlite'}?mode=ro", uri=True)
-    kept = journal.execute("SELECT COUNT(*) FROM results WHERE status = 'ok'").fetchone()[0]
+    kept = journal.execute("SELECT COUNT(*) FROM all_results WHERE status = 'ok'").fetchone()[0]
     journal.close()
     assert 0 < kept < 3000
     assert server.stats.ok < 3000

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -65,8 +65,7 @@ class Stats:
     producing_done: bool = False
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One distinct request to send."""
 
     key: bytes
@@ -163,7 +162,9 @@ class Run:
         self._emit("start", total_rows=self.stats.total_rows, input=str(config.input),
                    output=str(config.output), model=config.model, base_url=config.endpoint,
                    concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
-        async with self._endpoint() as base_url, new_session(config.concurrency) as session:
+        async with self._endpoint() as base_url, new_session(
+            config.concurrency, tls=base_url.startswith("https:")
+        ) as session:
             self.sender = Sender(session, base_url, self.key, config.timeout,
                                  scrub=(self.key.reveal(),) if self.key else ())
             self.limiter = Limiter(config.rpm, config.tpm, config.concurrency)

@@ -22,6 +22,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -57,9 +58,9 @@ _APPEND_RESULT = f"INSERT INTO log ({_NAMES}) VALUES ({', '.join('?' * len(RESUL
 # Key order makes the inserts into `results` walk its pages once; seq order lets a later result
 # of the same key (a crashed run's, then a resumed one's) win.
 _FOLD = (f"INSERT OR REPLACE INTO results ({_NAMES}) SELECT {_NAMES} FROM log ORDER BY key, seq")
-# The WAL is copied into the database every this many pages (SQLite's default is 1,000): fewer,
-# larger checkpoints, each with one fsync, cost a third less per answer at thousands a second.
-WAL_CHECKPOINT_PAGES = 10_000
+# The WAL is copied into the database (a checkpoint, with its fsyncs) on a thread of the journal's
+# own after about this many rows are written, never by the event loop's commits.
+CHECKPOINT_EVERY = 2_000
 
 
 def journal_path(output: Path) -> Path:
@@ -118,6 +119,42 @@ class OutputLock:
         return None
 
 
+class Checkpointer:
+    """Copies the journal's WAL into the database file on a thread with its own connection.
+
+    SQLite lets go of the GIL while it works, so the copy and its fsyncs run beside the event loop
+    instead of inside a commit that workers wait for. A checkpoint that fails (disk full) is left
+    to the next one, or to the close, which checkpoints the rest.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._wanted = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="batchrun-checkpoint", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """There is enough new in the WAL to copy."""
+        self._wanted.set()
+
+    def close(self) -> None:
+        """Finish the copy under way, then stop."""
+        self._closing = True
+        self._wanted.set()
+        self._thread.join()
+        self._db.close()
+
+    def _work(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._closing:
+                return
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
     """Journal writes that fail (disk full, I/O error) stop the run with a line, not a traceback."""
 
@@ -155,13 +192,16 @@ class Journal:
                 self._db = sqlite3.connect(path, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+                self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's work
                 self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._readonly = readonly
             self._logged = 1  # results in `log` not yet folded: unknown until the first fold
             self._overlay = False  # readonly: `temp.logged` holds the log's newest states
+            self._checkpointer: Checkpointer | None = None
+            self._unchecked = 0  # rows written since the checkpointer was last asked
             if not readonly:
+                self._checkpointer = Checkpointer(path)
                 self.fold()  # what a crashed run committed
         except sqlite3.DatabaseError as exc:
             raise UsageError(
@@ -173,10 +213,14 @@ class Journal:
 
     def close(self) -> None:
         """Commit what is buffered, fold it into `results`, and close."""
-        if not self._readonly:
-            self.flush()
-            self.fold()
-        self._db.close()
+        try:
+            if not self._readonly:
+                self.flush()
+                self.fold()
+        finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._db.close()  # the last connection: SQLite checkpoints what is left
 
     @_writes
     def fold(self) -> None:
@@ -193,6 +237,13 @@ class Journal:
                 self._db.execute("ROLLBACK")
             raise
         self._logged = 0
+        self._written(CHECKPOINT_EVERY)  # the fold rewrote `results`: copy it while we write
+
+    def _written(self, rows: int) -> None:
+        self._unchecked += rows
+        if self._unchecked >= CHECKPOINT_EVERY and self._checkpointer is not None:
+            self._unchecked = 0
+            self._checkpointer.nudge()
 
     @_writes
     def discard_all(self) -> None:
@@ -289,6 +340,7 @@ class Journal:
             if n:
                 self._db.executemany(_APPEND_RESULT, self._pending)
                 self._logged += n
+            written = n + len(self._pending_rows)
             now = time.time()
             stamp = now - self._progress_at >= PROGRESS_EVERY  # a page less to write per commit
             if stamp:
@@ -304,6 +356,7 @@ class Journal:
             raise
         self._pending.clear()
         self._pending_rows.clear()
+        self._written(written)
         return n
 
     @_writes
@@ -318,15 +371,32 @@ class Journal:
 
     # --- reading back -----------------------------------------------------------------------
 
-    def rows_between(self, start: int, stop: int) -> Iterator[tuple[Any, ...]]:
-        """(idx, copy, *result columns) for rows start <= idx < stop, in order; no result: Nones."""
-        cols = ", ".join(f"res.{c}" for c in RESULT_COLUMNS)
-        yield from self._db.execute(
-            f"SELECT r.idx, r.copy, {cols} FROM rows r LEFT JOIN {self._results()} res "
-            "ON res.key = r.key "
-            "WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
+    def output_rows(self, start: int, stop: int) -> list[tuple[Any, ...]]:
+        """The result columns of the output for rows start <= idx < stop, in order.
+
+        A row with no result yet is `pending`; a dedup copy shows the shared answer but none of
+        its usage (0 tokens, cost and attempts), so the output's totals are what was billed.
+        """
+        return self._db.execute(
+            f"""SELECT res.response, COALESCE(res.finish_reason, 'error'),
+                 CASE WHEN r.copy THEN 0 * res.prompt_tokens ELSE res.prompt_tokens END,
+                 CASE WHEN r.copy THEN 0 * res.completion_tokens ELSE res.completion_tokens END,
+                 CASE WHEN r.copy THEN 0 * res.total_tokens ELSE res.total_tokens END,
+                 COALESCE(res.status, 'pending'), res.error,
+                 CASE WHEN r.copy THEN 0 ELSE COALESCE(res.attempts, 0) END,
+                 res.latency_ms, res.model, res.response_id,
+                 CASE WHEN r.copy THEN 0 * res.cost_usd ELSE res.cost_usd END, res.parsed
+               FROM rows r LEFT JOIN {self._results()} res ON res.key = r.key
+               WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx""",
             (start, stop),
-        )
+        ).fetchall()
+
+    def parsed_texts(self) -> Iterator[str | None]:
+        """The parsed structured answer (JSON text) of every mapped row, in input order."""
+        yield from (parsed for (parsed,) in self._db.execute(
+            f"SELECT res.parsed FROM rows r LEFT JOIN {self._results()} res ON res.key = r.key "
+            "ORDER BY r.idx"
+        ))
 
     def counts(self) -> dict[str, Any]:
         """Rows by state and usage over the rows mapped now (copies carry no usage)."""
@@ -402,15 +472,18 @@ class GroupCommit:
 
     async def run(self) -> None:
         """Commit whenever something is waiting; cancel it to stop (then call `flush()`)."""
-        while True:
-            if not self._wake.is_set():
-                try:
-                    async with asyncio.timeout(self.every):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-            self._wake.clear()
-            self.flush()
+        self._tick(asyncio.get_running_loop())  # a commit every `every` s: the producer's rows
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self.flush()
+        finally:
+            self._ticking.cancel()
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wake.set()
+        self._ticking = loop.call_later(self.every, self._tick, loop)
 
     def flush(self) -> int:
         """Commit now and wake the workers waiting on it; returns results committed."""

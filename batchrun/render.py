@@ -8,9 +8,8 @@ import mimetypes
 import re
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -23,8 +22,7 @@ DEFAULT_COMPLETION_RESERVE = 1024
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A rendered request: the exact body bytes, the hash naming it, and its TPM reservation."""
 
     key: bytes
@@ -32,8 +30,7 @@ class Request:
     tokens: int
 
 
-@dataclass(frozen=True)
-class Invalid:
+class Invalid(NamedTuple):
     """A row that cannot be sent; it becomes a row error without touching the network."""
 
     key: bytes

@@ -203,6 +203,10 @@ class Journal:
             if not readonly:
                 self._checkpointer = Checkpointer(path)
                 self.fold()  # what a crashed run committed
+            # Does any earlier result exist? A fresh journal answers every lookup with nothing.
+            self._earlier = bool(self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM results) OR EXISTS (SELECT 1 FROM log)"
+            ).fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise UsageError(
                 f"journal {path} is not readable ({exc}); move it away or run with --fresh"
@@ -249,6 +253,7 @@ class Journal:
     def discard_all(self) -> None:
         """--fresh: forget every earlier result."""
         self._db.executescript("BEGIN; DELETE FROM results; DELETE FROM rows; COMMIT;")
+        self._earlier = False
 
     @_writes
     def start_mapping(self) -> None:
@@ -292,6 +297,8 @@ class Journal:
         # A writer folded `log` when it opened, and a key it logs since is new to this run (or a
         # copy): `results` has the answer. A reader (`plan`) may see a run's log: it lays the log
         # over `results`, indexed once in a temporary table.
+        if not self._earlier:
+            return {}
         tables = ["results"]
         if self._readonly and self._log_overlay():
             tables.append("temp.logged")
@@ -457,7 +464,7 @@ class GroupCommit:
         self.every = every
         self._on_commit = on_commit
         self._wake = asyncio.Event()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._next: asyncio.Future[None] | None = None  # resolved by the next commit
         self._failed: BaseException | None = None
 
     async def commit(self, outcome: Outcome) -> None:
@@ -465,10 +472,13 @@ class GroupCommit:
         self.journal.record(outcome)
         if self._failed is not None:  # no flusher is left to wake us
             raise self._failed
-        done = asyncio.get_running_loop().create_future()
-        self._waiters.append(done)
-        self._wake.set()
-        await done
+        # One future for every worker in the same transaction. Cancelling one worker cancels it
+        # for all: workers are only ever cancelled all together (a second Ctrl-C), and what they
+        # buffered is still committed by the final flush.
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        await self._next
 
     async def run(self) -> None:
         """Commit whenever something is waiting; cancel it to stop (then call `flush()`)."""
@@ -487,19 +497,17 @@ class GroupCommit:
 
     def flush(self) -> int:
         """Commit now and wake the workers waiting on it; returns results committed."""
-        waiters, self._waiters = self._waiters, []
+        done, self._next = self._next, None
         try:
             n = self.journal.flush()
         except BaseException as exc:
             self._failed = exc
-            for done in waiters:
-                if not done.done():
-                    done.set_exception(exc)
+            if done is not None and not done.done():
+                done.set_exception(exc)
             raise
         self._on_commit(n)
-        for done in waiters:
-            if not done.done():
-                done.set_result(None)
+        if done is not None and not done.done():
+            done.set_result(None)
         return n
 
 

@@ -267,13 +267,15 @@ class Limiter:
             self._replies.popleft()
         if not headers:
             return
-        for kind, clock in (("requests", self.requests), ("tokens", self.tokens)):
-            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+        for (limit_name, remaining_name, reset_name), clock in (
+            (_REQUEST_HEADERS, self.requests), (_TOKEN_HEADERS, self.tokens)
+        ):
+            limit = _number(headers.get(limit_name))
             if limit is not None and limit > 0:
                 clock.adopt_limit(limit)
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            remaining = _number(headers.get(remaining_name))
             if remaining is not None:
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+                reset = parse_duration(headers.get(reset_name) or "")
                 clock.snapshot(max(0.0, remaining), reset, limit, now)
 
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
@@ -342,6 +344,10 @@ class Limiter:
         sent = self._sent
         while sent and sent[0][0] < now - MEASURE_SPAN:
             sent.popleft()
+
+
+_REQUEST_HEADERS = tuple(f"x-ratelimit-{what}-requests" for what in ("limit", "remaining", "reset"))
+_TOKEN_HEADERS = tuple(f"x-ratelimit-{what}-tokens" for what in ("limit", "remaining", "reset"))
 
 
 def _number(value: str | None) -> float | None:

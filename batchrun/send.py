@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
+from yarl import URL
 
 from .config import Secret
 from .retry import Failure, Kind, classify_http, parse_retry_after
@@ -55,11 +57,11 @@ class Sender:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, key: Secret | None,
                  timeout: float, scrub: tuple[str, ...] = ()) -> None:
         self._session = session
-        self._url = base_url + "/chat/completions"
+        self._url = URL(base_url + "/chat/completions")  # parsed once, not per request
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if key is not None:
             headers["Authorization"] = "Bearer " + key.reveal()
-        self._headers = headers
+        self._headers = CIMultiDict(headers)  # aiohttp would convert a dict per request
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         # Servers sometimes echo request headers in error bodies; these strings are cut out.
@@ -210,4 +212,5 @@ def new_session(concurrency: int, tls: bool = True) -> aiohttp.ClientSession:
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
         ssl=ssl.create_default_context() if tls else False,  # loading the CAs takes 10 ms
     )
-    return aiohttp.ClientSession(connector=connector)
+    # An API client has no use for cookies: none are kept, none are sent.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())

@@ -333,18 +333,20 @@ class Run:
             answer = reply.answer
             used_tokens, used_cost = 0, 0.0
             if answer is not None:
-                # An answer without `usage` leaves the row's token counts unknown (null), not 0.
-                billed = billed or any(n is not None for n in (
-                    answer.prompt_tokens, answer.completion_tokens, answer.total_tokens))
-                for i, n in enumerate((answer.prompt_tokens, answer.completion_tokens,
-                                       answer.total_tokens)):
-                    usage[i] += n or 0
+                prompt = answer.prompt_tokens or 0
+                completion = answer.completion_tokens or 0
                 used_tokens = answer.total_tokens or 0
+                # An answer without `usage` leaves the row's token counts unknown (null), not 0.
+                if not billed:
+                    billed = (answer.prompt_tokens is not None or answer.completion_tokens
+                              is not None or answer.total_tokens is not None)
+                usage[0] += prompt
+                usage[1] += completion
+                usage[2] += used_tokens
                 if self.price is not None:
-                    used_cost = self.price.cost(answer.prompt_tokens or 0,
-                                                answer.completion_tokens or 0)
-                stats.prompt_tokens += answer.prompt_tokens or 0
-                stats.completion_tokens += answer.completion_tokens or 0
+                    used_cost = self.price.cost(prompt, completion)
+                stats.prompt_tokens += prompt
+                stats.completion_tokens += completion
                 stats.cost_usd += used_cost
             self._budget.settle(job, used_tokens, used_cost)
             if answer is not None:

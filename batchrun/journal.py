@@ -342,7 +342,7 @@ class Journal:
         self._db.execute("BEGIN")
         try:
             if self._pending_rows:
-                self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
+                self._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)",
                                      self._pending_rows)
             if n:
                 self._db.executemany(_APPEND_RESULT, self._pending)
@@ -372,7 +372,7 @@ class Journal:
             # One transaction: in autocommit mode each row would be a commit of its own.
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
+                self._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)",
                                      self._pending_rows)
             self._pending_rows.clear()
 

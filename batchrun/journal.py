@@ -203,9 +203,12 @@ class Journal:
             if not readonly:
                 self._checkpointer = Checkpointer(path)
                 self.fold()  # what a crashed run committed
+            elif not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone():
+                self._logged = 0  # written before `log` existed: `results` is everything
             # Does any earlier result exist? A fresh journal answers every lookup with nothing.
             self._earlier = bool(self._db.execute(
-                "SELECT EXISTS (SELECT 1 FROM results) OR EXISTS (SELECT 1 FROM log)"
+                "SELECT EXISTS (SELECT 1 FROM results)" + (
+                    " OR EXISTS (SELECT 1 FROM log)" if self._logged else "")
             ).fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise UsageError(
@@ -300,7 +303,7 @@ class Journal:
         if not self._earlier:
             return {}
         tables = ["results"]
-        if self._readonly and self._log_overlay():
+        if self._readonly and self._logged and self._log_overlay():
             tables.append("temp.logged")
         found: dict[bytes, tuple[str, str | None]] = {}
         for chunk in _chunks(list(set(keys)), 900):

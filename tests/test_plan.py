@@ -140,3 +140,36 @@ def test_plan_sample_shows_images_short_and_invalid_rows(tmp_path: Path,
     assert plan["invalid"].startswith("first at row 0: empty prompt")
     part = plan["body"]["messages"][0]["content"][1]
     assert part["image_url"]["url"].startswith("data:image/png;base64,...(")
+
+
+def test_plan_and_status_read_the_answers_a_killed_run_left_in_the_journal_log(
+        tmp_path: Path, sim) -> None:
+    """A run killed mid-way leaves its answers in the journal's `log` (folded into `results` only
+    when a run ends or the next one opens the journal): the read-only `plan` and `status` see
+    them there, and the plan's count is what the resumed run then sends."""
+    import sqlite3
+
+    from .conftest import journal_count, start_cli, wait_until
+
+    server = sim(latency=0.02)
+    n = 300
+    src = prompts_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.parquet"
+    common = ("--output", out, "--base-url", server.base_url, "--model", "sim-1", "--no-progress")
+    proc = start_cli("run", "--input", src, "--concurrency", "4", *common)
+    wait_until(lambda: journal_count(out) >= 40, proc)
+    proc.kill()
+    proc.communicate(timeout=10)
+    answered = journal_count(out)
+    db = sqlite3.connect(f"file:{journal_file(out)}?mode=ro", uri=True)
+    logged, folded = (db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("log", "results"))
+    db.close()
+    assert logged == answered and folded == 0  # this test is about the unfolded log
+    planned = run_cli("plan", "--input", src, *common)
+    assert planned.returncode == 0, planned.stderr
+    assert to_send(parse_plan(planned.stdout)) == n - answered
+    status = run_cli("status", out)
+    assert f"{answered:,} answered" in status.stdout, status.stdout
+    sent_before = server.stats.requests
+    assert run_cli("run", "--input", src, *common).returncode == 0
+    assert server.stats.requests - sent_before == n - answered

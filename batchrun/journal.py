@@ -201,8 +201,8 @@ class Journal:
             self._checkpointer: Checkpointer | None = None
             self._unchecked = 0  # rows written since the checkpointer was last asked
             if not readonly:
-                self._checkpointer = Checkpointer(path)
                 self.fold()  # what a crashed run committed
+                self._checkpointer = Checkpointer(path)  # once the journal opened cleanly
             elif not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone():
                 self._logged = 0  # written before `log` existed: `results` is everything
             # Does any earlier result exist? A fresh journal answers every lookup with nothing.

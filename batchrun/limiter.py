@@ -27,6 +27,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
+from multidict import istr
+
 from .retry import parse_duration
 
 # Pace a hair under the limit: arrival jitter must not push a strict sliding window over.
@@ -58,7 +60,7 @@ class _Clock:
         # The provider's book as of its last answer: room left, when that was, when it resets.
         self._room = 0.0
         self._room_at = 0.0
-        self._room_until = -math.inf
+        self.room_until = -math.inf
         self._refill: float | None = None  # per second, by the provider's limit and reset
         self._spent = 0.0  # what we started since that answer
 
@@ -68,13 +70,13 @@ class _Clock:
     def ready(self, amount: float, now: float) -> float:
         """Earliest start for `amount` by our pace and by the provider's book."""
         start = self.tat
-        if now < self._room_until:
+        if now < self.room_until:
             refill = self._refill
             room = self._room - self._spent + (now - self._room_at) * (refill or 0.0)
             if room < amount:
                 # The allowance comes back steadily until the reset, when all of it is back.
-                free_at = now + (amount - room) / refill if refill else self._room_until
-                start = max(start, min(free_at, self._room_until))
+                free_at = now + (amount - room) / refill if refill else self.room_until
+                start = max(start, min(free_at, self.room_until))
         return start
 
     def take(self, amount: float, now: float) -> None:
@@ -96,7 +98,7 @@ class _Clock:
                  now: float) -> None:
         """The provider's remaining allowance as of now, valid until its reset."""
         self._room, self._room_at, self._spent = remaining, now, 0.0
-        self._room_until = now + (reset if reset is not None else SNAPSHOT_LIFE)
+        self.room_until = now + (reset if reset is not None else SNAPSHOT_LIFE)
         # OpenAI's reset is when the allowance is whole again, so it refills at this pace.
         self._refill = None
         if limit and reset and limit > remaining:
@@ -166,6 +168,7 @@ class Limiter:
         self._replies: deque[float] = deque()  # when recent answers of any kind came back
         self._limited: deque[float] = deque()  # when recent rate-limit 429s came back
         self._gate = asyncio.Lock()
+        self._waiting = 0  # starts waiting for a request in flight to finish
         self._closed = False
         self.pauses = 0
         self.rate_limited = 0
@@ -205,13 +208,25 @@ class Limiter:
 
     async def acquire(self, tokens: int) -> float:
         """Wait for this request's turn and book it; returns its start time on `now()`'s clock."""
+        now = self._clock()
+        if self._open(now):
+            # Nothing paces, holds or caps this start, and no start is waiting before it: the
+            # gate and the clocks would say "now" (at thousands of starts a second, asking them
+            # cost a tenth of a run's time against a fast server).
+            self.in_flight += 1
+            self._sent.append((now, tokens))
+            return now
         async with self._gate:
             # One worker waits at a time, and re-reads the state when it wakes: a 429 that came
             # in meanwhile holds this start too.
             while not self._closed:
                 if self._full():
                     self._freed.clear()
-                    await self._freed.wait()
+                    self._waiting += 1
+                    try:
+                        await self._freed.wait()
+                    finally:
+                        self._waiting -= 1
                     continue
                 wait = self.wait_for(tokens)
                 if wait <= 0:
@@ -220,10 +235,26 @@ class Limiter:
             self.in_flight += 1
             return self.take(tokens)
 
+    def _open(self, now: float) -> bool:
+        """May a start go now without the gate? Only when no clock paces (no rate, no provider
+        book in force), no pause holds, the concurrency cap is the configured one and has room,
+        and no other start waits at the gate."""
+        requests, tokens = self.requests, self.tokens
+        return (
+            requests.rate is None and tokens.rate is None
+            and now >= self._paused_until
+            and now >= requests.room_until and now >= tokens.room_until
+            and not self._closed and not self._gate.locked()
+            and (self.concurrency is None or (
+                self.concurrency == self._concurrency_ceiling and self.in_flight < self.concurrency
+            ))
+        )
+
     def release(self) -> None:
         """A request `acquire` let through has its answer (or failed): its slot is free."""
         self.in_flight = max(0, self.in_flight - 1)
-        self._freed.set()
+        if self._waiting:
+            self._freed.set()
 
     def close(self) -> None:
         """The run is stopping: let every waiting worker through at once (it will not send)."""
@@ -265,15 +296,20 @@ class Limiter:
         self._replies.append(now)
         while self._replies[0] < now - MEASURE_SPAN:
             self._replies.popleft()
+        self._forget(now)  # starts that took the open way were not forgotten there
         if not headers:
             return
         for (limit_name, remaining_name, reset_name), clock in (
             (_REQUEST_HEADERS, self.requests), (_TOKEN_HEADERS, self.tokens)
         ):
-            limit = _number(headers.get(limit_name))
+            limit_text = headers.get(limit_name)
+            remaining_text = headers.get(remaining_name)
+            if limit_text is None and remaining_text is None:
+                continue
+            limit = _number(limit_text)
             if limit is not None and limit > 0:
                 clock.adopt_limit(limit)
-            remaining = _number(headers.get(remaining_name))
+            remaining = _number(remaining_text)
             if remaining is not None:
                 reset = parse_duration(headers.get(reset_name) or "")
                 clock.snapshot(max(0.0, remaining), reset, limit, now)
@@ -346,8 +382,9 @@ class Limiter:
             sent.popleft()
 
 
-_REQUEST_HEADERS = tuple(f"x-ratelimit-{what}-requests" for what in ("limit", "remaining", "reset"))
-_TOKEN_HEADERS = tuple(f"x-ratelimit-{what}-tokens" for what in ("limit", "remaining", "reset"))
+# istr: multidict looks these up without case-folding them for every answer.
+_REQUEST_HEADERS = tuple(istr(f"x-ratelimit-{what}-requests") for what in ("limit", "remaining", "reset"))
+_TOKEN_HEADERS = tuple(istr(f"x-ratelimit-{what}-tokens") for what in ("limit", "remaining", "reset"))
 
 
 def _number(value: str | None) -> float | None:

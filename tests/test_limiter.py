@@ -128,6 +128,49 @@ def test_acquire_waits_on_the_injected_clock_and_returns_the_start() -> None:
     assert times == pytest.approx([1000.0, 1000.0 + 0.5 / SAFETY, 1000.0 + 1.0 / SAFETY])
 
 
+def test_an_unpaced_start_goes_at_once_but_whatever_holds_starts_still_holds_it() -> None:
+    """With no limit known, starts skip the gate; a pause, the provider's book, a learned cap
+    or a start already waiting at the gate still hold the next one."""
+    lim, clock = limiter(concurrency=4)
+
+    async def main() -> list[float]:
+        got = [await lim.acquire(10), await lim.acquire(10)]  # the open way: no time passes
+        assert lim.in_flight == 2 and not lim._gate.locked()
+        assert len(lim._sent) == 2  # counted for the measured pace all the same
+        lim.release()
+        lim.rate_limited_by_server(2.0, sent_at=clock.t)  # a 429 pauses every start
+        got.append(await lim.acquire(10))
+        lim.release()
+        lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3s"})
+        got.append(await lim.acquire(10))  # no room left until the provider's reset
+        return got
+
+    assert asyncio.run(main()) == pytest.approx([1000.0, 1000.0, 1002.0, 1005.0])
+
+
+def test_a_start_waiting_at_the_gate_is_not_overtaken_by_an_open_one() -> None:
+    lim, clock = limiter(concurrency=1)
+
+    async def main() -> list[str]:
+        order: list[str] = []
+
+        async def worker(name: str) -> None:
+            await lim.acquire(1)
+            order.append(name)
+
+        await lim.acquire(1)  # the one slot is taken: the next start waits at the gate
+        waiting = asyncio.create_task(worker("waiting"))
+        await asyncio.sleep(0)
+        assert lim._gate.locked()
+        lim.release()
+        lim.concurrency = lim._concurrency_ceiling = 2  # room for two now, but not past the gate
+        await worker("late")
+        await waiting
+        return order
+
+    assert asyncio.run(main()) == ["waiting", "late"]
+
+
 def test_close_lets_waiting_workers_through_at_once() -> None:
     lim, clock = limiter(rpm=1)
     lim.take(1)

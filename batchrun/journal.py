@@ -161,11 +161,14 @@ class Checkpointer:
             self._wanted.clear()
             if self._closing:
                 return
-            # PASSIVE never waits for the writer; TRUNCATE holds it off while it finishes.
-            mode = "TRUNCATE" if self._truncate else "PASSIVE"
-            self._truncate = False
+            truncate, self._truncate = self._truncate, False
             with contextlib.suppress(sqlite3.Error):
-                self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                # PASSIVE waits for nobody. Once it has copied everything, reads that start
+                # read the database file alone, so TRUNCATE then waits at most for the reads
+                # already under way (and holds off the writer meanwhile).
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if truncate:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:

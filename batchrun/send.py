@@ -159,6 +159,34 @@ def _parse_answer(raw: bytes) -> tuple[Answer | None, Failure | None]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None, Failure(Kind.RETRY, "unreadable answer: body is not JSON", 200)
+    # The usual answer, complete and well-typed, is taken in one look (orjson gives exact dict,
+    # list, str and int); anything else gets the careful reading below and its precise message.
+    if type(data) is dict and "error" not in data:
+        choices = data.get("choices")
+        usage = data.get("usage")
+        if type(choices) is list and choices and type(usage) is dict:
+            choice = choices[0]
+            message = choice.get("message") if type(choice) is dict else None
+            if type(message) is dict:
+                content = message.get("content")
+                finish = choice.get("finish_reason")
+                prompt = usage.get("prompt_tokens")
+                completion = usage.get("completion_tokens")
+                total = usage.get("total_tokens")
+                model = data.get("model")
+                response_id = data.get("id")
+                if (type(content) is str and type(finish) is str and finish
+                        and type(prompt) is int and type(completion) is int
+                        and type(total) is int and 0 <= prompt <= MAX_TOKENS_SANE
+                        and 0 <= completion <= MAX_TOKENS_SANE and 0 <= total <= MAX_TOKENS_SANE
+                        and type(model) is str and type(response_id) is str):
+                    return Answer(content, finish, model, response_id, prompt, completion, total,
+                                  message.get("tool_calls") or None), None
+    return _read_answer(data)
+
+
+def _read_answer(data: Any) -> tuple[Answer | None, Failure | None]:
+    """The careful reading of a decoded 200 body: every missing or odd part named."""
     if not isinstance(data, dict):
         return None, Failure(Kind.RETRY, "unreadable answer: body is not a JSON object", 200)
     if "error" in data and not data.get("choices"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from batchrun.config import RunConfig
@@ -127,3 +127,67 @@ def test_any_template_is_compiled_or_refused_cleanly(template: str) -> None:
         assert exc.message.startswith("--template") and "\n" not in exc.message[:200]
         return
     assert all(name in (None, "prompt") for _, name in pieces)
+
+
+# Odd values a server might put anywhere in an answer.
+_ODD = st.one_of(st.none(), st.booleans(), st.integers(-5, 20_000_000), st.floats(allow_nan=False),
+                 TEXT, st.lists(st.integers(-9, 9), max_size=2),
+                 st.dictionaries(TEXT, st.integers(-9, 9), max_size=2))
+# Where in an answer a damage can land: (containing object, field).
+_SPOTS = [("body", k) for k in ("id", "model", "choices", "usage", "error")] + [
+    ("choice", k) for k in ("message", "finish_reason")] + [
+    ("message", k) for k in ("content", "tool_calls")] + [
+    ("usage", k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
+
+
+@st.composite
+def answer_bodies(draw: st.DrawFn) -> object:
+    """A well-formed answer with none, one or a few fields removed or replaced by odd values."""
+    message: dict[str, object] = {"role": "assistant", "content": draw(TEXT)}
+    choice: dict[str, object] = {"index": 0, "message": message,
+                                 "finish_reason": draw(st.sampled_from(["stop", "length"]))}
+    usage = {name: draw(st.integers(0, 10_000))
+             for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    body: dict[str, object] = {"id": draw(TEXT), "model": draw(TEXT), "choices": [choice],
+                               "usage": usage}
+    parts: dict[str, dict[str, object]] = {"body": body, "choice": choice, "message": message,
+                                           "usage": usage}
+    for where, field in draw(st.lists(st.sampled_from(_SPOTS), max_size=3)):
+        if draw(st.booleans()):
+            parts[where].pop(field, None)
+        else:
+            parts[where][field] = draw(_ODD)
+    return draw(st.one_of(st.just(body), _ODD)) if draw(st.integers(0, 9)) == 0 else body
+
+
+def _answer(**changes: object) -> dict[str, object]:
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    message: dict[str, object] = {"role": "assistant", "content": "hi"}
+    body: dict[str, object] = {"id": "r1", "model": "m", "usage": usage,
+                               "choices": [{"message": message, "finish_reason": "stop"}]}
+    for path, value in changes.items():
+        where, _, field = path.rpartition("__")
+        target = {"": body, "usage": usage, "message": message,
+                  "choice": body["choices"][0]}[where]  # type: ignore[index]
+        target[field] = value
+    return body
+
+
+@SETTINGS
+@given(answer_bodies())
+@example(_answer())
+@example(_answer(usage__prompt_tokens=True))
+@example(_answer(usage__total_tokens=10_000_001))
+@example(_answer(usage__completion_tokens=-1))
+@example(_answer(usage__total_tokens=None))
+@example(_answer(choice__finish_reason=""))
+@example(_answer(message__content=None, message__tool_calls=[{"id": "c1"}]))
+@example(_answer(message__content=["not", "text"]))
+@example(_answer(model=7, id=None))
+@example(_answer(error={"message": "partial"}))
+def test_the_quick_reading_of_an_answer_agrees_with_the_careful_one(body: object) -> None:
+    """The hot path takes the usual answer in one look; whatever it accepts, the careful reading
+    accepts the same way, and whatever it passes on gets the careful reading's verdict."""
+    from batchrun.send import _parse_answer, _read_answer
+
+    assert _parse_answer(orjson.dumps(body)) == _read_answer(body)

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -147,6 +146,8 @@ def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
     Rows that fail are in the frame with ``status == "error"``; a job-wide stop (bad key, no
     credits, budget) or an interrupt raises JobStopped / Interrupted.
     """
+    import tempfile
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 

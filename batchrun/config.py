@@ -6,7 +6,6 @@ import ipaddress
 import math
 import os
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -232,6 +231,8 @@ def is_loopback(url: str) -> bool:
 
 def load_job_file(path: Path) -> dict[str, Any]:
     """Read a job file into flat settings, refusing unknown keys and wrong types."""
+    import tomllib  # here: a run from flags alone does not pay for the TOML parser's import
+
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -8,8 +8,9 @@ input row of the current run to its key (and marks dedup copies); `meta` holds r
 Results are group-committed (`GroupCommit`): each worker's answer is in a committed transaction
 before that worker sends again, and answers that arrive together share one transaction. They go to
 `log`, whose pages fill in order, so a commit writes a page or two however many answers it carries
-(inserted into `results`, keyed by a hash, they would dirty a page each); `fold()` moves them into
-`results` in key order once a run ends, and when a journal is opened after a crash. WAL with
+(inserted into `results`, keyed by a hash, they would dirty a page each). `fold()` moves them into
+`results` in key order when a writer opens the journal, and at the end of a run that resumed; a
+run that began with no earlier result reads its results back from `log` through an index. WAL with
 synchronous=NORMAL: a committed row survives `kill -9` and any crash of the process; only a power
 cut may lose the last commits (never corrupting the file).
 """
@@ -55,6 +56,7 @@ CREATE INDEX IF NOT EXISTS rows_base ON rows (base);
 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 """
 _APPEND_RESULT = f"INSERT INTO log ({_NAMES}) VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
+_INDEX_LOG = "CREATE INDEX IF NOT EXISTS log_key ON log (key)"
 # Key order makes the inserts into `results` walk its pages once; seq order lets a later result
 # of the same key (a crashed run's, then a resumed one's) win.
 _FOLD = (f"INSERT OR REPLACE INTO results ({_NAMES}) SELECT {_NAMES} FROM log ORDER BY key, seq")
@@ -220,6 +222,7 @@ class Journal:
             self._overlay = False  # readonly: `temp.logged` holds the log's newest states
             self._checkpointer: Checkpointer | None = None
             self._unchecked = 0  # rows written since the checkpointer was last asked
+            self._log_indexed = False  # `log_key` made for reading back (dropped by a fold)
             if not readonly:
                 if self.fold():  # what a crashed run committed
                     self._unchecked = CHECKPOINT_EVERY  # copied with the first commits
@@ -240,11 +243,10 @@ class Journal:
         self._progress_at = 0.0  # when `last_progress_at` was last stored
 
     def close(self) -> None:
-        """Commit what is buffered, fold it into `results`, and close."""
+        """Commit what is buffered and close (the next writer to open the journal folds `log`)."""
         try:
             if not self._readonly:
                 self.flush()
-                self.fold()
         finally:
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -258,6 +260,7 @@ class Journal:
         self._db.execute("BEGIN")
         try:
             self._db.execute(_FOLD)
+            self._db.execute("DROP INDEX IF EXISTS log_key")  # inserts into `log` stay appends
             self._db.execute("DELETE FROM log")
             self._db.execute("COMMIT")
         except BaseException:
@@ -265,6 +268,7 @@ class Journal:
                 self._db.execute("ROLLBACK")
             raise
         self._logged = 0
+        self._log_indexed = False
         self._tally = None
         return True
 
@@ -473,12 +477,30 @@ class Journal:
         return self._tally
 
     def _results(self) -> str:
-        """Where every result is: `results` once folded; a reader during a run needs the view."""
-        if not self._readonly:
-            with contextlib.suppress(JobStopped):  # a full disk: the view still reads it all
-                if self.fold() and self._checkpointer is not None:
-                    self._checkpointer.settle()  # read back: the run has ended
+        """Where every result is, for reading back once a run has ended.
+
+        A run that began with no earlier result has all of its results in `log`, one per key:
+        indexing `log` by key costs a fifth of folding it (which rewrites every result), so the
+        fold waits for the next run. A run that resumed folds: `results` then has everything. A
+        reader during a run needs the view.
+        """
+        if self._readonly:
+            return "all_results" if self._logged else "results"
+        with contextlib.suppress(JobStopped):  # a full disk: the view still reads it all
+            if not self._earlier:
+                if not self._log_indexed:
+                    self._index_log()
+                return "log"
+            if self.fold() and self._checkpointer is not None:
+                self._checkpointer.settle()  # read back: the run has ended
         return "all_results" if self._logged else "results"
+
+    @_writes
+    def _index_log(self) -> None:
+        self._db.execute(_INDEX_LOG)
+        self._log_indexed = True
+        if self._checkpointer is not None:
+            self._checkpointer.settle()  # read back: the run has ended
 
 
 class GroupCommit:

@@ -163,3 +163,42 @@ def test_unreadable_journal_is_one_line_exit_2_and_fresh_starts_over(tmp_path: P
     assert fresh.returncode == 0, fresh.stderr
     assert server.stats.requests == 10
     _check_answers(out)
+
+
+def test_a_finished_run_keeps_its_results_in_the_log_until_the_next_run_folds_them(
+    tmp_path: Path, sim
+) -> None:
+    """A run that began with an empty journal reads its answers back through an index on `log`
+    instead of folding them; the next run folds them into `results` first, and answers the same."""
+    import sqlite3
+
+    from .conftest import journal_file
+
+    def tables(out: Path) -> tuple[int, int, bool]:
+        db = sqlite3.connect(journal_file(out))
+        try:
+            logged, kept = (db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                            for t in ("log", "results"))
+            indexed = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'log_key'").fetchone() is not None
+            return logged, kept, indexed
+        finally:
+            db.close()
+
+    server = sim()
+    rows = _topics(40)
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    assert _run(src, out, server.base_url, "--model", "sim-1").returncode == 0
+    assert tables(out) == (40, 0, True)
+    _check_answers(out)
+    first = read_output(out)
+    # Same rows again plus five new ones: the earlier forty are folded and reused, not re-sent.
+    rows += [{"id": 40 + i, "name": f"new {i}", "topic": f"gift {i}"} for i in range(5)]
+    write_csv(src, rows)
+    result = _run(src, out, server.base_url, "--model", "sim-1")
+    assert result.returncode == 0, result.stderr
+    assert server.stats.requests == 45
+    assert tables(out) == (0, 45, False)  # this run resumed: it folded at the end too
+    _check_answers(out)
+    assert read_output(out)[:40] == first

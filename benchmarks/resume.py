@@ -60,12 +60,16 @@ SCENARIOS = {
 
 
 def forget(out: Path, where: str) -> int:
-    """Delete from the journal the results of the rows matching `where`; returns how many."""
+    """Delete from the journal the results of the rows matching `where`; returns how many.
+
+    A run that began with an empty journal leaves its results in `log` (the next run folds them
+    into `results`), a resumed one in `results`: both are cleared.
+    """
     db = sqlite3.connect(journal_path(out))
     with db:
-        deleted = db.execute(
-            f"DELETE FROM results WHERE key IN (SELECT key FROM rows WHERE {where})"
-        ).rowcount
+        deleted = sum(db.execute(
+            f"DELETE FROM {table} WHERE key IN (SELECT key FROM rows WHERE {where})"
+        ).rowcount for table in ("results", "log"))
     db.close()
     return deleted
 
@@ -164,7 +168,7 @@ def bench_group_commit(path: Path, answers: int, workers: int) -> tuple[float, f
 
     elapsed = asyncio.run(main())
     journal.close()
-    count = sqlite3.connect(path).execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    count = sqlite3.connect(path).execute("SELECT COUNT(*) FROM all_results").fetchone()[0]
     assert count == answers, count
     return answers / elapsed, answers / commits[0]
 

@@ -127,17 +127,15 @@ class Checkpointer:
 
     SQLite lets go of the GIL while it works, so the copy and its fsyncs run beside the event loop
     instead of inside a commit that workers wait for. A checkpoint that fails (disk full) is left
-    to the next one, or to the close, which checkpoints the rest. Once a run's results are folded,
-    `settle()` also empties the WAL file while the output is written: the close would otherwise
-    free its blocks (tens of MB: ~35 ms here) with everything waiting on it.
+    to the next one, or to the close, which checkpoints the rest. It is also asked once a run has
+    ended, to copy what is left while the output is written. (A TRUNCATE then, to spare the close
+    deleting a WAL of tens of MB, made the last commits wait on it for longer than it spared.)
     """
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=5000")  # TRUNCATE waits for a read to end
         self._wanted = threading.Event()
         self._closing = False
-        self._truncate = False
         self._thread = threading.Thread(target=self._work, name="batchrun-checkpoint", daemon=True)
         self._thread.start()
 
@@ -145,10 +143,6 @@ class Checkpointer:
         """There is enough new in the WAL to copy."""
         self._wanted.set()
 
-    def settle(self) -> None:
-        """Copy everything and truncate the WAL: the writer is done but for a few small commits."""
-        self._truncate = True
-        self._wanted.set()
 
     def close(self) -> None:
         """Finish the copy under way, then stop."""
@@ -163,14 +157,8 @@ class Checkpointer:
             self._wanted.clear()
             if self._closing:
                 return
-            truncate, self._truncate = self._truncate, False
             with contextlib.suppress(sqlite3.Error):
-                # PASSIVE waits for nobody. Once it has copied everything, reads that start
-                # read the database file alone, so TRUNCATE then waits at most for the reads
-                # already under way (and holds off the writer meanwhile).
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                if truncate:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -492,7 +480,7 @@ class Journal:
                     self._index_log()
                 return "log"
             if self.fold() and self._checkpointer is not None:
-                self._checkpointer.settle()  # read back: the run has ended
+                self._checkpointer.nudge()  # read back: the run has ended
         return "all_results" if self._logged else "results"
 
     @_writes
@@ -500,7 +488,7 @@ class Journal:
         self._db.execute(_INDEX_LOG)
         self._log_indexed = True
         if self._checkpointer is not None:
-            self._checkpointer.settle()  # read back: the run has ended
+            self._checkpointer.nudge()  # read back: the run has ended
 
 
 class GroupCommit:

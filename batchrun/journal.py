@@ -126,23 +126,16 @@ class Checkpointer:
     """Copies the journal's WAL into the database file on a thread with its own connection.
 
     SQLite lets go of the GIL while it works, so the copy and its fsyncs run beside the event loop
-    instead of inside a commit that workers wait for. A checkpoint that fails (disk full) is left
-    to the next one, or to the close, which checkpoints the rest.
-
-    Once a run has ended, `settle()` copies what is left and then empties the WAL file while the
-    output is written. Otherwise the close deletes it: tens of MB whose blocks the file system
-    frees with everything waiting (~40 ms here, where ext4 discards freed blocks). The writer
-    waits for the settle with `wait_settled()` before it commits again: left to SQLite, its
-    commit would wait in sleeps of up to 100 ms, for longer than the settle saves.
+    instead of inside a commit that workers wait for. When a copy is done, the writer starts the
+    WAL file over (`Journal._restart_wal`), which keeps it a few MB however long the run. A
+    checkpoint that fails (disk full) is left to the next one, or to the close, which checkpoints
+    the rest.
     """
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=5000")  # TRUNCATE waits for the reads under way
         self._wanted = threading.Event()
-        self._settled = threading.Event()
-        self._settled.set()
-        self._truncate = False
+        self.caught_up = False  # a copy has just finished (set here, cleared by the writer)
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="batchrun-checkpoint", daemon=True)
         self._thread.start()
@@ -151,22 +144,11 @@ class Checkpointer:
         """There is enough new in the WAL to copy."""
         self._wanted.set()
 
-    def settle(self) -> None:
-        """The run has ended: copy everything, then empty the WAL file."""
-        self._settled.clear()
-        self._truncate = True
-        self._wanted.set()
-
-    def wait_settled(self) -> None:
-        """Return once a settle asked for is done."""
-        self._settled.wait()
-
     def close(self) -> None:
         """Finish the copy under way, then stop."""
         self._closing = True
         self._wanted.set()
         self._thread.join()
-        self._settled.set()
         self._db.close()
 
     def _work(self) -> None:
@@ -175,17 +157,9 @@ class Checkpointer:
             self._wanted.clear()
             if self._closing:
                 return
-            truncate, self._truncate = self._truncate, False
-            try:
-                with contextlib.suppress(sqlite3.Error):
-                    # PASSIVE waits for nobody. Once everything is copied, reads that start
-                    # read the database file alone: TRUNCATE waits only for those under way.
-                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if truncate:
-                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            finally:
-                if truncate:
-                    self._settled.set()
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.caught_up = True
 
 
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -193,10 +167,6 @@ def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
 
     @functools.wraps(method)
     def wrapper(self: Journal, *args: Any, **kwargs: Any) -> _T:
-        if self._settling:  # the checkpoint thread holds writers off until it is done
-            self._settling = False
-            assert self._checkpointer is not None
-            self._checkpointer.wait_settled()
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
@@ -218,7 +188,6 @@ class Journal:
     def __init__(self, path: Path, *, readonly: bool = False, fresh: bool = False) -> None:
         self.path = path
         self._tally: list[tuple[Any, ...]] | None = None  # _tallies(), until the next write
-        self._settling = False  # the checkpoint thread is emptying the WAL: wait before writing
         if fresh and not readonly:  # --fresh: start from nothing, even from an unreadable file
             for stale in (path, path.with_name(path.name + "-wal"),
                           path.with_name(path.name + "-shm")):
@@ -294,10 +263,29 @@ class Journal:
 
     def _written(self, rows: int) -> None:
         self._tally = None
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        if checkpointer.caught_up:
+            checkpointer.caught_up = False
+            self._restart_wal()
         self._unchecked += rows
-        if self._unchecked >= CHECKPOINT_EVERY and self._checkpointer is not None:
+        if self._unchecked >= CHECKPOINT_EVERY:
             self._unchecked = 0
-            self._checkpointer.nudge()
+            checkpointer.nudge()
+
+    def _restart_wal(self) -> None:
+        """Start the WAL file over from its beginning, so that it stays a few MB however long
+        the run. The checkpoint thread has just copied nearly all of it; what this copies is only
+        what the last few commits wrote. A WAL the writer never restarts grows by ~1 KB a row
+        (850 MB for a million rows). If anything else is using the WAL (a `status` reading), it
+        is left for the next time instead of waited for."""
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            self._db.execute("PRAGMA busy_timeout=5000")
 
     @_writes
     def discard_all(self) -> None:
@@ -522,10 +510,9 @@ class Journal:
         self._settle()
 
     def _settle(self) -> None:
-        """Reading back: the run has ended, and the checkpoint thread may empty the WAL."""
+        """Reading back: the run has ended; the checkpoint thread copies what is left meanwhile."""
         if self._checkpointer is not None:
-            self._checkpointer.settle()
-            self._settling = True
+            self._checkpointer.nudge()
 
 
 class GroupCommit:

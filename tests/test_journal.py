@@ -1,4 +1,4 @@
-"""The journal file itself: what a finished run leaves, and the end-of-run checkpoint."""
+"""The journal file itself: what it keeps, and how large its WAL grows."""
 
 from __future__ import annotations
 
@@ -17,26 +17,27 @@ def _outcome(i: int) -> Outcome:
                    finished_at=time.time())
 
 
-def test_reading_back_empties_the_wal_before_the_next_commit_and_loses_nothing(
-    tmp_path: Path,
-) -> None:
+def test_the_wal_stays_a_few_mb_however_many_results_a_run_commits(tmp_path: Path) -> None:
+    """Each commit appends a few pages to the WAL (~1 KB a result); without starting it over
+    after each copy, 30,000 results would leave a WAL of ~30 MB, a million ~850 MB."""
     path = tmp_path / "j.sqlite"
     wal = tmp_path / "j.sqlite-wal"
     journal = Journal(path)
-    n = 5_000
+    n = 30_000
     journal.map_rows((i, k, k, 0) for i, k in ((i, i.to_bytes(16, "big")) for i in range(n)))
-    for start in range(0, n, 50):  # commits the size of a busy run's
-        for i in range(start, start + 50):
+    largest = 0
+    for start in range(0, n, 25):  # commits the size of a busy run's
+        for i in range(start, start + 25):
             journal.record(_outcome(i))
         journal.flush()
-    assert wal.stat().st_size > 1_000_000
-    counts = journal.counts()  # reading back: the checkpoint thread now empties the WAL
+        largest = max(largest, wal.stat().st_size)
+    assert largest < 8_000_000, largest
+    counts = journal.counts()
     assert (counts["mapped"], counts["ok"], counts["total_tokens"]) == (n, n, 30 * n)
-    rows = journal.output_rows(0, n)
-    assert [r[0] for r in rows[:2]] == ["answer 0 " * 20, "answer 1 " * 20]
-    journal.set_meta(state="finished")  # waits for the thread, then commits
-    assert wal.stat().st_size < 100_000  # emptied, then a page or two for the last commit
+    assert journal.output_rows(n - 1, n)[0][0] == f"answer {n - 1} " * 20
+    journal.set_meta(state="finished")
     journal.close()
+    assert not wal.exists()
     db = sqlite3.connect(path)
     try:
         assert db.execute("SELECT COUNT(*) FROM all_results").fetchone()[0] == n

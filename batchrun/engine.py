@@ -84,6 +84,7 @@ class Budget:
         self.spent_tokens = 0
         self.held_cost = 0.0
         self.held_tokens = 0
+        self.active = max_cost is not None or max_tokens is not None  # else nothing to hold
 
     def admit(self, job: Job) -> str | None:
         """Hold the job's worst case, or say why the budget cannot take it."""
@@ -298,6 +299,7 @@ class Run:
         """Send one request until it succeeds, fails for good, or the run stops (None: pending)."""
         loop = asyncio.get_running_loop()
         stats, started = self.stats, loop.time()
+        budget = self._budget if self._budget.active else None
         usage = [0, 0, 0]
         billed = False
         attempt = 0
@@ -309,14 +311,17 @@ class Run:
             if oversize:
                 self.stop(JobStopped(f"stopped: {oversize}"))
                 return None
-            refusal = self._budget.admit(job)
+            refusal = budget.admit(job) if budget is not None else None
             if refusal:
                 self.stop(JobStopped(refusal))
                 return None
-            sent_at = await self.limiter.acquire(job.tokens)
+            sent_at = self.limiter.start_now(job.tokens)  # no coroutine when none must wait
+            if sent_at is None:
+                sent_at = await self.limiter.acquire(job.tokens)
             if self.stopping.is_set():
                 self.limiter.release()
-                self._budget.settle(job, 0, 0.0)
+                if budget is not None:
+                    budget.settle(job, 0, 0.0)
                 return None
             attempt += 1
             stats.sent += 1
@@ -348,7 +353,8 @@ class Run:
                 stats.prompt_tokens += prompt
                 stats.completion_tokens += completion
                 stats.cost_usd += used_cost
-            self._budget.settle(job, used_tokens, used_cost)
+            if budget is not None:
+                budget.settle(job, used_tokens, used_cost)
             if answer is not None:
                 parsed, failure = self._judge(answer)
                 if failure is None:

@@ -31,7 +31,7 @@ def test_the_wal_stays_a_few_mb_however_many_results_a_run_commits(tmp_path: Pat
             journal.record(_outcome(i))
         journal.flush()
         largest = max(largest, wal.stat().st_size)
-    assert largest < 8_000_000, largest
+    assert largest < 12_000_000, largest  # never restarted: ~27 MB here
     counts = journal.counts()
     assert (counts["mapped"], counts["ok"], counts["total_tokens"]) == (n, n, 30 * n)
     assert journal.output_rows(n - 1, n)[0][0] == f"answer {n - 1} " * 20

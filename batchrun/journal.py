@@ -208,7 +208,7 @@ class Journal:
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._readonly = readonly
             self._logged = 1  # results in `log` not yet folded: unknown until the first fold
-            self._overlay = False  # readonly: `temp.logged` holds the log's newest states
+            self._overlay: str | None = None  # readonly: what lays `log` over `results`
             self._checkpointer: Checkpointer | None = None
             self._unchecked = 0  # rows written since the checkpointer was last asked
             self._log_indexed = False  # `log_key` made for reading back (dropped by a fold)
@@ -336,30 +336,41 @@ class Journal:
         """(status, error_kind) of the keys that already have a result."""
         # A writer folded `log` when it opened, and a key it logs since is new to this run (or a
         # copy): `results` has the answer. A reader (`plan`) may see a run's log: it lays the log
-        # over `results`, indexed once in a temporary table.
+        # over `results`, later states of a key over earlier ones.
         if not self._earlier:
             return {}
         tables = ["results"]
-        if self._readonly and self._logged and self._log_overlay():
-            tables.append("temp.logged")
+        if self._readonly and self._logged:
+            overlay = self._log_overlay()
+            if overlay is not None:
+                tables.append(overlay)
         found: dict[bytes, tuple[str, str | None]] = {}
         for chunk in _chunks(list(set(keys)), 900):
             marks = ",".join("?" * len(chunk))
             for table in tables:
+                order = " ORDER BY seq" if table == "log" else ""
                 for key, status, kind in self._db.execute(
-                    f"SELECT key, status, error_kind FROM {table} WHERE key IN ({marks})", chunk
+                    f"SELECT key, status, error_kind FROM {table} WHERE key IN ({marks}){order}",
+                    chunk,
                 ):
                     found[key] = (status, kind)
         return found
 
-    def _log_overlay(self) -> bool:
-        if not self._overlay and self._db.execute("SELECT EXISTS (SELECT 1 FROM log)").fetchone()[0]:
-            self._db.executescript(
-                "CREATE TEMP TABLE logged (key BLOB PRIMARY KEY, status TEXT, error_kind TEXT) "
-                "WITHOUT ROWID; INSERT OR REPLACE INTO temp.logged "
-                "SELECT key, status, error_kind FROM log ORDER BY seq;"
-            )
-            self._overlay = True
+    def _log_overlay(self) -> str | None:
+        """`log` itself where a finished run indexed it by key; else (a run under way or killed)
+        the newest state of each key in it, indexed once in a temporary table; None: empty."""
+        if self._overlay is None:
+            if self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'log_key'"
+            ).fetchone():
+                self._overlay = "log"
+            elif self._db.execute("SELECT EXISTS (SELECT 1 FROM log)").fetchone()[0]:
+                self._db.executescript(
+                    "CREATE TEMP TABLE logged (key BLOB PRIMARY KEY, status TEXT, "
+                    "error_kind TEXT) WITHOUT ROWID; INSERT OR REPLACE INTO temp.logged "
+                    "SELECT key, status, error_kind FROM log ORDER BY seq;"
+                )
+                self._overlay = "temp.logged"
         return self._overlay
 
     # --- results ----------------------------------------------------------------------------

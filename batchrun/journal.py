@@ -63,7 +63,6 @@ _FOLD = (f"INSERT OR REPLACE INTO results ({_NAMES}) SELECT {_NAMES} FROM log OR
 # The WAL is copied into the database (a checkpoint, with its fsyncs) on a thread of the journal's
 # own after about this many rows are written, never by the event loop's commits.
 CHECKPOINT_EVERY = 2_000
-CACHE_KIB = 16_384
 
 
 def journal_path(output: Path) -> Path:
@@ -203,9 +202,6 @@ class Journal:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's work
                 self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=5000")
-            # 16 MiB of pages (not 2): the fold and the joins over a run's results at its end
-            # spill less; a 10,000-row run uses a third of it.
-            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._readonly = readonly
             self._logged = 1  # results in `log` not yet folded: unknown until the first fold
             self._overlay: str | None = None  # readonly: what lays `log` over `results`

@@ -507,16 +507,16 @@ class Journal:
                     self._index_log()
                 return "log"
             if self.fold():
-                self._settle()
+                self._copy_meanwhile()
         return "all_results" if self._logged else "results"
 
     @_writes
     def _index_log(self) -> None:
         self._db.execute(_INDEX_LOG)
         self._log_indexed = True
-        self._settle()
+        self._copy_meanwhile()
 
-    def _settle(self) -> None:
+    def _copy_meanwhile(self) -> None:
         """Reading back: the run has ended; the checkpoint thread copies what is left meanwhile."""
         if self._checkpointer is not None:
             self._checkpointer.nudge()

@@ -158,7 +158,7 @@ def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> N
     """Serve a local OpenAI-compatible simulator to rehearse a job for free."""
     import os
 
-    from .simulator import SimConfig, serve
+    from .sim import SimConfig, serve
 
     key = os.environ.get(api_key_env, "") if api_key_env else None
     if api_key_env and not key:

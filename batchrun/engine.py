@@ -189,7 +189,7 @@ class Run:
     @contextlib.asynccontextmanager
     async def _endpoint(self) -> AsyncIterator[str]:
         if self.config.provider == "simulator" and not self.config.base_url:
-            from . import simulator  # aiohttp.web: imported only when the preset asks for it
+            from . import sim as simulator  # aiohttp.web: imported only when the preset asks for it
 
             async with simulator.running(simulator.SimConfig(), "127.0.0.1", 0) as sim:
                 yield sim.base_url

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.simulator import SimConfig, SimulatorThread
+from batchrun.sim import SimConfig, SimulatorThread
 from batchrun.tokens import count_prompt_tokens
 
 MAX_TOKENS = 40

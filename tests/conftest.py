@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.simulator import SimConfig, SimulatorHandle, SimulatorThread
+from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread
 
 KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
             "OPENROUTER_API_KEY", "VLLM_API_KEY")

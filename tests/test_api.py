@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import batchrun
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import prompts_csv, read_output
 

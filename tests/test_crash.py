@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import (
     journal_count,

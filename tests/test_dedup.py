@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import read_output, run_cli, write_csv
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.journal import journal_path
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli
 

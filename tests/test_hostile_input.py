@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.errors import InputError
 from batchrun.read import open_input
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import read_output, run_cli, write_csv
 

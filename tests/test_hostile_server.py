@@ -14,7 +14,7 @@ from aiohttp import web
 from batchrun.config import Secret
 from batchrun.retry import Kind
 from batchrun.send import MAX_BODY_BYTES, Sender, new_session
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import read_output, run_cli, write_csv
 

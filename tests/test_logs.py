@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.logs import JsonFormatter, TextFormatter
-from batchrun.simulator import Step
+from batchrun.sim import Step
 
 from .conftest import TEST_KEY, clean_env, prompts_csv, run_cli, start_cli
 

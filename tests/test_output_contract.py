@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import TEST_KEY, clean_env, read_output, run_cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import read_output, run_cli, write_csv
 

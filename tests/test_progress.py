@@ -15,7 +15,7 @@ import pytest
 from batchrun.engine import Stats
 from batchrun.errors import UsageError
 from batchrun.progress import Rates, Reporter, progress_every, snapshot
-from batchrun.simulator import Step
+from batchrun.sim import Step
 
 from .conftest import TEST_KEY, clean_env, prompts_csv, run_cli
 

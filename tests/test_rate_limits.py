@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.simulator import Step
+from batchrun.sim import Step
 from batchrun.tokens import count_prompt_tokens
 
 from .conftest import prompts_csv, read_output, run_cli

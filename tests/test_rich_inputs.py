@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 from batchrun.tokens import count_prompt_tokens
 
 from .conftest import read_output, run_cli, write_csv

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import clean_env, prompts_csv, read_output, run_cli, write_csv
 

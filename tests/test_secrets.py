@@ -19,7 +19,7 @@ from aiohttp import web
 
 from batchrun.config import RunConfig, Secret, check_transport, is_loopback
 from batchrun.errors import UsageError
-from batchrun.simulator import Step
+from batchrun.sim import Step
 
 from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli
 

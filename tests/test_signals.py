@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until, write_csv
 

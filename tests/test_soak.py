@@ -1,8 +1,8 @@
 """Fault soak: every kind of transient failure at once; every row still ends with its own answer.
 
 The simulator bills only the 200 answers it sends in full: a dropped connection, a hang, a 5xx,
-a spurious 429 and a garbled body are decided before any answer is made (see `_chat` and
-`_fault` in batchrun/simulator.py), so the client can read every answer that was billed. Hence
+a spurious 429 and a garbled body are decided before any answer is made (see `_respond` and
+`_fault` in batchrun/sim/server.py), so the client can read every answer that was billed. Hence
 the output's usage totals must equal what the simulator billed, token for token, and no prompt
 may be billed twice.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import prompts_csv, read_output, run_cli
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.simulator import Step
+from batchrun.sim import Step
 
 from .conftest import cli_in_process, parse_plan, read_output, run_cli, write_csv
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from batchrun.simulator import Step
+from batchrun.sim import Step
 from batchrun.summary import Summary
 
 from .conftest import clean_env, run_cli, write_csv

@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.errors import UsageError
 from batchrun.render import compile_template
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import clean_env, read_output, run_cli, start_cli, write_csv
 

@@ -1,0 +1,165 @@
+"""What the simulator is told: its limits and fault rates (SimConfig), per-request steps, and the script."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulator limits, delays and fails; rpm/tpm are per minute, enforced per `window_s`."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    window_s: float = 60.0  # allowance in any window = rpm * window_s / 60 (likewise tpm)
+    max_concurrency: int | None = None
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    hang_rate: float = 0.0
+    garbage_rate: float = 0.0
+    spurious_429_rate: float = 0.0
+    hang_s: float = 3600.0
+    api_key: str | None = None
+    error_style: str = "openai"
+    models: tuple[str, ...] | None = None
+    rate_limit_headers: bool = True
+    max_body_bytes: int = 10_000_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.error_style not in ("openai", "llmost"):
+            raise ValueError(f"error_style must be 'openai' or 'llmost', not {self.error_style!r}")
+        rates = self.fault_rates
+        if any(r < 0 for r in rates) or sum(rates) > 1:
+            raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        if self.window_s <= 0 or self.latency < 0 or self.latency_jitter < 0:
+            raise ValueError("window_s must be > 0; latency and jitter >= 0")
+
+    @property
+    def fault_rates(self) -> tuple[float, float, float, float, float]:
+        """The fail, drop, hang, garbage and spurious-429 rates, in the order they are drawn."""
+        return (self.fail_rate, self.drop_rate, self.hang_rate, self.garbage_rate, self.spurious_429_rate)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the simulator does with one request; build with the classmethods."""
+
+    kind: str
+    http_status: int = 200
+    message: str | None = None
+    code_str: str | None = None
+    type_: str | None = None
+    retry_after: float | str | None = None
+    retry_after_ms: int | None = None
+    seconds: float | None = None
+    reason: str | None = None
+    payload: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    size: int = 0
+
+    @classmethod
+    def ok(cls) -> Step:
+        """Answer normally (no random fault)."""
+        return cls("ok")
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        message: str | None = None,
+        *,
+        code_str: str | None = None,
+        type_: str | None = None,
+        retry_after: float | str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> Step:
+        """An error response with this HTTP status and a body in the configured style."""
+        return cls("status", code, message, code_str, type_, retry_after, retry_after_ms)
+
+    @classmethod
+    def drop(cls) -> Step:
+        """Close the connection without writing a response."""
+        return cls("drop")
+
+    @classmethod
+    def hang(cls, seconds: float | None = None) -> Step:
+        """Never answer: wait for the client to give up (at most `seconds`, then drop)."""
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def garbage(cls) -> Step:
+        """A 200 whose body is truncated JSON or not JSON at all."""
+        return cls("garbage")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Step:
+        """Answer normally after `seconds` (instead of the configured latency)."""
+        return cls("delay", seconds=seconds)
+
+    @classmethod
+    def finish(cls, reason: str) -> Step:
+        """Answer with this finish_reason ("content_filter": content null; "error": partial)."""
+        return cls("finish", reason=reason)
+
+    @classmethod
+    def body(cls, raw: bytes | str, status: int = 200, headers: dict[str, str] | None = None) -> Step:
+        """Send exactly these bytes with this status (content type JSON unless overridden)."""
+        data = raw.encode() if isinstance(raw, str) else raw
+        return cls("body", status, payload=data, headers=tuple((headers or {}).items()))
+
+    @classmethod
+    def huge(cls, nbytes: int) -> Step:
+        """A valid 200 answer padded with trailing spaces in its content to `nbytes` bytes."""
+        return cls("huge", size=nbytes)
+
+    @classmethod
+    def trickle(cls, interval_s: float = 0.5) -> Step:
+        """Send 200 headers, then one body byte every `interval_s`, forever."""
+        return cls("trickle", seconds=interval_s)
+
+
+# Steps that answer normally, so they meet the limits; every other step is a fault that bypasses them.
+ANSWERING = frozenset({"ok", "delay", "finish"})
+
+
+class _Rule:
+    __slots__ = ("contains", "steps", "left", "used")
+
+    def __init__(self, contains: str, steps: tuple[Step, ...], times: int | None) -> None:
+        self.contains, self.steps, self.left, self.used = contains, steps, times, 0
+
+
+class Script:
+    """The steps queued by a test: rules matched on the last user text first, then a FIFO."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Step] = deque()
+        self._rules: list[_Rule] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._queue or self._rules)
+
+    def add(self, *steps: Step) -> None:
+        """Queue steps for the next valid chat requests, in arrival order."""
+        self._queue.extend(steps)
+
+    def rule(self, contains: str, *steps: Step, times: int | None = None) -> None:
+        """Steps for requests whose last user text contains `contains` (last step repeats)."""
+        if not steps:
+            raise ValueError("a rule needs at least one step")
+        self._rules.append(_Rule(contains, steps, times))
+
+    def pick(self, text: str) -> Step | None:
+        """The step for a request with this last user text, or None to answer as configured."""
+        for rule in self._rules:
+            if rule.left != 0 and rule.contains in text:
+                step = rule.steps[min(rule.used, len(rule.steps) - 1)]
+                rule.used += 1
+                if rule.left is not None:
+                    rule.left -= 1
+                return step
+        return self._queue.popleft() if self._queue else None

@@ -1,0 +1,43 @@
+"""The simulator's counters, read by tests: requests, statuses, and every token billed, per prompt."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from batchrun.sim.validate import ChatRequest
+
+ARRIVALS_KEPT = 1_000_000  # arrival times kept for rate analysis
+
+
+@dataclass
+class SimStats:
+    """Counters read by tests; `billed_*` sum the usage of 200 answers actually sent."""
+
+    requests: int = 0
+    ok: int = 0
+    status_counts: dict[int, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    dropped: int = 0
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
+    billed_total_tokens: int = 0
+    billed_by_prompt: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    images_data_url: int = 0
+    images_url: int = 0
+    # Bounded so a long `batchrun simulate` session does not grow without end.
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
+
+    def count(self, status: int) -> None:
+        """Count one response sent with this HTTP status."""
+        self.status_counts[status] = self.status_counts.get(status, 0) + 1
+
+    def bill(self, req: ChatRequest, completion_tokens: int) -> None:
+        """Bill one answer: its usage, and once more for its prompt (tests prove "billed once")."""
+        self.ok += 1
+        self.billed_prompt_tokens += req.prompt_tokens
+        self.billed_completion_tokens += completion_tokens
+        self.billed_total_tokens += req.prompt_tokens + completion_tokens
+        self.billed_by_prompt[req.user_text] = self.billed_by_prompt.get(req.user_text, 0) + 1

@@ -1,0 +1,177 @@
+"""Rate windows: sliding RPM/TPM allowances, their `x-ratelimit-*` headers, and the 429 they imply."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from batchrun.sim.config import SimConfig
+
+DEFAULT_MAX_TOKENS = 1024  # TPM charge when a request sets no max_tokens
+
+
+def format_duration(seconds: float) -> str:
+    """A duration in Go's format as OpenAI sends it: `12ms`, `1s`, `1m30.5s`, `6m0s`, `1h0m0s`."""
+    ms = round(seconds * 1000) if seconds > 0 else 0
+    if seconds > 0 and ms == 0:
+        ms = 1  # never tell a client "0s" while something is still pending
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, frac = divmod(rest, 1000)
+    sec = f"{secs}.{frac:03d}".rstrip("0") if frac else str(secs)
+    if hours:
+        return f"{hours}h{minutes}m{sec}s"
+    return f"{minutes}m{sec}s" if minutes else f"{sec}s"
+
+
+class Window:
+    """A sliding window of charges; `limit` is the allowance in any `span` seconds."""
+
+    __slots__ = ("per_minute", "limit", "span", "scale", "used", "_charges", "_names")
+
+    def __init__(self, per_minute: int, span: float, unit: str) -> None:
+        self.per_minute = per_minute
+        self.limit = max(1.0, per_minute * span / 60.0)  # a window that admits nothing is useless
+        self.span = span
+        self.scale = 60.0 / span  # window amounts -> per-minute amounts for headers and messages
+        self.used = 0
+        self._charges: deque[tuple[float, int]] = deque()
+        self._names = tuple(f"x-ratelimit-{k}-{unit}" for k in ("limit", "remaining", "reset"))
+
+    def expire(self, now: float) -> None:
+        edge, charges = now - self.span, self._charges
+        while charges and charges[0][0] <= edge:
+            self.used -= charges.popleft()[1]
+
+    def charge(self, now: float, amount: int) -> None:
+        self._charges.append((now, amount))
+        self.used += amount
+
+    def wait(self, now: float, amount: int) -> float:
+        """Seconds until `amount` more fits in the window (0 when it fits now)."""
+        self.expire(now)
+        excess = self.used + amount - self.limit
+        if excess <= 0:
+            return 0.0
+        for at, charged in self._charges:
+            excess -= charged
+            if excess <= 0:
+                return at + self.span - now
+        return self.span
+
+    def headers(self, now: float) -> dict[str, str]:
+        # Remaining is scaled to per-minute units so remaining/limit is the true free fraction;
+        # reset is when the oldest charge leaves the window.
+        self.expire(now)
+        reset = self._charges[0][0] + self.span - now if self._charges else 0.0
+        remaining = max(0, int((self.limit - self.used) * self.scale))
+        names = self._names
+        return {names[0]: str(self.per_minute), names[1]: str(remaining), names[2]: format_duration(reset)}
+
+
+
+    def refund_last(self) -> None:
+        """Take back the latest charge (one made with no await since, so it is still the latest)."""
+        self.used -= self._charges.pop()[1]
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """`retry-after-ms` and `retry-after` for a wait of `seconds`, rounded up."""
+    return {
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+        "retry-after": str(max(1, math.ceil(seconds))),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A 429 the limits give: its message, OpenAI error type, and retry hint (None: waiting won't help)."""
+
+    message: str
+    type_: str
+    wait: float | None
+
+
+class Limits:
+    """The RPM and TPM windows and the concurrency cap of one simulator."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.rpm = Window(config.rpm, config.window_s, "requests") if config.rpm else None
+        self.tpm = Window(config.tpm, config.window_s, "tokens") if config.tpm else None
+        self.send_headers = config.rate_limit_headers and bool(self.rpm or self.tpm)
+
+    def arrive(self, now: float) -> float:
+        """Charge one arrival to RPM (every arrival counts, accepted or not, as on OpenAI); the wait owed."""
+        rpm = self.rpm
+        if rpm is None:
+            return 0.0
+        rpm.expire(now)
+        rpm.charge(now, 1)
+        return rpm.wait(now, 1) if rpm.used > rpm.limit else 0.0
+
+    def check(
+        self,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        now: float,
+        rpm_wait: float,
+        in_flight: int,
+    ) -> Refusal | None:
+        """A refusal when RPM, concurrency or TPM refuses this request; else charge TPM."""
+        cfg = self.config
+        if rpm_wait and self.rpm:
+            used = round((self.rpm.used - 1) * self.rpm.scale)
+            return Refusal(
+                f"Rate limit reached for requests per min (RPM) on {model}: Limit {cfg.rpm}, "
+                f"Used {used}, Requested 1. Please try again in {format_duration(rpm_wait)}.",
+                "requests",
+                rpm_wait,
+            )
+        if cfg.max_concurrency is not None and in_flight > cfg.max_concurrency:
+            message = f"Too many concurrent requests: Limit {cfg.max_concurrency}."
+            return Refusal(message, "requests", max(cfg.latency, 0.05))
+        if self.tpm:
+            # Prompt + max_tokens charged at arrival and never refunded, as OpenAI counts it.
+            return self._check_tokens(model, prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS), now)
+        return None
+
+    def _check_tokens(self, model: str, cost: int, now: float) -> Refusal | None:
+        tpm, limit = self.tpm, self.config.tpm
+        assert tpm is not None
+        asked = round(cost * tpm.scale)
+        if cost > tpm.limit:  # no retry hint: waiting cannot make it fit
+            return Refusal(
+                f"Request too large for {model} on tokens per min (TPM): Limit {limit}, "
+                f"Requested {asked}. The input or output tokens must be reduced in order to "
+                "run successfully.",
+                "tokens",
+                None,
+            )
+        wait = tpm.wait(now, cost)
+        if wait:
+            used = round(tpm.used * tpm.scale)
+            return Refusal(
+                f"Rate limit reached for tokens per min (TPM) on {model}: Limit {limit}, "
+                f"Used {used}, Requested {asked}. Please try again in {format_duration(wait)}.",
+                "tokens",
+                wait,
+            )
+        tpm.charge(now, cost)
+        return None
+
+    def headers(self, now: float) -> dict[str, str]:
+        """The `x-ratelimit-*` headers as of now (empty when disabled or unlimited)."""
+        headers: dict[str, str] = {}
+        if self.send_headers:
+            if self.rpm:
+                headers.update(self.rpm.headers(now))
+            if self.tpm:
+                headers.update(self.tpm.headers(now))
+        return headers

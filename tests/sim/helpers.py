@@ -1,0 +1,181 @@
+"""What the simulator tests share: a thin aiohttp client, a served simulator, small checks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from batchrun.sim import (
+    SimConfig,
+    Simulator,
+    running,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+GO_DURATION = re.compile(r"\A(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)\Z")
+
+
+PNG_1PX = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def chat(text: str = "hello", **params: Any) -> dict[str, Any]:
+    return {"model": "sim-1", "messages": user(text), **params}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: CIMultiDict[str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.raw)
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return self.json["error"]
+
+    @property
+    def content(self) -> str | None:
+        return self.json["choices"][0]["message"]["content"]
+
+
+class Client:
+    """A thin aiohttp client bound to one simulator."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session, self.base_url = session, base_url
+
+    async def post(
+        self,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        path: str = "/chat/completions",
+        timeout: float = 10.0,
+    ) -> Reply:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        async with self.session.post(
+            self.base_url + path, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as r:
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        url = self.base_url.removesuffix("/v1") + path if path.startswith("/_") else (self.base_url + path)
+        async with self.session.get(url, headers=headers) as r:
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
+
+
+@asynccontextmanager
+async def served(config: SimConfig | None = None) -> AsyncIterator[tuple[Simulator, Client]]:
+    async with running(config or SimConfig()) as sim, aiohttp.ClientSession() as session:
+        yield sim, Client(session, sim.base_url)
+
+
+def run_with(config: SimConfig, scenario: Callable[[Simulator, Client], Awaitable[None]]) -> None:
+    """Run one async scenario against a fresh simulator."""
+
+    async def main() -> None:
+        async with served(config) as (sim, client):
+            await scenario(sim, client)
+
+    asyncio.run(main())
+
+
+def go_seconds(text: str) -> float:
+    """Parse the Go durations the simulator sends."""
+    if text.endswith("ms"):
+        return int(text[:-2]) / 1000
+    match = GO_DURATION.match(text)
+    assert match, text
+    hours, minutes = (int(g[:-1]) if g else 0 for g in match.group(1, 2))
+    return hours * 3600 + minutes * 60 + float(match.group(3)[:-1])
+
+
+def validates(value: Any, schema: dict[str, Any]) -> bool:
+    """A tiny JSON-schema check covering what the simulator generates."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return (
+            isinstance(value, dict)
+            and all(k in value for k in schema.get("required", []))
+            and all(validates(value[k], s) for k, s in props.items() if k in value)
+        )
+    if kind == "array":
+        return (
+            isinstance(value, list)
+            and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf)
+            and all(validates(v, schema.get("items", {})) for v in value)
+        )
+    if kind == "string":
+        return isinstance(value, str) and schema.get("minLength", 0) <= len(value) <= schema.get(
+            "maxLength", math.inf
+        )
+    if kind in ("integer", "number"):
+        ok_type = isinstance(value, int) if kind == "integer" else isinstance(value, int | float)
+        return (
+            ok_type
+            and not isinstance(value, bool)
+            and schema.get("minimum", -math.inf) <= value <= schema.get("maximum", math.inf)
+            and schema.get("exclusiveMinimum", -math.inf) < value < schema.get("exclusiveMaximum", math.inf)
+        )
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "null":
+        return value is None
+    return True
+
+
+async def settle(check: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "units": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+OTHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]},
+    },
+}
+
+
+async def new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()

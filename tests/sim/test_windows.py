@@ -1,0 +1,144 @@
+"""Rate windows: RPM and TPM sliding windows, concurrency, and the x-ratelimit-* headers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from batchrun.sim import (
+    SimConfig,
+    Simulator,
+    format_duration,
+)
+from batchrun.tokens import count_prompt_tokens
+
+from .helpers import (
+    GO_DURATION,
+    Client,
+    chat,
+    go_seconds,
+    run_with,
+    user,
+)
+
+
+def test_rpm_sliding_window_allows_the_window_share_then_429() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        replies = [await client.post(chat(str(i))) for i in range(11)]
+        assert [r.status for r in replies] == [200] * 10 + [429]
+        refused = replies[-1]
+        assert refused.error["type"] == "requests"
+        assert refused.error["code"] == "rate_limit_exceeded"
+        assert "Rate limit reached for requests per min" in refused.error["message"]
+        assert "Limit 600" in refused.error["message"]
+        wait_ms = int(refused.headers["retry-after-ms"])
+        assert 0 < wait_ms <= 1000 and refused.headers["retry-after"] == "1"
+        await asyncio.sleep(wait_ms / 1000)
+        assert (await client.post(chat("again"))).status == 200
+        assert sim.stats.rate_limited == 1 and sim.stats.requests == 12
+
+    run_with(SimConfig(rpm=600, window_s=1), scenario)
+
+
+def test_rpm_counts_rejected_requests_too() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        for i in range(5):
+            assert (await client.post(chat(str(i)))).status == 200
+        await asyncio.sleep(0.5)
+        rejected = [(await client.post(chat(f"r{i}"))).status for i in range(5)]
+        assert rejected == [429] * 5
+        # The first five leave the window, but the five refusals are still in it.
+        await asyncio.sleep(0.55)
+        r = await client.post(chat("late"))
+        assert r.status == 429
+        await asyncio.sleep(int(r.headers["retry-after-ms"]) / 1000)
+        assert (await client.post(chat("later"))).status == 200
+
+    run_with(SimConfig(rpm=300, window_s=1), scenario)
+
+
+def test_tpm_charges_prompt_plus_max_tokens_at_arrival() -> None:
+    prompt = count_prompt_tokens(user("hi"))
+
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat("hi", max_tokens=50 - prompt))
+        assert r.status == 200
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(int(50 * 60))  # 50 of 100 left
+        r = await client.post(chat("hi", max_tokens=60 - prompt))
+        assert r.status == 429 and r.error["type"] == "tokens"
+        assert "Rate limit reached for tokens per min" in r.error["message"]
+        assert int(r.headers["retry-after-ms"]) > 0
+        # The refused request was not charged: exactly the remaining 50 still fit.
+        assert (await client.post(chat("hi", max_tokens=50 - prompt))).status == 200
+        assert (await client.post(chat("hi", max_tokens=1))).status == 429
+        # Billing counts only real usage, far below the charge.
+        assert sim.stats.billed_prompt_tokens == 2 * prompt
+
+    run_with(SimConfig(tpm=6000, window_s=1), scenario)
+
+
+def test_tpm_default_charge_and_request_too_large() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat("no max_tokens"))  # charged prompt + 1024 > 1000
+        assert r.status == 429 and "Request too large" in r.error["message"]
+        assert r.error["code"] == "rate_limit_exceeded"
+        r = await client.post(chat("bounded", max_tokens=100))
+        assert r.status == 200
+
+    run_with(SimConfig(tpm=1000), scenario)
+
+
+def test_concurrency_limit() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        replies = await asyncio.gather(*(client.post(chat(str(i))) for i in range(5)))
+        assert sorted(r.status for r in replies) == [200, 200, 429, 429, 429]
+        assert sim.stats.max_in_flight <= 3
+
+    run_with(SimConfig(max_concurrency=2, latency=0.2), scenario)
+
+
+def test_rate_limit_headers_format() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat(max_tokens=10))
+        h = r.headers
+        assert h["x-ratelimit-limit-requests"] == "6000"
+        assert h["x-ratelimit-remaining-requests"] == "5999"
+        assert h["x-ratelimit-limit-tokens"] == "100000"
+        used = count_prompt_tokens(user("hello")) + 10
+        assert h["x-ratelimit-remaining-tokens"] == str(100000 - used)
+        for name in ("requests", "tokens"):
+            assert GO_DURATION.match(h[f"x-ratelimit-reset-{name}"]), h
+        assert 55 < go_seconds(h["x-ratelimit-reset-requests"]) <= 60
+
+    run_with(SimConfig(rpm=6000, tpm=100000), scenario)
+
+
+def test_no_rate_limit_headers_when_disabled_or_unlimited() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat())
+        assert not [k for k in r.headers if k.lower().startswith("x-ratelimit")]
+
+    run_with(SimConfig(rpm=100, rate_limit_headers=False), scenario)
+    run_with(SimConfig(), scenario)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.012, "12ms"),
+        (0.0004, "1ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (17.28, "17.28s"),
+        (60, "1m0s"),
+        (90.5, "1m30.5s"),
+        (360, "6m0s"),
+        (3600, "1h0m0s"),
+        (3723.25, "1h2m3.25s"),
+        (-1, "0s"),
+    ],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text

@@ -149,6 +149,11 @@ def status(output: Path) -> None:
               help="Share of requests never answered.")
 @click.option("--garbage-rate", default=0.0, show_default=True, type=float,
               help="Share of 200 answers with an unreadable body.")
+@click.option("--stray-429-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of requests answered 429 at any pace (retry-after 1, no x-ratelimit-* headers).")
+@click.option("--tokenizer-ratio", default=1.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Count prompt tokens as this many times batchrun's estimate (usage, TPM, headers).")
 @click.option("--api-key-env", metavar="NAME",
               help="Require the key held in this environment variable (401 otherwise).")
 @click.option("--error-style", type=click.Choice(["openai", "llmost"]), default="openai",

@@ -1,7 +1,7 @@
 """Fault soak: every kind of transient failure at once; every row still ends with its own answer.
 
 The simulator bills only the 200 answers it sends in full: a dropped connection, a hang, a 5xx,
-a spurious 429 and a garbled body are decided before any answer is made (see `_respond` and
+a stray 429 and a garbled body are decided before any answer is made (see `_respond` and
 `_fault` in batchrun/sim/server.py), so the client can read every answer that was billed. Hence
 the output's usage totals must equal what the simulator billed, token for token, and no prompt
 may be billed twice.
@@ -23,7 +23,7 @@ ROWS = 1500
 
 def test_every_row_survives_a_storm_of_faults_billed_exactly_once(tmp_path: Path, sim) -> None:
     server = sim(fail_rate=0.05, drop_rate=0.02, garbage_rate=0.01, hang_rate=0.01,
-                 spurious_429_rate=0.01, latency=0.01, seed=11)
+                 stray_429_rate=0.01, latency=0.01, seed=11)
     src = prompts_csv(tmp_path / "in.csv", ROWS)
     out = tmp_path / "out.parquet"
     result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,

@@ -20,7 +20,10 @@ class SimConfig:
     drop_rate: float = 0.0
     hang_rate: float = 0.0
     garbage_rate: float = 0.0
-    spurious_429_rate: float = 0.0
+    # A busy provider's 429 at any pace: retry-after 1, no x-ratelimit-* headers, charged to nothing.
+    stray_429_rate: float = 0.0
+    # The provider's tokenizer against ours: it bills, limits and reports ratio x our prompt count.
+    tokenizer_ratio: float = 1.0
     hang_s: float = 3600.0
     api_key: str | None = None
     error_style: str = "openai"
@@ -35,13 +38,17 @@ class SimConfig:
         rates = self.fault_rates
         if any(r < 0 for r in rates) or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        if not 0 <= self.stray_429_rate <= 1:
+            raise ValueError("stray_429_rate must be between 0 and 1")
+        if not self.tokenizer_ratio > 0:
+            raise ValueError("tokenizer_ratio must be > 0")
         if self.window_s <= 0 or self.latency < 0 or self.latency_jitter < 0:
             raise ValueError("window_s must be > 0; latency and jitter >= 0")
 
     @property
-    def fault_rates(self) -> tuple[float, float, float, float, float]:
-        """The fail, drop, hang, garbage and spurious-429 rates, in the order they are drawn."""
-        return (self.fail_rate, self.drop_rate, self.hang_rate, self.garbage_rate, self.spurious_429_rate)
+    def fault_rates(self) -> tuple[float, float, float, float]:
+        """The fail, drop, hang and garbage rates, in the order they are drawn."""
+        return (self.fail_rate, self.drop_rate, self.hang_rate, self.garbage_rate)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     502: ("Bad gateway: the upstream model provider returned an error.", "server_error", None),
     503: ("The engine is currently overloaded, please try again later.", "server_error", None),
 }
+# What OpenAI says when it is busy rather than when the client is too fast.
+OVERLOADED = (
+    "The server is currently overloaded with other requests. Sorry about that! You can retry your "
+    "request, or contact us through our help center at help.openai.com if the error persists."
+)
 HTML_ERROR = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 _QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 
@@ -65,9 +70,9 @@ def step_error(step: Step) -> tuple[str, str | None, str | None, dict[str, str]]
 
 
 def draw_fault(rng: random.Random, cumulative: tuple[float, ...]) -> Step | None:
-    """One throw of the fault dice against the cumulative fail, drop, hang, garbage and 429 rates."""
+    """One throw of the fault dice against the cumulative fail, drop, hang and garbage rates."""
     draw = rng.random()
-    fail, drop, hang, garbage, spurious = cumulative
+    fail, drop, hang, garbage = cumulative
     if draw < fail:
         return Step.status(rng.choice((500, 502, 503)))
     if draw < drop:
@@ -76,8 +81,6 @@ def draw_fault(rng: random.Random, cumulative: tuple[float, ...]) -> Step | None
         return Step.hang()
     if draw < garbage:
         return Step.garbage()
-    if draw < spurious:
-        return Step.status(429, retry_after_ms=500, retry_after=1)
     return None
 
 

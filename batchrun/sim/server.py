@@ -5,7 +5,8 @@ context length (400), then a scripted step (rule, else FIFO script). Fault steps
 bypass the limits; answering steps (ok, delay, finish) and unscripted requests then meet the limits:
 RPM (every arrival counts, even rejected ones), concurrency, TPM (prompt + max_tokens charged at
 arrival, not refunded; a request refused with a 429 is not charged to TPM). Random faults apply only
-to unscripted requests that passed the limits.
+to unscripted requests that passed the limits. A stray 429 (`stray_429_rate`) comes before the
+limits, to unscripted requests only, and is charged to no window, like a busy provider's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from batchrun.sim.answers import completion
 from batchrun.sim.config import ANSWERING, Script, SimConfig, Step
-from batchrun.sim.faults import HTML_ERROR, draw_fault, error_body, step_error, trickle
+from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, step_error, trickle
 from batchrun.sim.stats import SimStats
 from batchrun.sim.validate import ChatRequest, Invalid, parse
 from batchrun.sim.windows import Limits, retry_headers
@@ -42,6 +43,8 @@ class Simulator:
         self.base_url = ""
         self._script = Script()
         self._rng = random.Random(config.seed)
+        # Its own dice, so adding stray 429s does not move the other faults of a seeded run.
+        self._stray_rng = random.Random(f"stray-429-{config.seed}")
         self._ids = itertools.count(1)
         self._auth = f"Bearer {config.api_key}" if config.api_key is not None else None
         self._limits = Limits(config)
@@ -91,13 +94,16 @@ class Simulator:
             setattr(self.stats, f.name, getattr(fresh, f.name))
         self.stats.in_flight = self.stats.max_in_flight = in_flight
 
-    def _send(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> web.Response:
+    def _send(
+        self, status: int, body: bytes, extra: dict[str, str] | None = None, limit_headers: bool = True
+    ) -> web.Response:
         """A JSON response, counted, with rate-limit headers as of now (after any latency)."""
         self.stats.count(status)
         if status == 429:
             self.stats.rate_limited += 1
         headers = {"Content-Type": "application/json"}
-        headers.update(self._limits.headers(asyncio.get_running_loop().time()))
+        if limit_headers:
+            headers.update(self._limits.headers(asyncio.get_running_loop().time()))
         if extra:
             headers.update(extra)
         return web.Response(status=status, body=body, headers=headers)
@@ -142,7 +148,9 @@ class Simulator:
             if refusal is not None:
                 return self._send(401, refusal)
             try:
-                req, data_urls, urls = parse(orjson.loads(raw), self.config.models)
+                req, data_urls, urls = parse(
+                    orjson.loads(raw), self.config.models, self.config.tokenizer_ratio
+                )
             except orjson.JSONDecodeError:
                 return self._error(
                     400,
@@ -167,6 +175,8 @@ class Simulator:
         step = self._script.pick(req.user_text) if self._script else None
         if step is not None and step.kind not in ANSWERING:
             return await self._fault(step, request, req)
+        if step is None and self._stray():
+            return self._stray_429()
         refused = self._limits.check(
             req.model, req.prompt_tokens, req.max_tokens, now, rpm_wait, self.stats.in_flight
         )
@@ -182,6 +192,18 @@ class Simulator:
             await asyncio.sleep(pause)
         reason = step.reason if step is not None else None
         return self._send(200, self._answer(req, reason))
+
+    def _stray(self) -> bool:
+        rate = self.config.stray_429_rate
+        return rate > 0 and self._stray_rng.random() < rate
+
+    def _stray_429(self) -> web.Response:
+        """A busy provider's 429: retry in a second, no x-ratelimit-* headers, charged to no window."""
+        # No await since this request's arrival was charged to RPM, so that charge is still the latest.
+        self._limits.refund_arrival()
+        self.stats.stray_429s += 1
+        body = error_body(self.config.error_style, 429, OVERLOADED, "requests", None, "rate_limit_exceeded")
+        return self._send(429, body, {"retry-after": "1"}, limit_headers=False)
 
     def _unauthorized(self, request: web.Request) -> bytes | None:
         """The 401 body when the request lacks the configured key, else None."""

@@ -17,7 +17,8 @@ class SimStats:
     requests: int = 0
     ok: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
-    rate_limited: int = 0
+    rate_limited: int = 0  # every 429 sent, stray ones included
+    stray_429s: int = 0
     dropped: int = 0
     billed_prompt_tokens: int = 0
     billed_completion_tokens: int = 0

@@ -198,8 +198,18 @@ def _check_response_format(fmt: Any) -> None:
         )
 
 
-def parse(body: Any, models: tuple[str, ...] | None) -> tuple[ChatRequest, int, int]:
-    """Validate a request body like a strict provider; returns it with its image counts."""
+def provider_tokens(ours: int, ratio: float) -> int:
+    """Our prompt count as a provider with another tokenizer counts it (at least 1 token)."""
+    return ours if ratio == 1.0 else max(1, round(ours * ratio))
+
+
+def parse(
+    body: Any, models: tuple[str, ...] | None, tokenizer_ratio: float = 1.0
+) -> tuple[ChatRequest, int, int]:
+    """Validate a request body like a strict provider; returns it with its image counts.
+
+    Prompt tokens are counted as the provider's tokenizer would: `tokenizer_ratio` x our count.
+    """
     if not isinstance(body, dict):
         raise Invalid("The request body must be a JSON object.")
     for name in body:
@@ -247,7 +257,7 @@ def parse(body: Any, models: tuple[str, ...] | None) -> tuple[ChatRequest, int, 
             404,
         )
     messages = body["messages"]
-    prompt_tokens = count_prompt_tokens(messages)
+    prompt_tokens = provider_tokens(count_prompt_tokens(messages), tokenizer_ratio)
     if prompt_tokens > CONTEXT_LIMIT:
         raise Invalid(
             f"This model's maximum context length is {CONTEXT_LIMIT} tokens. However, "

@@ -115,6 +115,11 @@ class Limits:
         rpm.charge(now, 1)
         return rpm.wait(now, 1) if rpm.used > rpm.limit else 0.0
 
+    def refund_arrival(self) -> None:
+        """Take back the latest arrival charged to RPM (a request the provider did not count)."""
+        if self.rpm is not None:
+            self.rpm.refund_last()
+
     def check(
         self,
         model: str,

@@ -209,7 +209,7 @@ def test_delay_step_and_latency() -> None:
 
 def test_random_faults_follow_the_seed() -> None:
     async def statuses() -> list[int | str]:
-        config = SimConfig(fail_rate=0.3, garbage_rate=0.2, spurious_429_rate=0.2, seed=7)
+        config = SimConfig(fail_rate=0.3, garbage_rate=0.2, stray_429_rate=0.2, seed=7)
         out: list[int | str] = []
         async with served(config) as (sim, client):
             for i in range(30):
@@ -233,3 +233,53 @@ def test_random_drops_and_hangs() -> None:
         assert errors == 10 and sim.stats.dropped >= 1
 
     run_with(SimConfig(drop_rate=0.5, hang_rate=0.5, hang_s=0.05), scenario)
+
+
+def _limit_headers(reply: Reply) -> list[str]:
+    return [k for k in reply.headers if k.lower().startswith("x-ratelimit")]
+
+
+def test_stray_429s_come_at_any_pace_without_limit_headers_and_are_charged_to_nothing() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        strays = [await client.post(chat(f"busy {i}", max_tokens=10)) for i in range(8)]
+        for r in strays:
+            assert r.status == 429 and r.headers["retry-after"] == "1"
+            assert "retry-after-ms" not in r.headers and not _limit_headers(r)
+            assert r.error["code"] == "rate_limit_exceeded" and "overloaded" in r.error["message"]
+        # A scripted request is not thrown a stray: it shows the windows are untouched by the eight.
+        sim.script(Step.ok())
+        answered = await client.post(chat("scripted", max_tokens=10))
+        assert answered.status == 200
+        assert answered.headers["x-ratelimit-remaining-requests"] == "4"  # 5 a minute, 1 used
+        charge = answered.json["usage"]["prompt_tokens"] + 10
+        assert answered.headers["x-ratelimit-remaining-tokens"] == str(1000 - charge)
+        stats = sim.stats
+        assert (stats.stray_429s, stats.rate_limited, stats.ok) == (8, 8, 1)
+        assert stats.billed_by_prompt == {"scripted": 1}
+
+    run_with(SimConfig(rpm=5, tpm=1000, stray_429_rate=1.0), scenario)
+
+
+def test_stray_429s_at_a_rate_leave_the_other_faults_of_a_seed_alone() -> None:
+    async def statuses(stray: float) -> list[int]:
+        config = SimConfig(fail_rate=0.3, stray_429_rate=stray, seed=5)
+        async with served(config) as (sim, client):
+            out = [(await client.post(chat(str(i)))).status for i in range(120)]
+            assert sim.stats.stray_429s == out.count(429)
+            return out
+
+    plain = asyncio.run(statuses(0.0))
+    with_strays = asyncio.run(statuses(0.2))
+    assert 429 not in plain and 10 <= with_strays.count(429) <= 40
+    rest = [s for s in with_strays if s != 429]
+    assert rest == plain[: len(rest)]  # the fault dice did not move
+    assert with_strays == asyncio.run(statuses(0.2))  # and the strays follow the seed
+
+
+def test_stray_429_in_the_llmost_style() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat())
+        assert r.status == 429 and r.error["code"] == 429 and "overloaded" in r.error["message"]
+        assert r.error["metadata"] == {"provider": "simulator"}
+
+    run_with(SimConfig(stray_429_rate=1.0, error_style="llmost"), scenario)

@@ -17,6 +17,7 @@ from batchrun.sim import (
     Step,
     answer_text,
 )
+from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     ROOT,
@@ -61,6 +62,42 @@ def test_serve_in_a_subprocess_prints_its_url_and_stops_on_sigterm() -> None:
 
             reply = asyncio.run(call())
             assert reply.status == 200 and reply.content == answer_text(user("sub"))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_simulate_command_takes_the_stray_429_and_tokenizer_flags() -> None:
+    flags = ["--port", "0", "--rpm", "600", "--stray-429-rate", "0.5", "--tokenizer-ratio", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "simulate", *flags], stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
+            assert match, line
+
+            prompts = [f"flag number {i} " * (i + 1) for i in range(20)]
+
+            async def calls() -> list[Reply]:
+                async with aiohttp.ClientSession() as session:
+                    client = Client(session, match.group(1))
+                    return [await client.post(chat(p)) for p in prompts]
+
+            replies = asyncio.run(calls())
+            assert {r.status for r in replies} == {200, 429}
+            for prompt, r in zip(prompts, replies, strict=True):
+                limit_headers = [k for k in r.headers if k.lower().startswith("x-ratelimit")]
+                if r.status == 429:
+                    assert not limit_headers and r.headers["retry-after"] == "1"
+                else:
+                    assert limit_headers
+                    assert r.json["usage"]["prompt_tokens"] == 2 * count_prompt_tokens(user(prompt))
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
         finally:

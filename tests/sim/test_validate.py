@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrun.sim import (
+    CONTEXT_LIMIT,
     SimConfig,
     Simulator,
     SimulatorThread,
@@ -312,3 +313,16 @@ def test_arbitrary_bodies_get_an_answer_or_a_clean_4xx() -> None:
             check()
         finally:
             runner.run(session.close())
+
+
+def test_context_length_is_counted_by_the_providers_tokenizer() -> None:
+    text = "word " * 70_000  # about 87,500 of our tokens: fits 128k, but not at twice that
+
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat(text, max_tokens=5))
+        assert r.status == 400 and r.error["code"] == "context_length_exceeded"
+        tokens = round(count_prompt_tokens(user(text)) * 2)
+        assert f"your messages resulted in {tokens} tokens" in r.error["message"]
+
+    assert count_prompt_tokens(user(text)) < CONTEXT_LIMIT
+    run_with(SimConfig(tokenizer_ratio=2.0), scenario)

@@ -142,3 +142,38 @@ def test_no_rate_limit_headers_when_disabled_or_unlimited() -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("ratio", [0.5, 2.0])
+def test_tokenizer_ratio_counts_prompts_unlike_ours_in_usage_tpm_headers_and_billing(ratio: float) -> None:
+    text = "A review that goes on for a while. " * 40
+    ours = count_prompt_tokens(user(text))
+    theirs = round(ours * ratio)
+    charge = theirs + 10  # prompt + max_tokens, in the server's own count
+    tpm = 2 * charge  # a 60-s window: exactly two requests fit, whatever our estimate says
+
+    async def scenario(sim: Simulator, client: Client) -> None:
+        first = await client.post(chat(text, max_tokens=10))
+        assert first.status == 200
+        usage = first.json["usage"]
+        assert usage["prompt_tokens"] == theirs != ours
+        assert usage["total_tokens"] == theirs + usage["completion_tokens"]
+        assert first.headers["x-ratelimit-remaining-tokens"] == str(tpm - charge)
+        assert (await client.post(chat(text, max_tokens=10))).status == 200
+        refused = await client.post(chat(text, max_tokens=10))
+        assert refused.status == 429 and f"Requested {charge}." in refused.error["message"]
+        # Billing follows the server's count, as the usage it reported: exact, once per answer.
+        stats = sim.stats
+        assert stats.billed_prompt_tokens == 2 * theirs
+        assert stats.billed_total_tokens == 2 * usage["total_tokens"]
+        assert stats.billed_by_prompt == {text: 2}
+
+    run_with(SimConfig(tpm=tpm, tokenizer_ratio=ratio), scenario)
+
+
+def test_tokenizer_ratio_of_one_is_our_count_exactly() -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        r = await client.post(chat("exactly ours"))
+        assert r.json["usage"]["prompt_tokens"] == count_prompt_tokens(user("exactly ours"))
+
+    run_with(SimConfig(tokenizer_ratio=1.0), scenario)

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backends import choose_backend
 from .config import RunConfig, Secret, build_config, resolve_key
-from .engine import Run
+from .context import RunContext, open_run
+from .engine import execute
 from .errors import BatchrunError, UsageError
 from .progress import Reporter
 from .summary import Summary, build_summary, output_metadata
@@ -34,35 +36,36 @@ log = logging.getLogger("batchrun")
 
 async def run_async(config: RunConfig, *, key: Secret | None = None,
                     reporter: Reporter | None = None) -> Summary:
-    """Run a job to the end and write its output; raises JobStopped/Interrupted with `.summary`."""
+    """Run a job to the end and write its output; a stop raises JobStopped/Interrupted, whose
+    `summary` says what the run had done."""
     if key is None:
         key = resolve_key(config)
     reporter = reporter or Reporter.for_config(config)
-    run = Run(config, key, on_event=reporter.event)
+    backend = choose_backend(config)
     started = time.time()
-    watcher = asyncio.create_task(reporter.watch(run.stats))
-    try:
+    async with open_run(config, key, reporter.event) as run:
+        run.event("start", total_rows=run.stats.total_rows, input=str(config.input),
+                  output=str(config.output), model=config.model, base_url=config.endpoint,
+                  concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
+        watcher = asyncio.create_task(reporter.watch(run.stats))
         try:
-            journal = await run.execute()
-        finally:
-            await _stop_watching(watcher)  # the display is gone before anything else prints
-        counts = journal.counts()  # one pass over every row: costly at millions of rows
+            try:
+                await execute(run, backend)
+            finally:
+                await _stop_watching(watcher)  # the display is gone before anything else prints
+        except BatchrunError as stop:
+            stop.summary = _summary(run, run.journal.counts(), time.time() - started, stop.message)
+            reporter.finish(stop.summary, stop.exit_code)
+            raise
+        counts = run.journal.counts()  # one pass over every row: costly at millions of rows
         finished = time.time()
         summary = _summary(run, counts, finished - started, None)
         metadata = output_metadata(summary, counts, config, started, finished)
-        output, sidecar = write_output(config, run.table, journal, metadata)
-        journal.set_meta(state="finished", finished_at=finished, stop_reason=None)
-        summary = dataclasses.replace(summary, output=output, usage_output=sidecar)
-        reporter.finish(summary)
-        return summary
-    except BatchrunError as stop:
-        if getattr(run, "journal", None) is not None:
-            partial = _summary(run, run.journal.counts(), time.time() - started, stop.message)
-            stop.summary = partial  # type: ignore[attr-defined]
-            reporter.finish(partial, stop.exit_code)
-        raise
-    finally:
-        run.release()
+        output, sidecar = write_output(config, run.table, run.journal, metadata)
+        run.journal.set_meta(state="finished", finished_at=finished, stop_reason=None)
+    summary = dataclasses.replace(summary, output=output, usage_output=sidecar)
+    reporter.finish(summary)
+    return summary
 
 
 def _run_loop(coro: Any) -> Any:
@@ -103,7 +106,8 @@ async def _stop_watching(watcher: asyncio.Task[None]) -> None:
             log.warning("progress display failed: %s: %s", type(exc).__name__, exc)
 
 
-def _summary(run: Run, counts: dict[str, Any], seconds: float, stopped: str | None) -> Summary:
+def _summary(run: RunContext, counts: dict[str, Any], seconds: float,
+             stopped: str | None) -> Summary:
     return build_summary(counts, run.stats, seconds, run.config, None, None,
                          priced=run.price is not None, stopped=stopped)
 

@@ -52,6 +52,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--tpm", type=float, help="Tokens per minute to stay under (prompt + max_tokens)."),
     click.option("--concurrency", type=int, help="Requests in flight at once (default 16)."),
     click.option("--max-attempts", type=int, help="Attempts per row before it fails (default 6)."),
+    click.option("--row-deadline", type=float,
+                 help="Seconds a row may spend waiting and retrying before it fails (default 900)."),
     click.option("--timeout", type=float, help="Seconds per request (default 120)."),
     click.option("--max-cost", type=float, help="Stop before this run spends more USD."),
     click.option("--max-total-tokens", type=int,
@@ -98,7 +100,7 @@ def run(job: Path | None, **options: Any) -> None:
     try:
         summary = run_job(config)
     except BatchrunError as stop:
-        partial = getattr(stop, "summary", None)
+        partial = stop.summary
         if partial is not None:  # JSON logs keep stderr pure JSON: the summary goes to stdout
             click.echo(partial.render(), err=config.log_format != "json")
         raise
@@ -161,8 +163,6 @@ def status(output: Path) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault dice.")
 def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
     """Serve a local OpenAI-compatible simulator to rehearse a job for free."""
-    import os
-
     from .sim import SimConfig, serve
 
     key = os.environ.get(api_key_env, "") if api_key_env else None

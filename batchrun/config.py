@@ -132,6 +132,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_cost", "limits", NUM, _positive),
     Field("max_total_tokens", "limits", (int,), _positive),
     Field("max_attempts", "retry", (int,), _range(1, 100)),
+    Field("row_deadline", "retry", NUM, _positive),
     Field("input_per_million", "pricing", NUM, _at_least(0)),
     Field("output_per_million", "pricing", NUM, _at_least(0)),
     Field("fresh", "run", (bool,)),
@@ -179,6 +180,7 @@ class RunConfig:
     concurrency: int = 16
     timeout: float = 120.0
     max_attempts: int = 6
+    row_deadline: float = 900.0  # seconds a row may spend waiting and retrying
     max_cost: float | None = None
     max_total_tokens: int | None = None
     price: Price | None = None

@@ -12,6 +12,11 @@ Row-level failures are not exceptions: they become an ``Outcome`` with ``status 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .summary import Summary
+
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
@@ -27,6 +32,7 @@ class BatchrunError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.summary: Summary | None = None  # what a run that stopped had done, when it ran
 
 
 class UsageError(BatchrunError):

@@ -20,7 +20,7 @@ from .cost import Price, price_for
 from .errors import UsageError
 from .journal import Journal, journal_path, resend
 from .read import BATCH_ROWS, InputTable, open_input
-from .render import DEFAULT_COMPLETION_RESERVE, Invalid, Renderer, Request, occurrence_key
+from .render import Invalid, Renderer, Request, completion_reserve, occurrence_key
 from .send import USER_AGENT
 from .write import RESULT_NAMES
 
@@ -28,11 +28,6 @@ Rendered = Request | Invalid
 
 
 # --- shared with the engine's producer ----------------------------------------------------------
-
-
-def completion_reserve(config: RunConfig) -> int:
-    """Completion tokens one request may use: --max-tokens, else what servers assume by default."""
-    return config.max_tokens or DEFAULT_COMPLETION_RESERVE
 
 
 def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from .config import RunConfig
-    from .engine import Stats
+    from .stats import Stats
     from .summary import Summary
 
 log = logging.getLogger("batchrun")

@@ -22,6 +22,11 @@ DEFAULT_COMPLETION_RESERVE = 1024
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 
+def completion_reserve(config: RunConfig) -> int:
+    """Completion tokens one request may use: --max-tokens, else what servers assume by default."""
+    return config.max_tokens or DEFAULT_COMPLETION_RESERVE
+
+
 class Request(NamedTuple):
     """A rendered request: the exact body bytes, the hash naming it, and its TPM reservation."""
 
@@ -105,8 +110,7 @@ class Renderer:
         )
         self._params = _params(config)
         self._salt = config.base_url.encode() + b"\n"
-        max_tokens = config.max_tokens or DEFAULT_COMPLETION_RESERVE
-        self._reserve = max_tokens
+        self._reserve = completion_reserve(config)
 
     def _need(self, column: str, option: str) -> None:
         if column not in self.columns:

@@ -15,6 +15,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from .answers import Answer, parse_answer
 from .config import Secret
 from .retry import Failure, Kind, classify_http, parse_retry_after
 
@@ -23,21 +24,7 @@ from .retry import Failure, Kind, classify_http, parse_retry_after
 # concurrency x 8 MiB even when a server or a gzip bomb sends without end.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RETRY_AFTER = 300.0  # seconds; a longer retry-after (a daily quota, a hostile header) stops
-MAX_TOKENS_SANE = 10_000_000  # a usage count above this is not a real answer
 USER_AGENT = "batchrun/0.1"
-
-
-class Answer(NamedTuple):
-    """A readable 200 answer."""
-
-    content: str | None
-    finish_reason: str
-    model: str | None
-    response_id: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
-    tool_calls: Any = None
 
 
 class Reply(NamedTuple):
@@ -96,7 +83,7 @@ class Sender:
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             return _fail(Kind.RETRY, f"connection error: {type(exc).__name__}")
         if status == 200:
-            answer, failure = _parse_answer(raw)
+            answer, failure = parse_answer(raw)
             return Reply(answer, self._scrubbed(failure) if failure else None, headers)
         if 300 <= status < 400:
             where = headers.get("Location", "(no Location)")
@@ -151,87 +138,6 @@ def _patience(failure: Failure) -> Failure:
 
 def _fail(kind: Kind, message: str) -> Reply:
     return Reply(None, Failure(kind, message), NO_HEADERS)
-
-
-def _parse_answer(raw: bytes) -> tuple[Answer | None, Failure | None]:
-    """Read a 200 body defensively: anything malformed is a retryable 'unreadable answer'."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, Failure(Kind.RETRY, "unreadable answer: body is not JSON", 200)
-    # The usual answer, complete and well-typed, is taken in one look (orjson gives exact dict,
-    # list, str and int); anything else gets the careful reading below and its precise message.
-    if type(data) is dict and "error" not in data:
-        choices = data.get("choices")
-        usage = data.get("usage")
-        if type(choices) is list and choices and type(usage) is dict:
-            choice = choices[0]
-            message = choice.get("message") if type(choice) is dict else None
-            if type(message) is dict:
-                content = message.get("content")
-                finish = choice.get("finish_reason")
-                prompt = usage.get("prompt_tokens")
-                completion = usage.get("completion_tokens")
-                total = usage.get("total_tokens")
-                model = data.get("model")
-                response_id = data.get("id")
-                if (type(content) is str and type(finish) is str and finish
-                        and type(prompt) is int and type(completion) is int
-                        and type(total) is int and 0 <= prompt <= MAX_TOKENS_SANE
-                        and 0 <= completion <= MAX_TOKENS_SANE and 0 <= total <= MAX_TOKENS_SANE
-                        and type(model) is str and type(response_id) is str):
-                    return Answer(content, finish, model, response_id, prompt, completion, total,
-                                  message.get("tool_calls") or None), None
-    return _read_answer(data)
-
-
-def _read_answer(data: Any) -> tuple[Answer | None, Failure | None]:
-    """The careful reading of a decoded 200 body: every missing or odd part named."""
-    if not isinstance(data, dict):
-        return None, Failure(Kind.RETRY, "unreadable answer: body is not a JSON object", 200)
-    if "error" in data and not data.get("choices"):
-        message = data["error"].get("message") if isinstance(data["error"], dict) else data["error"]
-        return None, Failure(Kind.RETRY, f"provider error in a 200 answer: {message}", 200)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None, Failure(Kind.RETRY, "unreadable answer: no choices", 200)
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        return None, Failure(Kind.RETRY, "unreadable answer: choice has no message", 200)
-    content = message.get("content")
-    if content is not None and not isinstance(content, str):
-        return None, Failure(Kind.RETRY, "unreadable answer: content is not text", 200)
-    finish = choice.get("finish_reason")
-    finish = finish if isinstance(finish, str) and finish else "stop"
-    usage = data.get("usage")
-    tokens: list[int | None] = [None, None, None]
-    if usage is not None:
-        if not isinstance(usage, dict):
-            return None, Failure(Kind.RETRY, "unreadable answer: usage is not an object", 200)
-        for i, name in enumerate(("prompt_tokens", "completion_tokens", "total_tokens")):
-            value = usage.get(name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not (
-                0 <= value <= MAX_TOKENS_SANE
-            ):
-                return None, Failure(Kind.RETRY, f"unreadable answer: usage {name}={value!r}", 200)
-            tokens[i] = value
-        if tokens[2] is None and tokens[0] is not None and tokens[1] is not None:
-            tokens[2] = tokens[0] + tokens[1]
-    model = data.get("model")
-    response_id = data.get("id")
-    return Answer(
-        content=content,
-        finish_reason=finish,
-        model=model if isinstance(model, str) else None,
-        response_id=response_id if isinstance(response_id, str) else None,
-        prompt_tokens=tokens[0],
-        completion_tokens=tokens[1],
-        total_tokens=tokens[2],
-        tool_calls=message.get("tool_calls") or None,
-    ), None
 
 
 def new_session(concurrency: int, tls: bool = True) -> aiohttp.ClientSession:

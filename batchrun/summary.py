@@ -14,7 +14,7 @@ from .errors import EXIT_OK, EXIT_ROWS_FAILED
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .engine import Stats
+    from .stats import Stats
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.engine import Stats
 from batchrun.errors import UsageError
 from batchrun.progress import Rates, Reporter, progress_every, snapshot
 from batchrun.sim import Step
+from batchrun.stats import Stats
 
 from .conftest import TEST_KEY, clean_env, prompts_csv, run_cli
 

@@ -188,6 +188,6 @@ def _answer(**changes: object) -> dict[str, object]:
 def test_the_quick_reading_of_an_answer_agrees_with_the_careful_one(body: object) -> None:
     """The hot path takes the usual answer in one look; whatever it accepts, the careful reading
     accepts the same way, and whatever it passes on gets the careful reading's verdict."""
-    from batchrun.send import _parse_answer, _read_answer
+    from batchrun.answers import parse_answer, read_answer
 
-    assert _parse_answer(orjson.dumps(body)) == _read_answer(body)
+    assert parse_answer(orjson.dumps(body)) == read_answer(body)

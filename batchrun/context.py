@@ -1,0 +1,107 @@
+"""The run's resources as one async context manager: output lock, journal, endpoint, stop switch.
+
+    async with open_run(config, key, emit) as run:
+        ...  # run.journal, run.stats, run.stopper, run.base_url
+
+Leaving it closes the journal (committing what is buffered) and lets the next run take the output,
+in that order, whatever happened inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .config import RunConfig, Secret, check_transport
+from .cost import Price, price_for
+from .errors import JobStopped, UsageError
+from .journal import Journal, OutputLock, journal_path
+from .plan import open_job
+from .read import InputTable
+from .render import Renderer
+from .stats import Stats
+from .stopping import Emit, Stopper
+
+log = logging.getLogger("batchrun")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a backend needs from the run, passed down explicitly."""
+
+    config: RunConfig
+    key: Secret | None
+    table: InputTable
+    renderer: Renderer
+    journal: Journal
+    base_url: str
+    stats: Stats
+    stopper: Stopper
+    price: Price | None
+    emit: Emit
+
+    def event(self, name: str, **data: Any) -> None:
+        """Tell the progress display and the JSON log something happened."""
+        self.emit(name, data)
+
+
+@contextlib.asynccontextmanager
+async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIterator[RunContext]:
+    """Open the input, take the output, open its journal and endpoint; close them all after."""
+    check_transport(config, key)
+    table, renderer = open_job(config)
+    stats = Stats(total_rows=table.count_rows())
+    try:
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {config.output.parent}: "
+                         f"{exc.strerror}") from None
+    lock = OutputLock(config.output)
+    lock.acquire()
+    try:
+        journal = Journal(journal_path(config.output), fresh=config.fresh)
+        try:
+            _begin(journal, config, stats)
+            async with _endpoint(config) as base_url:
+                yield RunContext(config, key, table, renderer, journal, base_url, stats,
+                                 Stopper(emit), price_for(config.model, config.price), emit)
+        finally:
+            _close(journal)
+    finally:
+        lock.release()
+
+
+def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:
+    if config.fresh:
+        journal.discard_all()
+    journal.start_mapping()
+    journal.set_meta(
+        input=str(config.input), output=str(config.output), model=config.model,
+        base_url=config.endpoint, total_rows=stats.total_rows, started_at=time.time(),
+        pid=os.getpid(), finished_at=None, state="running", stop_reason=None,
+    )
+
+
+def _close(journal: Journal) -> None:
+    """Close the journal; one that cannot be written any more has already stopped the run."""
+    try:
+        journal.close()
+    except JobStopped as exc:
+        log.warning("journal not closed cleanly: %s", exc.message)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(config: RunConfig) -> AsyncIterator[str]:
+    """The base URL; the simulator preset without one starts an in-process simulator."""
+    if config.provider == "simulator" and not config.base_url:
+        from . import sim  # aiohttp.web: imported only when the preset asks for it
+
+        async with sim.running(sim.SimConfig(), "127.0.0.1", 0) as server:
+            yield server.base_url
+    else:
+        yield config.base_url

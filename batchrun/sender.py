@@ -1,0 +1,205 @@
+"""The sending core: drive one job through budget, limiter, send and decision until it settles.
+
+    outcome = await sender.settle(job)   # an Outcome to commit, or None: the row stays pending
+
+Each attempt is: admit (budget, size), wait for the limiter, send, account the usage, judge the
+answer, then `decide(...)` and carry out what it says. Every backend that sends requests one at a
+time uses this: the local engine's workers and the Ray engine's actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .answers import Answer, Usage, add_usage, build_outcome, judge
+from .budget import Budget
+from .config import RunConfig
+from .cost import Price
+from .decision import Finish, History, Pending, Retry, Stop, decide
+from .errors import JobStopped
+from .outcome import OK, Outcome
+from .pending import Job
+from .retry import Failure, Kind, RetryPolicy
+from .send import Reply
+from .stats import Stats
+from .stopping import Stopper
+
+log = logging.getLogger("batchrun")
+
+
+class Limits(Protocol):
+    """What the sender asks of a limiter (the local `Limiter`, or a cluster-wide one's client)."""
+
+    pauses: int
+
+    @property
+    def rpm(self) -> float | None: ...
+    def oversize(self, tokens: int) -> str | None: ...
+    def start_now(self, tokens: int) -> float | None: ...
+    async def acquire(self, tokens: int) -> float: ...
+    def release(self) -> None: ...
+    def observe(self, headers: Mapping[str, str]) -> None: ...
+    def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
+                               concurrent: bool = False) -> Any: ...
+
+
+class Wire(Protocol):
+    """One attempt on the wire (`send.Sender`)."""
+
+    async def send(self, body: bytes) -> Reply: ...
+
+
+class JobSender:
+    """Settles jobs one at a time per caller; many callers (workers) share one JobSender."""
+
+    def __init__(self, config: RunConfig, wire: Wire, limiter: Limits, stats: Stats,
+                 stopper: Stopper, price: Price | None,
+                 emit: Callable[[str, dict[str, Any]], None]) -> None:
+        self._config = config
+        self._wire = wire
+        self._limiter = limiter
+        self._stats = stats
+        self._stopper = stopper
+        self._price = price
+        self._emit = emit
+        self._policy = RetryPolicy(max_attempts=config.max_attempts, deadline=config.row_deadline)
+        self._budget = Budget(config.max_cost, config.max_total_tokens)
+        self._rng = random.Random()
+        self._refused = 0  # 403s in a row with no answer between: many mean no access at all
+        self._quiet_until = -1.0  # loop time before which pauses are not reported again
+
+    async def settle(self, job: Job) -> Outcome | None:
+        """Send `job` until it succeeds, fails for good, or the run stops (None: pending)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = failed = limited = 0
+        usage: Usage | None = None
+        while not self._stopper.stopping:
+            sent_at = await self._start(job)
+            if sent_at is None:
+                return None
+            sent += 1
+            reply, latency_ms = await self._send(job, sent > 1)
+            answer = reply.answer
+            if answer is not None:
+                usage = add_usage(usage, answer)
+            parsed, failure = self._verdict(job, answer, reply.failure)
+            if failure is not None:
+                if failure.rate_limited:
+                    limited += 1
+                    self._rate_limited(failure, sent_at)
+                else:
+                    failed += 1
+                    self._stats.transient += failure.kind is Kind.RETRY
+                if failure.status == 403 and failure.kind is Kind.ROW:
+                    self._refused += 1
+            else:
+                self._refused = 0
+            history = History(sent, failed, limited, loop.time() - started, self._refused,
+                              self._stopper.stopping)
+            action = decide(failure, history, self._policy, self._rng)
+            if isinstance(action, Retry):
+                log.debug("retrying after: %s", failure.message if failure else "")
+                await self._stopper.sleep(action.delay)
+            elif isinstance(action, Finish):
+                return self._finish(job, action, answer, usage, sent, latency_ms, parsed)
+            elif isinstance(action, Stop):
+                self._stopper.stop(JobStopped(action.reason))
+                return None
+            else:
+                assert isinstance(action, Pending)
+                return None
+        return None
+
+    async def _start(self, job: Job) -> float | None:
+        """Admit the job and wait for its turn; its start time, or None if the run stops."""
+        oversize = self._limiter.oversize(job.tokens)
+        if oversize:
+            self._stopper.stop(JobStopped(f"stopped: {oversize}"))
+            return None
+        budget = self._budget if self._budget.active else None
+        if budget is not None:
+            refusal = budget.admit(job.tokens, job.cost_estimate)
+            if refusal:
+                self._stopper.stop(JobStopped(refusal))
+                return None
+        sent_at = self._limiter.start_now(job.tokens)  # no coroutine when none must wait
+        if sent_at is None:
+            sent_at = await self._limiter.acquire(job.tokens)
+        if self._stopper.stopping:
+            self._limiter.release()
+            if budget is not None:
+                budget.settle(job.tokens, job.cost_estimate, 0, 0.0)
+            return None
+        return sent_at
+
+    async def _send(self, job: Job, retry: bool) -> tuple[Reply, float]:
+        """One request on the wire; the limiter hears how it went."""
+        stats = self._stats
+        stats.sent += 1
+        stats.retries += retry
+        stats.in_flight += 1
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            reply = await self._wire.send(job.body)
+        finally:
+            stats.in_flight -= 1
+            self._limiter.release()
+        latency_ms = (loop.time() - t0) * 1000.0
+        self._limiter.observe(reply.headers)
+        return reply, latency_ms
+
+    def _verdict(self, job: Job, answer: Answer | None,
+                 failure: Failure | None) -> tuple[str | None, Failure | None]:
+        """Account what the answer used, then judge it (or pass the failure on)."""
+        tokens, cost = 0, 0.0
+        if answer is not None:
+            prompt, completion = answer.prompt_tokens or 0, answer.completion_tokens or 0
+            tokens = answer.total_tokens or 0
+            if self._price is not None:
+                cost = self._price.cost(prompt, completion)
+            self._stats.prompt_tokens += prompt
+            self._stats.completion_tokens += completion
+            self._stats.cost_usd += cost
+        if self._budget.active:
+            self._budget.settle(job.tokens, job.cost_estimate, tokens, cost)
+        if answer is None:
+            return None, failure
+        return judge(answer, self._config.response_format, self._config.schema)
+
+    def _finish(self, job: Job, action: Finish, answer: Answer | None, usage: Usage | None,
+                sent: int, latency_ms: float, parsed: str | None) -> Outcome:
+        if action.status == OK:
+            self._stats.ok += 1
+        else:
+            self._stats.errors += 1
+        cost = None
+        if usage is not None and self._price is not None:
+            cost = self._price.cost(usage.prompt, usage.completion)
+        return build_outcome(job.key, action.status, answer, usage, sent, latency_ms, cost,
+                             default_model=self._config.model, parsed=parsed,
+                             error=action.error, error_kind=action.error_kind)
+
+    def _rate_limited(self, failure: Failure, sent_at: float) -> None:
+        """Tell the limiter; report a pause of the whole run once per pause, not per 429."""
+        self._stats.rate_limited += 1
+        limiter = self._limiter
+        pauses = limiter.pauses
+        limiter.rate_limited_by_server(failure.retry_after, sent_at, concurrent=failure.concurrency)
+        if limiter.pauses == pauses:
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._quiet_until:
+            return
+        pause = failure.retry_after if failure.retry_after is not None else 1.0
+        self._quiet_until = now + pause
+        rpm = limiter.rpm
+        self._emit("rate_limited", {
+            "pause_s": round(pause, 3), "status": failure.status,
+            "rpm_now": round(rpm, 1) if rpm else None, "rate_limited": self._stats.rate_limited,
+        })

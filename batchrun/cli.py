@@ -12,14 +12,14 @@ from typing import Any
 import click
 
 from .errors import BatchrunError, UsageError
+from .providers import PRESETS
 
 RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--input", "input", metavar="PATH", help="CSV, TSV or Parquet file of prompts."),
     click.option("--output", metavar="PATH",
                  help="Parquet file to write (default: INPUT.out.parquet)."),
     click.option("--model", help="Model name sent in each request."),
-    click.option("--provider", type=click.Choice(
-        ["openai", "megallm", "llmost", "openrouter", "vllm", "ollama", "simulator"]),
+    click.option("--provider", type=click.Choice(list(PRESETS)),
         help="Provider preset: base URL, key variable and quirks."),
     click.option("--base-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)."),
     click.option("--api-key-env", metavar="NAME",
@@ -110,15 +110,23 @@ def run(job: Path | None, **options: Any) -> None:
 
 @cli.command()
 @run_options
-def plan(job: Path | None, **options: Any) -> None:
+@click.option("--format", "plan_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Print the plan for people, or as one JSON object.")
+def plan(job: Path | None, plan_format: str, **options: Any) -> None:
     """Dry run: rows to send, a sample request, token, cost and time estimates. Sends nothing."""
     from .config import build_config, check_transport, resolve_key
-    from .plan import make_plan, render_plan
+    from .plan import make_plan, plan_json, render_plan
 
     config = build_config(job, options)
     key = resolve_key(config)
     check_transport(config, key)
-    click.echo(render_plan(make_plan(config, key), config))
+    made = make_plan(config, key)
+    if plan_format == "json":
+        import orjson
+
+        click.echo(orjson.dumps(plan_json(made, config)).decode())
+    else:
+        click.echo(render_plan(made, config))
 
 
 @cli.command()

@@ -375,11 +375,6 @@ class Journal:
         """Buffer a finished request; it is durable after the next flush."""
         self._pending.append(outcome)
 
-    @property
-    def buffered(self) -> int:
-        """Results not yet committed."""
-        return len(self._pending)
-
     @_writes
     def flush(self) -> int:
         """Commit buffered rows and results in one transaction; returns results committed."""

@@ -21,7 +21,8 @@ from .errors import UsageError
 from .journal import Journal, journal_path, resend
 from .read import BATCH_ROWS, InputTable, open_input
 from .render import Invalid, Renderer, Request, completion_reserve, occurrence_key
-from .send import USER_AGENT
+from .send import request_headers
+from .units import duration
 from .write import RESULT_NAMES
 
 Rendered = Request | Invalid
@@ -246,9 +247,7 @@ def _sample(config: RunConfig, key: Secret | None, row: int, request: Request,
         url = config.base_url + "/chat/completions"
     else:  # the simulator preset starts its own server on a free port when the run begins
         url = "http://127.0.0.1:<free port>/v1/chat/completions"
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-    if key is not None:
-        headers["Authorization"] = "Bearer ***"
+    headers = request_headers(key, hidden=True)
     return Sample(row, url, headers, orjson.loads(request.body), already_answered)
 
 
@@ -299,6 +298,50 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
+    """The plan as one JSON object for scripts (`batchrun plan --format json`)."""
+    minutes, binding = _binding(plan, config)
+    price = None
+    if plan.price is not None:
+        price = {"input_per_million": plan.price.input_per_million,
+                 "output_per_million": plan.price.output_per_million,
+                 "source": "pricing" if config.price is not None else "built-in"}
+    sample = None
+    if plan.sample is not None:
+        s = plan.sample
+        sample = {"row": s.row, "url": s.url, "headers": s.headers, "body": s.body,
+                  "already_answered": s.already_answered}
+    return {
+        "job_file": str(config.job_file) if config.job_file else None,
+        "input": str(config.input), "output": str(config.output), "journal": plan.journal,
+        "rows": plan.total_rows, "to_send": plan.to_send, "reused": plan.reused,
+        "copies": plan.copies, "invalid": plan.invalid,
+        "first_invalid": ({"row": plan.first_invalid[0], "message": plan.first_invalid[1]}
+                          if plan.first_invalid else None),
+        "model": config.model, "provider": config.provider,
+        "tokens": {"prompt_estimate": plan.prompt_tokens, "completion_max": plan.completion_tokens,
+                   "reserve_per_request": plan.reserve},
+        "cost_usd_max": plan.cost_usd, "price": price,
+        "time": {"min_seconds": minutes * 60 if minutes is not None else None, "binds": binding,
+                 "rpm": config.rpm, "tpm": config.tpm, "concurrency": config.concurrency},
+        "budget": {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens,
+                   "note": _budget_line(plan, config)},
+        "sample": sample,
+    }
+
+
+def _binding(plan: Plan, config: RunConfig) -> tuple[float | None, str | None]:
+    """Minutes the configured limits imply at least, and which limit binds (None: no limit)."""
+    bounds: list[tuple[float, str]] = []
+    if plan.to_send and config.rpm:
+        bounds.append((plan.to_send / config.rpm, "rpm"))
+    if plan.to_send and config.tpm:
+        bounds.append(((plan.prompt_tokens + plan.completion_tokens) / config.tpm, "tpm"))
+    if not bounds:
+        return (0.0 if not plan.to_send else None), None
+    return max(bounds)
+
+
 def _cost_line(plan: Plan, config: RunConfig) -> str:
     if plan.price is None:
         return ("unknown: no price for this model; set [pricing] input_per_million and "
@@ -311,21 +354,17 @@ def _cost_line(plan: Plan, config: RunConfig) -> str:
 def _time_line(plan: Plan, config: RunConfig) -> str:
     if plan.to_send == 0:
         return "nothing to send"
-    parts = []
-    bounds: list[tuple[float, str]] = []
-    if config.rpm:
-        minutes = plan.to_send / config.rpm
-        bounds.append((minutes, "rpm"))
-        parts.append(f"{_duration(minutes)} at {config.rpm:g} rpm")
-    if config.tpm:
-        minutes = (plan.prompt_tokens + plan.completion_tokens) / config.tpm
-        bounds.append((minutes, "tpm"))
-        parts.append(f"{_duration(minutes)} at {config.tpm:g} tpm")
-    if not bounds:
+    minutes, binding = _binding(plan, config)
+    if minutes is None:
         return (f"no --rpm/--tpm set: bounded by the provider and {config.concurrency} "
                 "requests in flight")
-    minutes, binding = max(bounds)
-    return f"at least {_duration(minutes)} ({binding} binds; " + ", ".join(parts) + ")"
+    parts = []
+    if config.rpm:
+        parts.append(f"{duration(plan.to_send / config.rpm * 60)} at {config.rpm:g} rpm")
+    if config.tpm:
+        tokens = plan.prompt_tokens + plan.completion_tokens
+        parts.append(f"{duration(tokens / config.tpm * 60)} at {config.tpm:g} tpm")
+    return f"at least {duration(minutes * 60)} ({binding} binds; " + ", ".join(parts) + ")"
 
 
 def _budget_line(plan: Plan, config: RunConfig) -> str | None:
@@ -353,15 +392,6 @@ def _budget_line(plan: Plan, config: RunConfig) -> str | None:
 
 def _fitting(budget: float, per_request: float) -> int:
     return math.floor(budget / per_request) if per_request > 0 else 0
-
-
-def _duration(minutes: float) -> str:
-    seconds = minutes * 60
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if minutes < 90:
-        return f"{minutes:.1f} min"
-    return f"{minutes / 60:.1f} h"
 
 
 def _abbreviate(value: Any) -> Any:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import UsageError
+from .units import duration
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -68,7 +69,7 @@ class Snapshot:
             f"batchrun: {self.rows_done}/{total} rows, {self.ok} ok, {self.errors} error, "
             f"{self.requests_per_s:.1f} req/s, {self.tokens_per_s:.0f} tok/s, "
             f"${self.cost_usd:.4f}, {self.retries} retries, {self.rate_limited} 429s, "
-            f"ETA {_duration(self.eta_s)}"
+            f"ETA {duration(self.eta_s)}"
         )
 
     def as_event(self) -> dict[str, Any]:
@@ -241,12 +242,12 @@ def _render(snap: Snapshot) -> RenderableType:
         ProgressBar(total=float(total or 1), completed=float(snap.rows_done if total else 0)),
         Text.assemble(
             (f"{snap.rows_done:,}/{'?' if total is None else f'{total:,}'} rows", "bold"),
-            f"{share}  ETA {_duration(snap.eta_s)}",
+            f"{share}  ETA {duration(snap.eta_s)}",
         ),
     )
     rates = Text.assemble(
         f"{snap.requests_per_s:.1f} req/s · {snap.tokens_per_s:,.0f} tok/s · ",
-        (f"${snap.cost_usd:.4f}", "bold"), f" spent · {_duration(snap.elapsed_s)} elapsed",
+        (f"${snap.cost_usd:.4f}", "bold"), f" spent · {duration(snap.elapsed_s)} elapsed",
     )
     counts = Text.assemble(
         f"{snap.requests:,} requests · {snap.in_flight} in flight · {snap.retries:,} retries · ",
@@ -259,19 +260,6 @@ def _render(snap: Snapshot) -> RenderableType:
     outer.add_row(rates)
     outer.add_row(counts)
     return outer
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -38,6 +38,14 @@ class Reply(NamedTuple):
 NO_HEADERS: Mapping[str, str] = {}
 
 
+def request_headers(key: Secret | None, *, hidden: bool = False) -> dict[str, str]:
+    """The headers every request carries; `hidden` shows the key as *** (plan's sample)."""
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if key is not None:
+        headers["Authorization"] = "Bearer " + ("***" if hidden else key.reveal())
+    return headers
+
+
 class Sender:
     """Posts request bodies to the chat-completions URL with the run's one session."""
 
@@ -45,10 +53,7 @@ class Sender:
                  timeout: float, scrub: tuple[str, ...] = ()) -> None:
         self._session = session
         self._url = URL(base_url + "/chat/completions")  # parsed once, not per request
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        if key is not None:
-            headers["Authorization"] = "Bearer " + key.reveal()
-        self._headers = CIMultiDict(headers)  # aiohttp would convert a dict per request
+        self._headers = CIMultiDict(request_headers(key))  # aiohttp would convert a dict per request
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         # Servers sometimes echo request headers in error bodies; these strings are cut out.

@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import UsageError
 from .journal import Journal, OutputLock, journal_path
+from .units import duration
 
 
 def describe(output: Path, now: float | None = None) -> str:
@@ -77,15 +78,4 @@ def _when(stamp: Any, now: float) -> str:
         return "never"
     at = float(stamp)
     clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-    return f"at {clock} ({_ago(now - at)})"
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86_400:.0f} days ago"
+    return f"at {clock} ({duration(now - at)} ago)"

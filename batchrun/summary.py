@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import EXIT_OK, EXIT_ROWS_FAILED
+from .units import duration
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -67,7 +68,7 @@ class Summary:
                 cost += f" (this run ${self.cost_this_run:.4f})"
         lines = [
             head,
-            f"  time      {_duration(self.seconds)}",
+            f"  time      {duration(self.seconds)}",
             f"  requests  {self.requests_sent:,} sent ({rate:.1f}/s), {self.retries:,} retries, "
             f"{self.rate_limited:,} rate-limited (429)",
             f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
@@ -90,14 +91,6 @@ class Summary:
                     ": run the same command again to resume")
                 lines.append(f"  pending   {pending:,} rows not answered yet{hint}")
         return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{rest:02d}s" if hours else f"{minutes}m{rest:02d}s"
 
 
 def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: RunConfig,

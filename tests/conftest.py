@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.journal import journal_path
 from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread
 
 KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
@@ -91,8 +92,8 @@ def read_output(path: Path) -> list[dict[str, Any]]:
 
 
 def journal_file(output: Path) -> Path:
-    """The journal beside an output (as batchrun names it)."""
-    return output.with_name(output.name.removesuffix(".parquet") + ".journal.sqlite")
+    """The journal of an output (batchrun's own rule)."""
+    return journal_path(output)
 
 
 def journal_count(output: Path, where: str = "status = 'ok'") -> int:

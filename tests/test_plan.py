@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -91,11 +92,17 @@ def test_plan_shows_the_limit_that_binds(tmp_path: Path, monkeypatch: pytest.Mon
             "--max-tokens", "100")
     code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "60")
     assert code == 0, err
-    assert parse_plan(out)["time"] == "at least 2.0 min (rpm binds; 2.0 min at 60 rpm)"
-    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "6000", "--tpm", "1000")
-    plan = parse_plan(out)
-    total = int(plan["tokens"].split()[0].lstrip("~").replace(",", "")) + 120 * 100
-    assert plan["time"].startswith(f"at least {total / 1000:.1f} min (tpm binds")
+    assert parse_plan(out)["time"] == "at least 2m00s (rpm binds; 2m00s at 60 rpm)"
+    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "60", "--format", "json")
+    assert json.loads(out)["time"] == {"min_seconds": 120.0, "binds": "rpm", "rpm": 60.0,
+                                       "tpm": None, "concurrency": 16}
+    code, out, err = cli_in_process(monkeypatch, capsys, *args, "--rpm", "6000", "--tpm", "1000",
+                                    "--format", "json")
+    plan = json.loads(out)
+    total = plan["tokens"]["prompt_estimate"] + 120 * 100
+    assert plan["tokens"]["completion_max"] == 120 * 100
+    assert plan["time"]["binds"] == "tpm"
+    assert plan["time"]["min_seconds"] == pytest.approx(total / 1000 * 60)
     code, out, err = cli_in_process(monkeypatch, capsys, *args, "--max-cost", "0.006",
                                     "--max-total-tokens", "100000000")
     budget = parse_plan(out)["budget"]
@@ -173,3 +180,26 @@ def test_plan_and_status_read_the_answers_a_killed_run_left_in_the_journal_log(
     sent_before = server.stats.requests
     assert run_cli("run", "--input", src, *common).returncode == 0
     assert server.stats.requests - sent_before == n - answered
+
+
+def test_plan_json_is_one_object_that_agrees_with_the_text(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 12)
+    args = ("plan", "--input", src, "--base-url", server.base_url, "--model", "gpt-4o-mini",
+            "--max-tokens", "50", "--max-cost", "0.00001")
+    env = clean_env(BATCHRUN_API_KEY=TEST_KEY)
+    text = parse_plan(run_cli(*args, env=env).stdout)
+    result = run_cli(*args, "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    plan = json.loads(result.stdout)
+    assert (plan["rows"], plan["to_send"], plan["reused"], plan["invalid"]) == (12, 12, 0, 0)
+    assert f"~{plan['tokens']['prompt_estimate']:,} prompt" in text["tokens"]
+    assert f"${plan['cost_usd_max']:,.4f}" in text["cost"]
+    assert plan["price"] == {"input_per_million": 0.15, "output_per_million": 0.6,
+                             "source": "built-in"}
+    assert plan["budget"]["note"] == text["budget"]
+    assert plan["sample"]["headers"]["Authorization"] == "Bearer ***"
+    assert plan["sample"]["body"] == text["body"]
+    assert TEST_KEY not in result.stdout + result.stderr
+    assert server.stats.requests == 0

@@ -11,7 +11,7 @@ import pytest
 import batchrun
 from batchrun.sim import Step, expected_answer
 
-from .conftest import prompts_csv, read_output
+from .helpers import prompts_csv, read_output
 
 RESULTS = ["response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
            "status", "error", "attempts", "latency_ms", "model", "response_id", "cost_usd"]

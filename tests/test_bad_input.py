@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import prompts_csv, run_cli, write_csv
+from .helpers import prompts_csv, run_cli, write_csv
 
 
 def _refused(result: Any, *needles: str) -> str:

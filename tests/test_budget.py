@@ -11,7 +11,7 @@ import pytest
 from batchrun.cost import BUILTIN_PRICES
 from batchrun.write import usage_path
 
-from .conftest import journal_count, prompts_csv, read_output, run_cli
+from .helpers import journal_count, prompts_csv, read_output, run_cli
 
 PRICE = BUILTIN_PRICES["sim-1"]  # $1 in, $2 out per million tokens
 

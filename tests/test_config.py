@@ -10,7 +10,7 @@ from batchrun.config import FIELDS, build_config
 from batchrun.cost import Price
 from batchrun.errors import UsageError
 
-from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, write_csv
+from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, write_csv
 
 DESIGN_RUN_OPTIONS = (
     "input output model provider base-url api-key-env prompt-column messages-column template "

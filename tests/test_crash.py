@@ -16,7 +16,7 @@ from typing import Any
 
 from batchrun.sim import expected_answer
 
-from .conftest import (
+from .helpers import (
     journal_count,
     prompts_csv,
     read_output,
@@ -134,7 +134,7 @@ def test_every_finished_row_is_committed_within_a_fraction_of_a_second(tmp_path:
     import sqlite3
     import time
 
-    from .conftest import journal_file
+    from .helpers import journal_file
 
     concurrency = 4
     server = sim(latency=0.02)

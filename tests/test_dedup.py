@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import expected_answer
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_job, write_csv
 
 DISTINCT, REPEATS = 20, 3
 
@@ -24,13 +24,6 @@ def _input(tmp_path: Path) -> Path:
     # Row i asks prompt i % 20: each prompt three times, copies far apart and across batches.
     rows = [{"id": i, "prompt": f"Classify ticket {i % DISTINCT}."} for i in range(DISTINCT * REPEATS)]
     return write_csv(tmp_path / "in.csv", rows)
-
-
-def _run(src: Path, out: Path, base_url: str, *extra: Any) -> Any:
-    result = run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
-                     "--model", "sim-1", "--no-progress", *extra)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def _check(out: Path, server: Any) -> list[dict[str, Any]]:
@@ -62,7 +55,7 @@ def _saved_line(stdout: str) -> str | None:
 def test_temperature_zero_sends_each_distinct_request_once(tmp_path: Path, sim) -> None:
     server = sim()
     src, out = _input(tmp_path), tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url, "--temperature", "0")
+    result = run_job(src, out, server.base_url, "--temperature", "0", check=True)
     assert server.stats.requests == DISTINCT
     assert set(server.stats.billed_by_prompt.values()) == {1}
     rows = _check(out, server)
@@ -74,7 +67,7 @@ def test_temperature_zero_sends_each_distinct_request_once(tmp_path: Path, sim) 
     saved = _saved_line(result.stdout)
     assert saved is not None and re.search(rf"\b{DISTINCT * (REPEATS - 1)}\b", saved), result.stdout
     # A rerun sends nothing and keeps the same answers.
-    _run(src, out, server.base_url, "--temperature", "0")
+    run_job(src, out, server.base_url, "--temperature", "0", check=True)
     assert server.stats.requests == DISTINCT
     assert read_output(out) == rows
 
@@ -82,25 +75,25 @@ def test_temperature_zero_sends_each_distinct_request_once(tmp_path: Path, sim) 
 def test_no_dedup_sends_each_row_and_a_rerun_sends_nothing(tmp_path: Path, sim) -> None:
     server = sim()
     src, out = _input(tmp_path), tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url, "--temperature", "0", "--no-dedup")
+    result = run_job(src, out, server.base_url, "--temperature", "0", "--no-dedup", check=True)
     assert server.stats.requests == DISTINCT * REPEATS
     assert set(server.stats.billed_by_prompt.values()) == {REPEATS}
     assert _saved_line(result.stdout) is None
     rows = _check(out, server)
     assert all(r["total_tokens"] > 0 and r["attempts"] == 1 for r in rows)
     # Each occurrence has its own journal entry: nothing is sent again on a rerun.
-    _run(src, out, server.base_url, "--temperature", "0", "--no-dedup")
+    run_job(src, out, server.base_url, "--temperature", "0", "--no-dedup", check=True)
     assert server.stats.requests == DISTINCT * REPEATS
 
 
 def test_dedup_is_off_by_default_above_zero_and_forced_by_the_flag(tmp_path: Path, sim) -> None:
     server = sim()
     src = _input(tmp_path)
-    _run(src, tmp_path / "warm.parquet", server.base_url, "--temperature", "0.7")
+    run_job(src, tmp_path / "warm.parquet", server.base_url, "--temperature", "0.7", check=True)
     assert server.stats.requests == DISTINCT * REPEATS  # sampling: each row may differ, each sent
     server.reset_stats()
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url, "--temperature", "0.7", "--dedup")
+    result = run_job(src, out, server.base_url, "--temperature", "0.7", "--dedup", check=True)
     assert server.stats.requests == DISTINCT
     _check(out, server)
     assert _saved_line(result.stdout) is not None

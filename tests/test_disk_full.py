@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import prompts_csv, run_cli
+from .helpers import prompts_csv, run_cli
 
 
 @pytest.fixture

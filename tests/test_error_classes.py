@@ -14,7 +14,7 @@ import pytest
 from batchrun.journal import journal_path
 from batchrun.sim import Step, expected_answer
 
-from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli
+from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli
 
 WRONG_KEY = "sk-wrong-key-7c1e0b9d"
 CONCURRENCY = 8

@@ -13,16 +13,11 @@ from batchrun.errors import InputError
 from batchrun.read import open_input
 from batchrun.sim import expected_answer
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_job, write_csv
 
 RESULT_COLUMNS = ["response", "finish_reason", "prompt_tokens", "completion_tokens",
                   "total_tokens", "status", "error", "attempts", "latency_ms", "model",
                   "response_id", "cost_usd"]
-
-
-def _run(src: Path, out: Path, base_url: str, *extra: Any) -> Any:
-    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
-                   "--model", "sim-1", "--no-progress", *extra, timeout=60)
 
 
 def _refused(result: Any, server: Any, *needles: str) -> str:
@@ -53,7 +48,7 @@ def test_quotes_newlines_emoji_and_rtl_round_trip_exactly(tmp_path: Path, sim) -
     ]
     src = write_csv(tmp_path / "in.csv", [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)])
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = read_output(out)
     assert [r["prompt"] for r in rows] == prompts
@@ -66,7 +61,7 @@ def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path, sim) ->
     src = tmp_path / "bom.csv"
     src.write_bytes("\ufeffprompt,id\nhello,1\n".encode())
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(out)
     assert table.column_names[:2] == ["prompt", "id"]
@@ -79,11 +74,11 @@ def test_non_utf8_bytes_name_the_line_and_suggest_encoding(tmp_path: Path, sim) 
     lines = ["prompt"] + [f"row {i}" for i in range(40)] + ["caf\xe9 au lait"] + ["after"]
     src.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     out = tmp_path / "out.parquet"
-    line = _refused(_run(src, out, server.base_url), server, "line 42", "--encoding")
+    line = _refused(run_job(src, out, server.base_url, timeout=60), server, "line 42", "--encoding")
     assert "UTF-8" in line
     assert not out.exists()
     # With the encoding named, the same file runs and the text arrives decoded.
-    result = _run(src, out, server.base_url, "--encoding", "latin-1")
+    result = run_job(src, out, server.base_url, "--encoding", "latin-1", timeout=60)
     assert result.returncode == 0, result.stderr
     assert read_output(out)[40]["prompt"] == "café au lait"
 
@@ -93,7 +88,7 @@ def test_lone_surrogate_bytes_in_a_csv_are_refused_not_mangled(tmp_path: Path, s
     src = tmp_path / "surrogate.csv"
     # \ud800 encoded the way a sloppy writer (CESU-8 / surrogatepass) would: not valid UTF-8.
     src.write_bytes(b"prompt\nfine\nbad \xed\xa0\x80 text\n")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server, "line 3", "UTF-8")
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server, "line 3", "UTF-8")
 
 
 def test_invalid_utf8_inside_a_parquet_string_column_is_refused(tmp_path: Path, sim) -> None:
@@ -104,7 +99,7 @@ def test_invalid_utf8_inside_a_parquet_string_column_is_refused(tmp_path: Path, 
     raw = [b"fine %d" % i for i in range(5000)] + [b"bad \xed\xa0\x80", b"also fine"]
     values = pa.array(raw, pa.binary()).view(pa.string())
     pq.write_table(pa.table({"prompt": values}), src, row_group_size=1000)
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server,
              "row 5001", "UTF-8", "'prompt'")
 
 
@@ -112,13 +107,13 @@ def test_ragged_rows_are_refused_naming_the_line(tmp_path: Path, sim) -> None:
     server = sim()
     src = tmp_path / "ragged.csv"
     src.write_text("prompt,id\na,1\nb,2\n" + "c\n" + "d,4\n", encoding="utf-8")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server,
              "line 4", "expected 2", "got 1")
     src.write_text('prompt,id\n"multi\nline",1\nx,2,3\n', encoding="utf-8")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server,
              "line 4", "expected 2", "got 3")
     src.write_text('prompt,id\na,1\n"never closed,2\nb,3\n', encoding="utf-8")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server,
              "line 3", "quote opened on line 3 may never be closed")
 
 
@@ -128,7 +123,7 @@ def test_a_one_megabyte_field_is_sent_and_kept_whole(tmp_path: Path, sim) -> Non
     rows_in = [{"prompt": "short", "note": big}, {"prompt": big, "note": "x"}]
     src = write_csv(tmp_path / "in.csv", rows_in)
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     # ~260k tokens is over the simulator's 128k context: that row fails alone, with the reason.
     assert result.returncode == 1, result.stderr
     rows = read_output(out)
@@ -145,7 +140,7 @@ def test_null_and_empty_prompts_fail_their_row_only(tmp_path: Path, sim) -> None
     prompts = ["first", None, "", "   \n\t", "last"]
     pq.write_table(pa.table({"prompt": pa.array(prompts, pa.string())}), src)
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     assert result.returncode == 1, result.stderr
     rows = read_output(out)
     assert [r["prompt"] for r in rows] == prompts
@@ -158,7 +153,7 @@ def test_null_and_empty_prompts_fail_their_row_only(tmp_path: Path, sim) -> None
     csv_src = tmp_path / "in.csv"
     csv_src.write_text('prompt,id\nhello,1\n,2\n"",3\n', encoding="utf-8")
     csv_out = tmp_path / "csv_out.parquet"
-    result = _run(csv_src, csv_out, server.base_url)
+    result = run_job(csv_src, csv_out, server.base_url, timeout=60)
     assert result.returncode == 1, result.stderr
     assert [r["status"] for r in read_output(csv_out)] == ["ok", "error", "error"]
 
@@ -167,7 +162,7 @@ def test_duplicate_column_names_are_refused(tmp_path: Path, sim) -> None:
     server = sim()
     src = tmp_path / "dup.csv"
     src.write_text("prompt,id,id\nhello,1,2\n", encoding="utf-8")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server, "duplicate", "id")
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server, "duplicate", "id")
     parquet = tmp_path / "dup.parquet"
     pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], ["prompt", "prompt"]),
                    parquet)
@@ -179,14 +174,14 @@ def test_zero_byte_file_is_refused(tmp_path: Path, sim) -> None:
     server = sim()
     src = tmp_path / "empty.csv"
     src.write_bytes(b"")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server, "empty", str(src))
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server, "empty", str(src))
     empty_parquet = tmp_path / "empty.parquet"
     empty_parquet.write_bytes(b"")
     with pytest.raises(InputError, match="is empty"):
         open_input(empty_parquet)
     blank = tmp_path / "blank.csv"
     blank.write_bytes(b"\n\n")
-    _refused(_run(blank, tmp_path / "out.parquet", server.base_url), server, "header")
+    _refused(run_job(blank, tmp_path / "out.parquet", server.base_url, timeout=60), server, "header")
 
 
 @pytest.mark.parametrize("content", [b"prompt,id\n", b"prompt,id", b"prompt,id\r\n"])
@@ -197,7 +192,7 @@ def test_header_only_file_writes_an_empty_output_with_every_column(
     src = tmp_path / "header.csv"
     src.write_bytes(content)
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(out)
     assert table.num_rows == 0
@@ -209,7 +204,7 @@ def test_csv_named_parquet_is_refused(tmp_path: Path, sim) -> None:
     server = sim()
     src = tmp_path / "data.parquet"
     src.write_text("prompt\nhello\n", encoding="utf-8")
-    _refused(_run(src, tmp_path / "out.parquet", server.base_url), server,
+    _refused(run_job(src, tmp_path / "out.parquet", server.base_url, timeout=60), server,
              "not a Parquet file", "rename it to .csv")
 
 
@@ -224,7 +219,7 @@ def test_parquet_with_typed_columns_renders_text_and_keeps_types(tmp_path: Path,
     })
     pq.write_table(table, src)
     out = tmp_path / "out.parquet"
-    result = _run(src, out, server.base_url, "--template", "n={n} x={x} ok={ok} w={word}")
+    result = run_job(src, out, server.base_url, "--template", "n={n} x={x} ok={ok} w={word}", timeout=60)
     assert result.returncode == 0, result.stderr
     written = pq.read_table(out)
     assert written.schema.field("n").type == pa.int64()

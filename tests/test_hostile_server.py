@@ -16,7 +16,7 @@ from batchrun.retry import Kind
 from batchrun.send import MAX_BODY_BYTES, Sender, new_session
 from batchrun.sim import Step, expected_answer
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_cli, write_csv
 
 
 def _ok_body(content: Any = "fine", usage: Any = None, **extra: Any) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 
 from batchrun.providers import PRESETS
 
-from .conftest import (
+from .helpers import (
     TEST_KEY,
     clean_env,
     cli_in_process,

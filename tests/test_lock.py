@@ -7,7 +7,7 @@ from pathlib import Path
 
 from batchrun.journal import OutputLock
 
-from .conftest import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until
+from .helpers import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until
 
 
 def test_second_run_on_the_same_output_exits_2_at_once_naming_the_holder(tmp_path: Path, sim) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from batchrun.logs import JsonFormatter, TextFormatter
 from batchrun.sim import Step
 
-from .conftest import TEST_KEY, clean_env, prompts_csv, run_cli, start_cli
+from .helpers import TEST_KEY, clean_env, prompts_csv, run_cli, start_cli
 
 CORE = {"ts", "time", "level", "event", "message"}
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import Step, expected_answer
 
-from .conftest import TEST_KEY, clean_env, read_output, run_cli
+from .helpers import TEST_KEY, clean_env, read_output, run_cli
 
 RESULT_SCHEMA = [
     ("response", pa.string()),

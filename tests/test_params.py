@@ -6,7 +6,7 @@ from pathlib import Path
 
 from batchrun.sim import expected_answer
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_cli, write_csv
 
 PARAMS = {"temperature": 0.7, "max_tokens": 5, "top_p": 0.9, "frequency_penalty": -1.5,
           "presence_penalty": 1.25, "stop": ["###", "\nEND", "STOP", "Q:"], "seed": 1234}

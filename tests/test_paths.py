@@ -9,12 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .conftest import prompts_csv, read_output, run_cli, write_csv
-
-
-def _run(src: Path | str, out: Path | str, base_url: str, *extra: str, cwd: Path | None = None):
-    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
-                   "--model", "sim-1", "--no-progress", *extra, cwd=cwd, timeout=60)
+from .helpers import prompts_csv, read_output, run_job, write_csv
 
 
 def _refused(result, needle: str) -> None:
@@ -43,11 +38,11 @@ def test_output_can_never_be_the_input(tmp_path: Path, sim) -> None:
         (src, hard, None),  # a second name (hard link) of the same file
     ]
     for given_in, given_out, cwd in same_ways:
-        _refused(_run(given_in, given_out, server.base_url, cwd=cwd), "is the input")
+        _refused(run_job(given_in, given_out, server.base_url, cwd=cwd, timeout=60), "is the input")
     # The usage sidecar of an output must not land on the input either.
     sidecar_src = tmp_path / "data.usage.parquet"
     pq.write_table(pa.table({"prompt": ["a"]}), sidecar_src)
-    _refused(_run(sidecar_src, tmp_path / "data.parquet", server.base_url), "is the input")
+    _refused(run_job(sidecar_src, tmp_path / "data.parquet", server.base_url, timeout=60), "is the input")
     assert src.read_bytes() == before
     assert server.stats.requests == 0
 
@@ -56,7 +51,7 @@ def test_missing_output_folders_are_created(tmp_path: Path, sim) -> None:
     server = sim()
     src = prompts_csv(tmp_path / "in.csv", 3)
     out = tmp_path / "a" / "b" / "c" / "out.parquet"
-    result = _run(src, out, server.base_url)
+    result = run_job(src, out, server.base_url, timeout=60)
     assert result.returncode == 0, result.stderr
     assert len(read_output(out)) == 3
     assert out.with_name("out.usage.parquet").exists()
@@ -67,10 +62,10 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, s
     src = prompts_csv(tmp_path / "in.csv", 3)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder", encoding="utf-8")
-    _refused(_run(src, blocker / "out.parquet", server.base_url), "output folder")
+    _refused(run_job(src, blocker / "out.parquet", server.base_url, timeout=60), "output folder")
     folder = tmp_path / "dir.parquet"
     folder.mkdir()
-    _refused(_run(src, folder, server.base_url), "is a directory")
+    _refused(run_job(src, folder, server.base_url, timeout=60), "is a directory")
     assert server.stats.requests == 0
 
 
@@ -96,9 +91,9 @@ def test_output_appears_whole_or_not_at_all(tmp_path: Path, sim) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        first = _run(src, out, server.base_url, "--concurrency", "64")
+        first = run_job(src, out, server.base_url, "--concurrency", "64", timeout=60)
         assert first.returncode == 0, first.stderr
-        second = _run(src, out, server.base_url, "--fresh", "--concurrency", "64")
+        second = run_job(src, out, server.base_url, "--fresh", "--concurrency", "64", timeout=60)
         assert second.returncode == 0, second.stderr
     finally:
         stop.set()

@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.cost import BUILTIN_PRICES
 
-from .conftest import (
+from .helpers import (
     TEST_KEY,
     clean_env,
     cli_in_process,
@@ -156,7 +156,7 @@ def test_plan_and_status_read_the_answers_a_killed_run_left_in_the_journal_log(
     them there, and the plan's count is what the resumed run then sends."""
     import sqlite3
 
-    from .conftest import journal_count, start_cli, wait_until
+    from .helpers import journal_count, start_cli, wait_until
 
     server = sim(latency=0.02)
     n = 300

@@ -17,7 +17,7 @@ from batchrun.progress import Rates, Reporter, progress_every, snapshot
 from batchrun.sim import Step
 from batchrun.stats import Stats
 
-from .conftest import TEST_KEY, clean_env, prompts_csv, run_cli
+from .helpers import TEST_KEY, clean_env, prompts_csv, run_cli
 
 LINE = re.compile(
     r"^batchrun: (\d+)/(\d+) rows, (\d+) ok, (\d+) error, [\d.]+ req/s, \d+ tok/s, \$[\d.]+, "

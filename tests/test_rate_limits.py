@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from batchrun.sim import Step
 from batchrun.tokens import count_prompt_tokens
 
-from .conftest import prompts_csv, read_output, run_cli
+from .helpers import prompts_csv, read_output, run_cli
 
 RPM = 6000  # 100 requests in any second
 

@@ -11,7 +11,7 @@ from batchrun.cli import cli
 from batchrun.config import FIELDS
 from batchrun.write import RESULT_NAMES
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 OPTION = re.compile(r"(?<![\w-])(--?[a-z][a-z0-9-]*)")

@@ -13,20 +13,13 @@ from typing import Any
 
 from batchrun.sim import Step, expected_answer
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_cli, run_job, write_csv
 
 TEMPLATE = "Write one line about {topic} for {name}."
 
 
 def _topics(n: int) -> list[dict[str, Any]]:
     return [{"id": i, "name": f"customer {i}", "topic": f"order {i}"} for i in range(n)]
-
-
-def _run(src: Path, out: Path, base_url: str, *extra: Any) -> Any:
-    result = run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
-                     "--template", TEMPLATE, "--no-progress", *extra)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def _check_answers(out: Path, system: str | None = None) -> None:
@@ -43,13 +36,13 @@ def test_editing_one_column_in_ten_rows_resends_exactly_those_rows(tmp_path: Pat
     rows = _topics(n)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "out.parquet"
-    assert _run(src, out, server.base_url, "--model", "sim-1").returncode == 0
+    assert run_job(src, out, server.base_url, "--template", TEMPLATE).returncode == 0
     assert server.stats.requests == n
     edited = {3, 7, 11, 20, 21, 33, 40, 47, 52, 59}
     for i in edited:
         rows[i]["topic"] = f"refund {i}"
     write_csv(src, rows)
-    result = _run(src, out, server.base_url, "--model", "sim-1")
+    result = run_job(src, out, server.base_url, "--template", TEMPLATE)
     assert result.returncode == 0, result.stderr
     assert server.stats.requests == n + len(edited)
     resent = {text for text, times in server.stats.billed_by_prompt.items() if "refund" in text}
@@ -73,7 +66,7 @@ def test_new_system_prompt_or_model_resends_all_going_back_is_free_and_fresh_for
     sent = [0]
 
     def run_and_count(*extra: Any) -> int:
-        result = _run(src, out, server.base_url, *extra)
+        result = run_job(src, out, server.base_url, *extra, "--template", TEMPLATE)
         assert result.returncode == 0, result.stderr
         new, sent[0] = server.stats.requests - sent[0], server.stats.requests
         return new
@@ -104,18 +97,19 @@ def test_row_fatal_errors_are_resent_only_with_retry_failed(tmp_path: Path, sim)
     # The first request of each bad row is refused as invalid (400, never retried).
     server.rule("forbidden", Step.status(400, "Invalid prompt."), times=len(bad))
 
-    first = _run(src, out, server.base_url, "--model", "sim-1")
+    first = run_job(src, out, server.base_url, "--template", TEMPLATE)
     assert first.returncode == 1, first.stderr
     assert server.stats.requests == n
     output = read_output(out)
     assert {i for i, r in enumerate(output) if r["status"] == "error"} == bad
     assert all("400" in output[i]["error"] for i in bad)
 
-    plain = _run(src, out, server.base_url, "--model", "sim-1")
+    plain = run_job(src, out, server.base_url, "--template", TEMPLATE)
     assert plain.returncode == 1
     assert server.stats.requests == n  # a plain resume does not pay for them again
 
-    retried = _run(src, out, server.base_url, "--model", "sim-1", "--retry-failed")
+    retried = run_job(src, out, server.base_url, "--retry-failed",
+                      "--template", TEMPLATE)
     assert retried.returncode == 0, retried.stderr
     assert server.stats.requests == n + len(bad)
     _check_answers(out)
@@ -133,14 +127,16 @@ def test_rows_that_ran_out_of_retries_are_resent_on_a_plain_resume(tmp_path: Pat
     attempts = 2
     server.rule("flaky", Step.status(503, retry_after_ms=10), times=len(flaky) * attempts)
 
-    first = _run(src, out, server.base_url, "--model", "sim-1", "--max-attempts", attempts)
+    first = run_job(src, out, server.base_url, "--max-attempts", attempts,
+                    "--template", TEMPLATE)
     assert first.returncode == 1, first.stderr
     assert server.stats.requests == n + len(flaky)  # each flaky row: 2 attempts
     output = read_output(out)
     assert {i for i, r in enumerate(output) if r["status"] == "error"} == flaky
     assert all(output[i]["attempts"] == attempts for i in flaky)
 
-    resumed = _run(src, out, server.base_url, "--model", "sim-1", "--max-attempts", attempts)
+    resumed = run_job(src, out, server.base_url, "--max-attempts", attempts,
+                      "--template", TEMPLATE)
     assert resumed.returncode == 0, resumed.stderr
     assert server.stats.requests == n + len(flaky) + len(flaky)
     _check_answers(out)
@@ -152,14 +148,15 @@ def test_unreadable_journal_is_one_line_exit_2_and_fresh_starts_over(tmp_path: P
     out = tmp_path / "out.parquet"
     journal = tmp_path / "out.journal.sqlite"
     journal.write_bytes(b"not a database, just bytes " * 200)
-    refused = _run(src, out, server.base_url, "--model", "sim-1")
+    refused = run_job(src, out, server.base_url, "--template", TEMPLATE)
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1
     assert "journal" in refused.stderr and "--fresh" in refused.stderr
     assert server.stats.requests == 0
     status = run_cli("status", out)
     assert status.returncode == 2 and status.stderr.count("\n") == 1
-    fresh = _run(src, out, server.base_url, "--model", "sim-1", "--fresh")
+    fresh = run_job(src, out, server.base_url, "--fresh",
+                    "--template", TEMPLATE)
     assert fresh.returncode == 0, fresh.stderr
     assert server.stats.requests == 10
     _check_answers(out)
@@ -172,7 +169,7 @@ def test_a_finished_run_keeps_its_results_in_the_log_until_the_next_run_folds_th
     instead of folding them; the next run folds them into `results` first, and answers the same."""
     import sqlite3
 
-    from .conftest import journal_file
+    from .helpers import journal_file
 
     def tables(out: Path) -> tuple[int, int, bool]:
         db = sqlite3.connect(journal_file(out))
@@ -189,14 +186,14 @@ def test_a_finished_run_keeps_its_results_in_the_log_until_the_next_run_folds_th
     rows = _topics(40)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "out.parquet"
-    assert _run(src, out, server.base_url, "--model", "sim-1").returncode == 0
+    assert run_job(src, out, server.base_url, "--template", TEMPLATE).returncode == 0
     assert tables(out) == (40, 0, True)
     _check_answers(out)
     first = read_output(out)
     # Same rows again plus five new ones: the earlier forty are folded and reused, not re-sent.
     rows += [{"id": 40 + i, "name": f"new {i}", "topic": f"gift {i}"} for i in range(5)]
     write_csv(src, rows)
-    result = _run(src, out, server.base_url, "--model", "sim-1")
+    result = run_job(src, out, server.base_url, "--template", TEMPLATE)
     assert result.returncode == 0, result.stderr
     assert server.stats.requests == 45
     assert tables(out) == (0, 45, False)  # this run resumed: it folded at the end too

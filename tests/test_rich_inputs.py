@@ -10,7 +10,7 @@ from pathlib import Path
 from batchrun.sim import expected_answer
 from batchrun.tokens import count_prompt_tokens
 
-from .conftest import read_output, run_cli, write_csv
+from .helpers import read_output, run_cli, write_csv
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import Step, expected_answer
 
-from .conftest import clean_env, prompts_csv, read_output, run_cli, write_csv
+from .helpers import clean_env, prompts_csv, read_output, run_cli, write_csv
 
 
 def _user(prompt: str) -> list[dict[str, str]]:

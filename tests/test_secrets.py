@@ -21,7 +21,7 @@ from batchrun.config import RunConfig, Secret, check_transport, is_loopback
 from batchrun.errors import UsageError
 from batchrun.sim import Step
 
-from .conftest import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli
+from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli
 
 # Parts of the key that must not show up either (a cut-off key is still a leak).
 KEY_PARTS = (TEST_KEY, TEST_KEY[:12], TEST_KEY[-12:])

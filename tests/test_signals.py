@@ -14,7 +14,7 @@ import pytest
 
 from batchrun.sim import Step, expected_answer
 
-from .conftest import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until, write_csv
+from .helpers import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until, write_csv
 
 
 def _check_complete(out: Path, n: int) -> None:
@@ -109,7 +109,7 @@ def test_sigint_while_the_producer_skips_answered_rows_exits_without_waiting_the
     def mapped() -> int:
         import sqlite3
 
-        from .conftest import journal_file
+        from .helpers import journal_file
 
         try:
             db = sqlite3.connect(f"file:{journal_file(out)}?mode=ro", uri=True, timeout=5)

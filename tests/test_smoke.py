@@ -6,7 +6,7 @@ from pathlib import Path
 
 from batchrun.sim import expected_answer
 
-from .conftest import prompts_csv, read_output, run_cli
+from .helpers import prompts_csv, read_output, run_cli
 
 
 def test_every_row_answered_with_its_own_answer(tmp_path: Path, sim) -> None:

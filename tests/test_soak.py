@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import expected_answer
 
-from .conftest import prompts_csv, read_output, run_cli
+from .helpers import prompts_csv, read_output, run_cli
 
 ROWS = 1500
 

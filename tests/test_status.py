@@ -6,7 +6,7 @@ import re
 import signal
 from pathlib import Path
 
-from .conftest import journal_count, prompts_csv, run_cli, start_cli, wait_until
+from .helpers import journal_count, prompts_csv, run_cli, start_cli, wait_until
 
 
 def _status(out: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.sim import Step
 
-from .conftest import cli_in_process, parse_plan, read_output, run_cli, write_csv
+from .helpers import cli_in_process, parse_plan, read_output, run_cli, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFY = REPO / "jobs" / "classify.toml"

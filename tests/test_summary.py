@@ -8,7 +8,7 @@ from pathlib import Path
 from batchrun.sim import Step
 from batchrun.summary import Summary
 
-from .conftest import clean_env, run_cli, write_csv
+from .helpers import clean_env, run_cli, write_csv
 
 BASE = Summary(
     rows_total=1200, rows_ok=1190, rows_error=10, prompt_tokens=120_000,

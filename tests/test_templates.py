@@ -13,7 +13,7 @@ from batchrun.errors import UsageError
 from batchrun.render import compile_template
 from batchrun.sim import expected_answer
 
-from .conftest import clean_env, read_output, run_cli, start_cli, write_csv
+from .helpers import clean_env, read_output, run_cli, start_cli, write_csv
 
 REFUSED = [
     ("{prompt.__class__}", "attributes"),

@@ -15,9 +15,9 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends import choose_backend
 from .config import RunConfig, Secret, build_config, resolve_key
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger("batchrun")
+_T = TypeVar("_T")
 
 
 async def run_async(config: RunConfig, *, key: Secret | None = None,
@@ -68,7 +69,7 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     return summary
 
 
-def _run_loop(coro: Any) -> Any:
+def _run_loop(coro: Coroutine[Any, Any, _T]) -> _T:
     """asyncio.run on uvloop where it is installed: its loop and transports cost about half the
     CPU per request of asyncio's, which is what bounds a run against a fast server."""
     with _fewer_collections():
@@ -115,26 +116,26 @@ def _summary(run: RunContext, counts: dict[str, Any], seconds: float,
 def run(config: RunConfig, *, key: Secret | None = None,
         reporter: Reporter | None = None) -> Summary:
     """Run a job from plain Python; works inside a running event loop (Jupyter) too."""
-    coro_factory: Callable[[], Any] = lambda: run_async(config, key=key, reporter=reporter)  # noqa: E731
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _run_loop(coro_factory())
+        return _run_loop(run_async(config, key=key, reporter=reporter))
     # A loop is already running in this thread: run ours in a thread of its own.
-    box: dict[str, Any] = {}
+    results: list[Summary] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            box["result"] = _run_loop(coro_factory())
+            results.append(_run_loop(run_async(config, key=key, reporter=reporter)))
         except BaseException as exc:  # handed back to the caller's thread below
-            box["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=target, name="batchrun")
     thread.start()
     thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,

@@ -99,7 +99,7 @@ class InputTable:
         if self.header_only:
             return 0
         if self.format == "parquet":
-            return pq.ParquetFile(self.path).metadata.num_rows
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
         return sum(batch.num_rows for batch in self.batches(1 << 20))
 
     def check_text(self, columns: Sequence[str]) -> None:

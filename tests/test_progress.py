@@ -46,7 +46,7 @@ def test_plain_lines_appear_while_running_and_stop_at_the_end(tmp_path: Path, si
     assert {int(m.group(2)) for m in progress} == {60}
     # The last line is the final state, then the finish event; nothing follows it.
     assert progress[-1].group(0).startswith("batchrun: 60/60 rows, 60 ok, 0 error")
-    assert progress[-1].group(7) == "0s"
+    assert progress[-1].group(7) == "0.0s"
     last_progress = max(i for i, line in enumerate(lines) if LINE.match(line))
     assert lines[last_progress + 1].startswith("batchrun: info: finish rows_total=60 rows_ok=60")
     assert len(lines) == last_progress + 2
@@ -156,7 +156,7 @@ def test_snapshot_counts_and_eta() -> None:
     assert snap.eta_s == 4.0  # 40 left at 10 rows/s
     line = snap.line()
     assert line.startswith("batchrun: 60/100 rows, 38 ok, 2 error, 10.0 req/s")
-    assert line.endswith("$0.5000, 5 retries, 3 429s, ETA 4s")
+    assert line.endswith("$0.5000, 5 retries, 3 429s, ETA 4.0s")
     assert snap.as_event()["eta_s"] == 4.0
 
 

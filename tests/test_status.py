@@ -34,7 +34,7 @@ def test_status_without_a_journal_is_one_line_and_exit_2(tmp_path: Path) -> None
 
 def test_status_while_running_after_interrupt_after_crash_and_when_finished(
         tmp_path: Path, sim) -> None:
-    server = sim(latency=0.03)
+    server = sim(latency=0.1)
     n = 200
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"

@@ -39,7 +39,7 @@ def test_render_resumed_deduplicated_and_unpriced() -> None:
                       cost_this_run=0.25, seconds=4.0)
     text = resumed.render()
     assert text.startswith("batchrun: 1,200 rows: 1,200 ok, 0 error (900 answered by earlier runs,")
-    assert "  time      4.0 s" in text
+    assert "  time      4.0s" in text
     assert "  cost      $1.2346 (this run $0.2500)" in text
     assert "  dedup     35 rows repeated an identical request: 35 requests saved" in text
     assert "errors" not in text and resumed.exit_code == 0

@@ -3,7 +3,8 @@
 Modules: `config` (SimConfig, Step, the script), `validate` (requests checked as OpenAI does),
 `answers` (deterministic answers), `windows` (RPM/TPM windows and headers), `faults` (error bodies,
 random faults), `stats` (counters and billing), `server` (the aiohttp app), `harness` (running it
-in a block, a thread or a process).
+in a block, a thread or a process), and the Batch API: `files` (uploads and output files),
+`batchfile` (input validation), `batches` (a batch's life), `batch_api` (their routes).
 """
 
 from __future__ import annotations

@@ -31,6 +31,17 @@ class SimConfig:
     rate_limit_headers: bool = True
     max_body_bytes: int = 10_000_000
     seed: int = 0
+    # The Batch API (sim/batches.py). batch_api=False: a provider without one (404 on files, batches).
+    batch_api: bool = True
+    batch_validating_s: float = 0.0  # how long a new batch stays validating
+    batch_lines_per_s: float = 1000.0  # how fast a batch's lines are answered
+    batch_duration_s: float | None = None  # or: every batch takes this long in progress (0: at once)
+    batch_expire_after_s: float | None = None  # a batch expires this long after its creation
+    batch_expire_after_fraction: float | None = None  # or once this share of its lines is done
+    batch_fail_rate: float = 0.0  # share of lines answered 500 in the error file (not billed)
+    batch_shuffle: bool = False  # output and error lines in a seeded random order
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.error_style not in ("openai", "llmost"):
@@ -42,6 +53,19 @@ class SimConfig:
             raise ValueError("stray_429_rate must be between 0 and 1")
         if not self.tokenizer_ratio > 0:
             raise ValueError("tokenizer_ratio must be > 0")
+        self._check_batch()
+
+    def _check_batch(self) -> None:
+        if not self.batch_lines_per_s > 0 or min(self.batch_duration_s or 0, self.batch_validating_s) < 0:
+            raise ValueError("batch_lines_per_s must be > 0; batch_duration_s and batch_validating_s >= 0")
+        if self.batch_expire_after_s is not None and self.batch_expire_after_s <= 0:
+            raise ValueError("batch_expire_after_s must be > 0")
+        for name in ("batch_expire_after_fraction", "batch_fail_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.batch_max_lines < 1 or self.batch_max_bytes < 1:
+            raise ValueError("batch_max_lines and batch_max_bytes must be >= 1")
         if self.window_s <= 0 or self.latency < 0 or self.latency_jitter < 0:
             raise ValueError("window_s must be > 0; latency and jitter >= 0")
 

@@ -39,6 +39,20 @@ HTML_ERROR = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</bod
 _QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 
 
+def error_doc(
+    style: str,
+    status: int,
+    message: str,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An error document in OpenAI's style (`{"error": {message, type, param, code}}`) or LLMost's."""
+    if style == "llmost":
+        return {"error": {"code": status, "message": message, "metadata": {"provider": "simulator"}}}
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 def error_body(
     style: str,
     status: int,
@@ -47,12 +61,8 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> bytes:
-    """An error body in OpenAI's style (`{"error": {message, type, param, code}}`) or LLMost's."""
-    if style == "llmost":
-        error: dict[str, Any] = {"code": status, "message": message, "metadata": {"provider": "simulator"}}
-    else:
-        error = {"message": message, "type": type_, "param": param, "code": code}
-    return orjson.dumps({"error": error})
+    """`error_doc` as JSON bytes."""
+    return orjson.dumps(error_doc(style, status, message, type_, param, code))
 
 
 def step_error(step: Step) -> tuple[str, str | None, str | None, dict[str, str]]:

@@ -21,8 +21,11 @@ import orjson
 from aiohttp import web
 
 from batchrun.sim.answers import completion
+from batchrun.sim.batch_api import add_batch_api
+from batchrun.sim.batches import BatchStore
 from batchrun.sim.config import ANSWERING, Script, SimConfig, Step
-from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, step_error, trickle
+from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, error_doc, step_error, trickle
+from batchrun.sim.files import FileStore
 from batchrun.sim.stats import SimStats
 from batchrun.sim.validate import ChatRequest, Invalid, parse
 from batchrun.sim.windows import Limits, retry_headers
@@ -50,6 +53,8 @@ class Simulator:
         self._limits = Limits(config)
         self._fault_rates = tuple(itertools.accumulate(config.fault_rates))  # cumulative
         self._garbage = itertools.cycle((True, False))
+        self._files = FileStore(self.stats)
+        self._batches = BatchStore(config, self._files, self.stats, self._answer_line)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
 
@@ -61,6 +66,7 @@ class Simulator:
             app.router.add_post(path, self._chat)
         for path in _MODEL_PATHS:
             app.router.add_get(path, self._models)
+        add_batch_api(app, self.config, self._files, self._batches, self._unauthorized)
         app.router.add_get("/_stats", self._get_stats)
         app.router.add_post("/_reset", self._reset)
         # handler_cancellation: a hang or trickle ends as soon as its client disconnects.
@@ -75,6 +81,7 @@ class Simulator:
         """End hangs and trickles, close connections and stop listening."""
         if self._runner is None:
             return
+        await self._batches.stop()
         self._closing.set()
         await self._runner.cleanup()
         self._runner = None
@@ -192,6 +199,21 @@ class Simulator:
             await asyncio.sleep(pause)
         reason = step.reason if step is not None else None
         return self._send(200, self._answer(req, reason))
+
+    def _answer_line(self, body: dict) -> tuple[int, dict]:
+        """A Batch API line answered as the online endpoint answers it, billed; no limits or faults."""
+        cfg = self.config
+        try:
+            req, data_urls, urls = parse(body, cfg.models, cfg.tokenizer_ratio)
+        except Invalid as exc:
+            doc = error_doc(cfg.error_style, exc.status, exc.message, exc.type_, exc.param, exc.code)
+            return exc.status, doc
+        self.stats.images_data_url += data_urls
+        self.stats.images_url += urls
+        doc, tokens = self._completion(req)
+        self.stats.bill(req, tokens)
+        self.stats.batch_lines_billed += 1
+        return 200, doc
 
     def _stray(self) -> bool:
         rate = self.config.stray_429_rate

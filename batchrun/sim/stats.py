@@ -28,6 +28,9 @@ class SimStats:
     max_in_flight: int = 0
     images_data_url: int = 0
     images_url: int = 0
+    files_uploaded: int = 0
+    batches_created: int = 0
+    batch_lines_billed: int = 0  # answers billed through the Batch API (also in billed_*)
     # Bounded so a long `batchrun simulate` session does not grow without end.
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
 

@@ -179,3 +179,81 @@ OTHER_TOOL = {
 
 async def new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
+
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def request_line(custom_id: str, text: str, model: str = "sim-1", **params: Any) -> dict[str, Any]:
+    """One line of a batch input file."""
+    body = {**chat(text, **params), "model": model}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    """Lines as JSONL bytes, one final newline."""
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+class BatchAPI:
+    """The Files and Batches endpoints of one simulator, over plain aiohttp."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session, self.base_url = session, base_url
+
+    async def upload(
+        self, data: bytes, filename: str = "requests.jsonl", purpose: str | None = "batch"
+    ) -> Reply:
+        form = aiohttp.FormData()
+        if purpose is not None:
+            form.add_field("purpose", purpose)
+        form.add_field("file", data, filename=filename, content_type="application/jsonl")
+        async with self.session.post(self.base_url + "/files", data=form) as r:
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
+
+    async def post(self, path: str, body: Any = None) -> Reply:
+        async with self.session.post(self.base_url + path, json=body) as r:
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
+
+    async def get(self, path: str) -> Reply:
+        async with self.session.get(self.base_url + path) as r:
+            return Reply(r.status, CIMultiDict(r.headers), await r.read())
+
+    async def create(self, file_id: str, **fields: Any) -> Reply:
+        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        return await self.post("/batches", {**body, **fields})
+
+    async def submit(self, data: bytes, **fields: Any) -> dict[str, Any]:
+        """Upload a file and create its batch; the batch object as created."""
+        uploaded = await self.upload(data)
+        assert uploaded.status == 200, uploaded.raw
+        created = await self.create(uploaded.json["id"], **fields)
+        assert created.status == 200, created.raw
+        return dict(created.json)
+
+    async def wait(
+        self, batch_id: str, until: frozenset[str] = TERMINAL, timeout: float = 20
+    ) -> dict[str, Any]:
+        """Poll the batch until its status is one of `until`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            batch = (await self.get(f"/batches/{batch_id}")).json
+            if batch["status"] in until:
+                return dict(batch)
+            assert asyncio.get_running_loop().time() < deadline, batch
+            await asyncio.sleep(0.01)
+
+    async def lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        """The lines of an output or error file (none without a file)."""
+        if file_id is None:
+            return []
+        reply = await self.get(f"/files/{file_id}/content")
+        assert reply.status == 200, reply.raw
+        return [orjson.loads(line) for line in reply.raw.splitlines()]
+
+
+@asynccontextmanager
+async def batch_api(config: SimConfig | None = None) -> AsyncIterator[tuple[Simulator, BatchAPI, Client]]:
+    """A simulator with a Batch API client and a chat client bound to it."""
+    async with served(config) as (sim, client):
+        yield sim, BatchAPI(client.session, sim.base_url), client

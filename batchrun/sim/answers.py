@@ -26,7 +26,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def answer_text(messages: list[dict]) -> str:
+def answer_text(messages: list[dict[str, Any]]) -> str:
     """The deterministic answer: a marker from the last user text's sha256, then 4-39 words."""
     digest = _digest(last_user_text(messages))
     seed = digest
@@ -99,13 +99,13 @@ def _fake(schema: Any, rng: random.Random, marker: str, root: Any, depth: int = 
     return text.ljust(min(_bound(schema, "minLength", 0), 100_000), "x")
 
 
-def _bound(schema: dict, key: str, default: int) -> int:
+def _bound(schema: dict[str, Any], key: str, default: int) -> int:
     # Schemas come from users: a malformed keyword is ignored rather than crashing the answer.
     value = schema.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
-def _fake_number(schema: dict, rng: random.Random, integer: bool) -> int | float:
+def _fake_number(schema: dict[str, Any], rng: random.Random, integer: bool) -> int | float:
     low, high, ex_low, ex_high = (
         schema.get(k) if is_number(schema.get(k)) else None
         for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
@@ -129,7 +129,7 @@ def _fake_number(schema: dict, rng: random.Random, integer: bool) -> int | float
     return rounded if lo < rounded < hi else value
 
 
-def _structured(messages: list[dict], response_format: dict | None) -> str | None:
+def _structured(messages: list[dict[str, Any]], response_format: dict[str, Any] | None) -> str | None:
     """The content for a JSON response_format, or None for plain text."""
     kind = (response_format or {}).get("type")
     if kind not in ("json_object", "json_schema"):
@@ -150,7 +150,10 @@ def _structured(messages: list[dict], response_format: dict | None) -> str | Non
 
 
 def expected_answer(
-    messages: list[dict], max_tokens: int | None = None, *, response_format: dict | None = None
+    messages: list[dict[str, Any]],
+    max_tokens: int | None = None,
+    *,
+    response_format: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """(content, finish_reason) exactly as the simulator answers these messages."""
     content = _structured(messages, response_format) or answer_text(messages)
@@ -161,7 +164,9 @@ def expected_answer(
     return content, "stop"
 
 
-def _tool_call(messages: list[dict], tools: list | None, tool_choice: Any) -> dict | None:
+def _tool_call(
+    messages: list[dict[str, Any]], tools: list[Any] | None, tool_choice: Any
+) -> dict[str, Any] | None:
     """The tool call the simulator makes, or None when it answers in text."""
     if not tools or tool_choice == "none":
         return None
@@ -182,7 +187,7 @@ def _tool_call(messages: list[dict], tools: list | None, tool_choice: Any) -> di
 
 
 
-def completion(req: ChatRequest, response_id: str, reason: str | None = None) -> tuple[dict, int]:
+def completion(req: ChatRequest, response_id: str, reason: str | None = None) -> tuple[dict[str, Any], int]:
     """The chat.completion document for `req` and its completion tokens (not yet billed)."""
     body = req.body
     call = _tool_call(req.messages, body.get("tools"), body.get("tool_choice"))

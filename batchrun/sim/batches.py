@@ -31,15 +31,16 @@ from batchrun.sim.stats import SimStats
 ENDPOINT = "/v1/chat/completions"
 WINDOW_S = 24 * 3600
 _CREATE_KEYS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata"})
-_TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _CHUNK = 200  # lines answered between yields to the loop, so online requests are served meanwhile
 _UNDONE = {
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
 }
 
+Doc = dict[str, Any]  # a JSON object
+
 # Answers one request body as the online endpoint would: (HTTP status, response body), billed.
-Answer = Callable[[dict], tuple[int, dict]]
+Answer = Callable[[Doc], tuple[int, Doc]]
 
 
 @dataclass
@@ -52,7 +53,7 @@ class SimBatch:
     created_at: int
     status: str = "validating"
     model: str | None = None
-    errors: list[dict] | None = None
+    errors: list[dict[str, Any]] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     times: dict[str, int] = field(default_factory=dict)  # in_progress_at, completed_at, ...
@@ -201,8 +202,8 @@ class BatchStore:
         batch.total = len(lines)
         if not batch.cancel_requested:
             batch.enter("in_progress")
-        output: list[dict] = []
-        failures: list[dict] = []
+        output: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
         done = await self._answer_lines(batch, lines, output, failures)
         if done < len(lines):
             end = "cancelled" if batch.cancel_requested else "expired"
@@ -217,7 +218,7 @@ class BatchStore:
         batch.enter(end)
 
     async def _answer_lines(
-        self, batch: SimBatch, lines: list[Line], output: list[dict], failures: list[dict]
+        self, batch: SimBatch, lines: list[Line], output: list[Doc], failures: list[Doc]
     ) -> int:
         """Answer lines as their time comes; returns how many were done before an expiry or cancel."""
         cfg = self.config
@@ -244,7 +245,7 @@ class BatchStore:
             await asyncio.sleep(0)
         return done
 
-    def _answer_one(self, batch: SimBatch, line: Line, output: list[dict], failures: list[dict]) -> None:
+    def _answer_one(self, batch: SimBatch, line: Line, output: list[Doc], failures: list[Doc]) -> None:
         """Answer one line into the output (200) or the error file (anything else)."""
         if self._rng.random() < self.config.batch_fail_rate:  # the provider failed it: not billed
             message = "The server had an error while processing your request."
@@ -259,11 +260,11 @@ class BatchStore:
             batch.failed += 1
             failures.append(_line(line.custom_id, response, None))
 
-    def _store(self, batch: SimBatch, kind: str, lines: list[dict]) -> str:
+    def _store(self, batch: SimBatch, kind: str, lines: list[dict[str, Any]]) -> str:
         data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         return self.files.add(f"{batch.id}_{kind}.jsonl", "batch_output", data).id
 
-    def _write_files(self, batch: SimBatch, output: list[dict], failures: list[dict]) -> None:
+    def _write_files(self, batch: SimBatch, output: list[Doc], failures: list[Doc]) -> None:
         if self.config.batch_shuffle:
             self._rng.shuffle(output)
             self._rng.shuffle(failures)
@@ -323,7 +324,7 @@ def _pace(config: SimConfig, total: int) -> float:
     return config.batch_lines_per_s
 
 
-def _line(custom_id: str, response: dict | None, error: dict | None) -> dict:
+def _line(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
     """One line of an output or error file."""
     line_id = f"batch_req_{uuid.uuid4().hex}"
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}

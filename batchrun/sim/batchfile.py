@@ -16,17 +16,17 @@ class Line:
     """One request of a batch: its custom_id and chat-completion body."""
 
     custom_id: str
-    body: dict
+    body: dict[str, Any]
 
 
-def batch_error(code: str, message: str, line: int | None = None, param: str | None = None) -> dict:
+def batch_error(code: str, message: str, line: int | None = None, param: str | None = None) -> dict[str, Any]:
     """One entry of a failed batch's `errors.data`."""
     return {"code": code, "message": message, "param": param, "line": line}
 
 
 def read_batch_file(
     data: bytes, endpoint: str, max_lines: int, max_bytes: int
-) -> tuple[list[Line], list[dict], str | None]:
+) -> tuple[list[Line], list[dict[str, Any]], str | None]:
     """The file's lines, the validation errors that fail the batch (none: it may run), and its model."""
     if len(data) > max_bytes:
         message = f"The input file is {len(data)} bytes; a batch file may be at most {max_bytes} bytes."
@@ -39,7 +39,7 @@ def read_batch_file(
         message = f"The input file has {len(raws)} requests; a batch may have at most {max_lines}."
         return [], [batch_error("too_many_tasks", message)], None
     lines: list[Line] = []
-    errors: list[dict] = []
+    errors: list[dict[str, Any]] = []
     seen: set[str] = set()
     model: str | None = None
     for number, raw in enumerate(raws, 1):
@@ -71,7 +71,7 @@ def read_batch_file(
     return lines, errors, model
 
 
-def _read_line(raw: bytes, number: int, endpoint: str) -> tuple[Line | None, dict | None]:
+def _read_line(raw: bytes, number: int, endpoint: str) -> tuple[Line | None, dict[str, Any] | None]:
     """One line parsed, or the error that makes the batch fail."""
     try:
         obj: Any = orjson.loads(raw)

@@ -16,6 +16,7 @@ import itertools
 import random
 from collections import deque
 from dataclasses import asdict, fields
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -42,7 +43,7 @@ class Simulator:
         config = config or SimConfig()
         self.config = config
         self.stats = SimStats()
-        self.last_bodies: deque[dict] = deque(maxlen=256)  # the latest valid request bodies, parsed
+        self.last_bodies: deque[dict[str, Any]] = deque(maxlen=256)  # the latest valid request bodies, parsed
         self.base_url = ""
         self._script = Script()
         self._rng = random.Random(config.seed)
@@ -200,7 +201,7 @@ class Simulator:
         reason = step.reason if step is not None else None
         return self._send(200, self._answer(req, reason))
 
-    def _answer_line(self, body: dict) -> tuple[int, dict]:
+    def _answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """A Batch API line answered as the online endpoint answers it, billed; no limits or faults."""
         cfg = self.config
         try:
@@ -249,7 +250,7 @@ class Simulator:
             return cfg.latency
         return max(0.0, cfg.latency + self._rng.uniform(-cfg.latency_jitter, cfg.latency_jitter))
 
-    def _completion(self, req: ChatRequest, reason: str | None = None) -> tuple[dict, int]:
+    def _completion(self, req: ChatRequest, reason: str | None = None) -> tuple[dict[str, Any], int]:
         """The 200 document for `req` and its completion tokens (not yet billed)."""
         return completion(req, f"chatcmpl-sim-{next(self._ids)}", reason)
 

@@ -43,11 +43,11 @@ class ChatRequest:
     """A valid chat request: what the answer and the limits need from it."""
 
     model: str
-    messages: list[dict]
+    messages: list[dict[str, Any]]
     user_text: str
     max_tokens: int | None
     prompt_tokens: int
-    body: dict
+    body: dict[str, Any]
 
 
 def text_of(content: Any) -> str:
@@ -63,7 +63,7 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def last_user_text(messages: list[dict]) -> str:
+def last_user_text(messages: list[dict[str, Any]]) -> str:
     """The text of the last user message: what an answer is derived from and rules match."""
     for message in reversed(messages):
         if message.get("role") == "user":
@@ -76,7 +76,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_range(body: dict, name: str, low: float, high: float, open_low: bool = False) -> None:
+def _check_range(body: dict[str, Any], name: str, low: float, high: float, open_low: bool = False) -> None:
     value = body.get(name)
     if value is None:
         return
@@ -150,7 +150,7 @@ def _check_messages(messages: Any) -> tuple[int, int]:
     return data_urls, urls
 
 
-def _check_tools(body: dict) -> None:
+def _check_tools(body: dict[str, Any]) -> None:
     tools, choice = body.get("tools"), body.get("tool_choice")
     if tools is not None:
         if not isinstance(tools, list) or not tools:

@@ -111,18 +111,35 @@ def test_a_concurrency_limit_is_learned_from_its_429s(tmp_path: Path, sim) -> No
     assert arrivals[-1] - arrivals[0] < 100 / 40 * 1.4  # 4 in flight, 0.1 s each
 
 
-def test_a_429_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
+def test_a_stray_429_delays_only_its_own_row(tmp_path: Path, sim) -> None:
+    # Busy providers answer a few requests 429 at any pace: the others must not wait for it.
     server = sim(latency=0.02)
     server.rule("number 5.", Step.status(429, retry_after=1), Step.ok())
-    src = prompts_csv(tmp_path / "in.csv", 120)
+    src = prompts_csv(tmp_path / "in.csv", 80)
     out = tmp_path / "out.parquet"
     result = run(src, out, server.base_url, "--concurrency", 4, "--rpm", 3000)
     assert result.returncode == 0, result.stderr
+    assert all_ok(out, 80)
     arrivals = sorted(server.stats.arrivals)
     limited_at = arrivals[5]  # the 6th request, paced: requests start in row order
-    quiet = [t for t in arrivals if limited_at + 0.05 < t < limited_at + 0.95]
+    during = [t for t in arrivals if limited_at + 0.05 < t < limited_at + 0.95]
+    assert len(during) >= 20  # the run went on at its pace (50/s) while row 5 waited
+    assert {r["id"]: r["attempts"] for r in read_output(out)}["5"] == 2
+
+
+def test_a_storm_of_429s_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
+    server = sim(latency=0.02)
+    server.script(*[Step.status(429, retry_after=1)] * 4)  # every answer a 429: not noise
+    src = prompts_csv(tmp_path / "in.csv", 80)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--concurrency", 4, "--rpm", 3000)
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 80)
+    arrivals = sorted(server.stats.arrivals)
+    storm_at = arrivals[3]  # the 4th 429 in a row is the evidence
+    quiet = [t for t in arrivals if storm_at + 0.05 < t < storm_at + 0.95]
     assert quiet == []  # nobody started during the pause
-    assert any(t >= limited_at + 1.0 for t in arrivals)
+    assert any(t >= storm_at + 1.0 for t in arrivals)
 
 
 def test_retries_and_429s_are_counted_in_summary_and_metadata(tmp_path: Path, sim) -> None:

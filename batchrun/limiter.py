@@ -3,11 +3,11 @@ cap on requests in flight.
 
 Each limit is a clock (GCRA, the "virtual scheduling" form of a leaky bucket with no burst): the
 request clock advances 60/rpm per request, the token clock tokens*60/tpm per request, where a
-request's tokens are its prompt estimate plus `max_tokens`, held for good (providers charge that at
-arrival, not the answer's length). A request starts when both clocks allow it, so in any window of
-any length the run sends at most the limit plus one request: no start-up burst for a strict
-provider to punish. Starts pass one gate in turn, so a pause or a rate cut applies to the very next
-start, not only after requests already booked at the old pace.
+request's tokens are its (calibrated) prompt estimate plus `max_tokens`, held for good (providers
+charge that at arrival, not the answer's length). A request starts when both clocks allow it, so
+in any window of any length the run sends at most the limit plus one request: no start-up burst
+for a strict provider to punish. Starts pass one gate in turn, so a pause or a rate cut applies to
+the very next start, not only after requests already booked at the old pace.
 
 Rates adapt for the whole run. `x-ratelimit-limit-*` headers lower a configured limit that is too
 high (or set one where none was given); `x-ratelimit-remaining-*` with its reset is the provider's
@@ -15,13 +15,14 @@ own book: when it leaves less room than the next request needs, starts hold unti
 
 A 429 about rate slows the whole run only on evidence that the run is too fast. Busy providers and
 gateways answer 1-2% of requests with 429 at any pace; such a stray 429 delays only its own row
-(the caller waits out its retry-after), or every start and the pace would spiral down to nothing.
+(the caller waits out its retry-after): pausing every start and cutting the pace for each would
+spiral the run down to a crawl.
 The evidence is (1) 429s that are more than noise among the recent answers, judged by a running
 score over answers, not over time (Page's CUSUM test: a pause, when few answers come back, neither
 makes one 429 look like a storm nor forgets a real one); (2) the 429's headers saying the window is
 spent; (3) a 429 while the pace probes above a rate that 429s taught before. Then every start
-pauses for the retry-after, and on (1) and (3) the pace is cut to DECREASE times the rate the run
-was really sending at (the "wall"); it climbs back to the wall in a few seconds and then probes
+pauses for the retry-after, and on (1) and (3) the pace is cut below what the server really took
+over the last seconds (the "wall"); it climbs back to the wall in a few seconds and then probes
 slowly above it, so a run with no headers and no configured limit finds the real one. A 429 about
 concurrent requests lowers the cap on requests in flight to what the server allowed instead.
 """
@@ -40,9 +41,10 @@ from .retry import parse_duration
 
 # Pace a hair under the limit: arrival jitter must not push a strict sliding window over.
 SAFETY = 0.97
-DECREASE = 0.7  # multiplicative cut after a 429 far from any known wall
-TOUCH = 0.9  # the cut when the run merely touched the wall it already knew
+DECREASE = 0.7  # the cut when the server took all we sent and still said 429
+TOUCH = 0.9  # the cut when the wall is known: learned before, or measured now
 RECOVER_EVERY = 1.0  # seconds between increases after the last cut
+SETTLE = 1.0  # seconds after a cut when another is only a touch (the server's window drains)
 CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * wall
 PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
 MEASURE_SPAN = 2.0  # seconds of starts that say how fast the run really goes
@@ -55,6 +57,9 @@ STORM = 0.25  # a share of 429s that says the run is too fast
 LIMITED_WEIGHT = math.log(STORM / NOISE)  # +2.53 for a 429
 ANSWER_WEIGHT = math.log((1 - STORM) / (1 - NOISE))  # -0.27 for any other answer
 ALARM = 10.0
+# Answers come back in bunches (workers in step, 429s faster than answers): the score is floored
+# only between slices of this long, so a bunch's successes and its stray 429s weigh together.
+SLICE = 0.05
 CONCURRENCY_RECOVER_EVERY = 5.0  # seconds between raising a learned concurrency cap by one
 DEFAULT_PAUSE = 1.0  # a 429 without retry-after pauses this long
 # A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
@@ -119,24 +124,30 @@ class _Clock:
         if limit and reset and limit > remaining:
             self._refill = (limit - remaining) / reset
 
-    def cut(self, measured: float | None, now: float) -> None:
-        """Slow down below what we were really sending at when the server said 429."""
-        current = self.rate
-        sent = measured / SAFETY if measured else None  # what went out, in the units of `rate`
-        # What the server judged is what really went out: just after a cut its window still
-        # holds the faster past; and with a pace far above what the workers manage, the pace
-        # says nothing. Otherwise our pace: pauses make the measured rate read low.
-        if sent is not None and (current is None or sent > current or current > 1.5 * sent):
-            current = sent
+    def cut(self, measured: float | None, now: float, again: bool = False) -> None:
+        """Slow down below what the server took when it said 429 (`measured`, per minute);
+        `again`: soon after the last cut, while its window still drains the faster past."""
+        pace = self.rate
+        took = measured / SAFETY if measured else None  # in the units of `rate`
+        # What the server took is the wall: below our pace when the run is too fast; above it
+        # just after a cut, as its window still holds the faster past; and with a pace far
+        # above what the workers manage, the pace says nothing.
+        current = took if took is not None else pace
         if current is None:
             return
-        # Near the wall we already learned, a 429 only confirms it: a small step back is enough,
-        # and the wall stays (a stray 429 while probing must not wear it down, cut after cut).
-        touched = self.wall is not None and current >= self.wall * TOUCH
-        self.wall = max(self.wall, current) if touched and self.wall is not None else current
-        self.rate = max(current * (TOUCH if touched else DECREASE), 1e-3)
+        if self.wall is not None and (again or current >= self.wall * TOUCH):
+            # Near the wall we already learned, a 429 only confirms it: a small step back is
+            # enough, and the wall stays (stray 429s must not wear it down, cut after cut).
+            self.wall, step = max(self.wall, current), TOUCH
+        elif took is not None and pace is not None and took < pace:
+            # The server refused part of our pace: what it took is a measured wall, just under.
+            self.wall, step = current, TOUCH
+        else:
+            # It took all we sent (a window that let a burst through), or we cannot tell.
+            self.wall, step = current, DECREASE
+        self.rate = max(current * step, 1e-3)
         if self.ceiling is not None:
-            self.rate = min(self.rate, self.ceiling * (TOUCH if touched else DECREASE))
+            self.rate = min(self.rate, self.ceiling * step)
         self.changed_at = max(self.changed_at, now)
 
     @property
@@ -181,9 +192,13 @@ class Limiter:
         self._paused_until = -math.inf
         self._last_cut = -math.inf
         self._sent: deque[tuple[float, int]] = deque()  # (start, tokens) of recent starts
+        self._refused: deque[float] = deque()  # starts of recent requests refused with 429
         self._tokens = 0  # the tokens of the latest start: what "room left" must hold
-        self._score = 0.0  # evidence that 429s are more than noise (see ALARM)
-        self._score_before = 0.0  # the score before the latest answer was counted
+        # Evidence that 429s are more than noise (see ALARM): the score as of the last slice,
+        # and the sum of the answers of the slice under way.
+        self._floor = 0.0
+        self._slice = 0.0
+        self._slice_end = -math.inf
         self._spent = False  # did the latest answer's headers say the window is spent?
         self._gate = asyncio.Lock()
         self._waiting = 0  # starts waiting for a request in flight to finish
@@ -318,8 +333,10 @@ class Limiter:
         """Count an answer (of any kind, headers or none) and learn from its `x-ratelimit-*`
         headers: the real limits and the provider's remaining room."""
         now = self._clock()
-        self._score_before = score = self._score
-        self._score = max(0.0, score + ANSWER_WEIGHT)
+        if now >= self._slice_end:
+            self._floor = max(0.0, self._floor + self._slice)
+            self._slice, self._slice_end = 0.0, now + SLICE
+        self._slice += ANSWER_WEIGHT
         self._spent = False
         self._forget(now)  # starts that took the open way were not forgotten there
         if not headers:
@@ -350,6 +367,8 @@ class Limiter:
         the time of a cut describe the old pace, which is already cut.
         """
         now = self._clock()
+        if sent_at is not None:
+            self._refused.append(sent_at)
         if concurrent:
             self._pause(retry_after, now)
             self._too_many_in_flight(now)
@@ -359,10 +378,10 @@ class Limiter:
         else:  # no start time to judge by: one cut per burst of 429s
             fresh = now - self._last_cut >= RECOVER_EVERY
         # `observe` counted this answer as one more that was not a 429: count it again.
-        self._score = max(0.0, self._score_before + LIMITED_WEIGHT) if fresh else self._score_before
+        self._slice += (LIMITED_WEIGHT if fresh else 0.0) - ANSWER_WEIGHT
         # Above a wall it learned before, the run was looking for room: one 429 is the answer.
         probing = fresh and (self.requests.probing or self.tokens.probing)
-        storm = self._score >= ALARM
+        storm = self._floor + self._slice >= ALARM
         if not (storm or probing or self._spent):
             return False
         self._pause(retry_after, now)
@@ -381,13 +400,16 @@ class Limiter:
 
     def _cut(self, now: float) -> None:
         """Slow the pace below what the run really sent at; new evidence must build afresh."""
+        # The server's window still holds the pace before the last cut for a while: 429s then
+        # say the cut was not quite enough, not that the run is far too fast.
+        again = now - self._last_cut < SETTLE
         self._last_cut = now
-        self._score = 0.0
+        self._floor = self._slice = 0.0
         self.cuts += 1
         request_rate, token_rate = self._measured(now)
-        self.requests.cut(request_rate, now)
+        self.requests.cut(request_rate, now, again)
         if self.tokens.rate is not None:
-            self.tokens.cut(token_rate, now)
+            self.tokens.cut(token_rate, now, again)
 
     def _too_many_in_flight(self, now: float) -> None:
         """The server counts requests in flight, not their pace: keep to as many as it allowed.
@@ -399,20 +421,27 @@ class Limiter:
         self._concurrency_changed = now
 
     def _measured(self, now: float) -> tuple[float | None, float | None]:
-        """Requests and tokens per minute actually started over the last MEASURE_SPAN seconds."""
+        """Requests and tokens per minute the server took (started, less those refused with a
+        429) over the last MEASURE_SPAN seconds."""
         self._forget(now)
         sent = self._sent
         if len(sent) < 2:
             return None, None
         # The starts before the last one filled the time from the first start until now.
         span = max(now - sent[0][0], 1e-3)
-        tokens = sum(t for _, t in sent) - sent[-1][1]
-        return (len(sent) - 1) * 60.0 / span, tokens * 60.0 / span
+        refused = sum(1 for at in self._refused if at >= sent[0][0])
+        started = len(sent) - 1
+        took = max(started - refused, 1) / started
+        tokens = (sum(t for _, t in sent) - sent[-1][1]) * took
+        return started * took * 60.0 / span, tokens * 60.0 / span
 
     def _forget(self, now: float) -> None:
-        sent = self._sent
-        while sent and sent[0][0] < now - MEASURE_SPAN:
+        edge = now - MEASURE_SPAN
+        sent, refused = self._sent, self._refused
+        while sent and sent[0][0] < edge:
             sent.popleft()
+        while refused and refused[0] < edge:
+            refused.popleft()
 
 
 # istr: multidict looks these up without case-folding them for every answer.

@@ -8,7 +8,7 @@ from collections import deque
 
 import pytest
 
-from batchrun.limiter import SAFETY, Limiter
+from batchrun.limiter import SAFETY, SLICE, Limiter
 
 
 class FakeClock:
@@ -277,23 +277,27 @@ def limited(lim: Limiter, sent_at: float | None, retry_after: float | None = 2.0
     return lim.rate_limited_by_server(retry_after, sent_at=sent_at)
 
 
-def answered(lim: Limiter, n: int) -> None:
+def answered(lim: Limiter, clock: FakeClock, n: int) -> None:
+    """`n` answers come back, then time passes: later 429s are not in the same bunch."""
     for _ in range(n):
         lim.observe({})
+    clock.t += SLICE
 
 
 def test_a_storm_of_429s_pauses_everyone_cuts_the_rate_and_it_recovers() -> None:
     lim, clock = limiter(rpm=600)
     gap = 60 / (600 * SAFETY)
     times = starts(lim, clock, [1] * 60)  # ~6 s at the pace
-    answered(lim, 50)
+    answered(lim, clock, 50)
     for sent in times[-4:-1]:  # three 429s in a row may still be noise
         assert not limited(lim, sent)
-    assert lim.wait_for(1) == pytest.approx(gap) and lim.rpm == 600 and lim.pauses == 0
+    assert lim.wait_for(1) <= gap and lim.rpm == 600 and lim.pauses == 0
     assert limited(lim, times[-1])  # the fourth is a storm: every start waits out its retry-after
     assert lim.wait_for(1) == pytest.approx(2.0)
-    cut = lim.rpm
-    assert cut == pytest.approx(600 * 0.7, rel=0.02) and (lim.pauses, lim.cuts) == (1, 1)
+    cut, wall = lim.rpm, lim.requests.wall
+    # The wall is what the server took: the starts of the last seconds less the refused ones.
+    assert wall is not None and wall < 600 * 17 / 19 / SAFETY
+    assert cut == pytest.approx(wall * 0.9) and (lim.pauses, lim.cuts) == (1, 1)
     # 429s for requests sent before the cut describe the old pace: not evidence, not even four.
     clock.t += 0.5
     for sent in times[-8:-4]:
@@ -302,17 +306,25 @@ def test_a_storm_of_429s_pauses_everyone_cuts_the_rate_and_it_recovers() -> None
     clock.t += 1.5
     paced = starts(lim, clock, [1] * 3)
     assert paced[2] - paced[1] >= 60 / (cut * SAFETY) - 1e-9  # the slower pace holds
-    clock.t += 10.0
+    clock.t += 3.0
     lim.wait_for(1)
-    assert lim.rpm == 600  # recovered to the ceiling within seconds
+    assert wall * SAFETY <= lim.rpm < 600  # back at the wall within seconds
+    clock.t += 60.0
+    lim.wait_for(1)
+    assert lim.rpm == 600  # and, probing above it with no 429, back to the ceiling
 
 
 def test_stray_429s_among_answers_neither_pause_nor_cut() -> None:
-    # Providers answer 429 now and then at any pace: 2% here, one in 50, for a long run.
+    # Providers answer 429 now and then at any pace: 2% here, for a long run. Workers in step
+    # get their answers in bunches, and the 429s of the requests sent next come back at once:
+    # three strays in a row after a bunch of 150 answers are still noise.
     lim, clock = limiter(rpm=6000)
-    for sent in starts(lim, clock, [1] * 5000)[49::50]:
-        answered(lim, 49)
-        assert not limited(lim, sent, retry_after=0.5)
+    for sent in starts(lim, clock, [1] * 6000)[149::150]:
+        for _ in range(147):
+            lim.observe({})
+        for _ in range(3):
+            assert not limited(lim, sent, retry_after=0.5)
+        clock.t += 0.03
     assert (lim.rpm, lim.pauses, lim.cuts) == (6000, 0, 0)
     assert lim.wait_for(1) <= 60 / (6000 * SAFETY)
 
@@ -329,7 +341,7 @@ def test_the_evidence_is_counted_in_answers_not_in_time() -> None:
     times = starts(lim2, clock2, [1] * 20)
     for sent in times[:3]:
         assert not limited(lim2, sent)
-    answered(lim2, 40)  # successes between say it was noise after all
+    answered(lim2, clock2, 40)  # successes between say it was noise after all
     assert not limited(lim2, times[3])
 
 
@@ -349,7 +361,7 @@ def test_a_429_with_room_left_in_its_headers_is_a_stray() -> None:
 def test_a_429_while_probing_above_the_wall_cuts_a_little_and_keeps_the_wall() -> None:
     lim, clock = limiter(rpm=12_000)
     times = starts(lim, clock, [1] * 400)
-    answered(lim, 300)
+    answered(lim, clock, 300)
     for sent in times[-4:]:
         limited(lim, sent, retry_after=0.01)
     wall = lim.requests.wall

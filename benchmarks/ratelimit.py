@@ -1,30 +1,37 @@
-"""Rate limits: does a run at a provider's declared limit go exactly that fast, with no 429 storm?
+"""Rate limits: does a run at a provider's limits go that fast, with no 429 storm, as providers behave?
 
     python benchmarks/ratelimit.py [--rows 3000] [--concurrency 64] [--only NAME]
 
 A simulator in this process (its own thread and event loop) enforces the limits over 1-second
 sliding windows, as strictly as a provider can: every arrival counts, refused ones too. The real
-CLI runs in a subprocess. Scenarios:
+CLI runs in a subprocess. The wall time is the CLI's whole run (start-up, reading, journal,
+writing) as measured from outside. Scenarios, each with its targets:
 
-  rpm          6,000 RPM enforced, --rpm 6000: the request limit binds (ideal: rows / 100 per s)
-  tpm          a TPM limit that binds at the same ideal time, --tpm set to it
-  rpm-2x       6,000 RPM enforced, --rpm 12000 (configured 2x too high): headers teach the limit
-  rpm-2x-bare  the same with no rate-limit headers (vLLM, LLMost): only the 429s teach it
-  unlimited    6,000 RPM enforced, no --rpm at all, with headers
-
-Targets (issue 8): 0 failed rows, at most 1% of requests answered 429, wall time within 10% of
-the ideal. The wall time is the CLI's whole run (start-up, reading, journal, writing) as measured
-from outside; the ideal is rows / limit, the time the provider needs to accept them all.
+  limits (6,000 RPM, 200 ms latency; ideal: rows / 100 per s; 0 failed, <= 1% 429s, <= 1.10x):
+    rpm          --rpm 6000: the request limit binds
+    tpm          a TPM limit that binds at the same ideal time, --tpm set to it
+    rpm-2x       --rpm 12000 (configured 2x too high): headers teach the limit
+    rpm-2x-bare  the same with no rate-limit headers (vLLM, LLMost): only the 429s teach it
+    unlimited    no --rpm at all, with headers
+  tokenizer-0.5, tokenizer-2 (TPM-bound, 60,000 TPM, --tpm 60000): the server counts prompt tokens
+    as 0.5x and 2x our estimate; the ideal is what its own count allows. 0 failed, <= 2% 429s,
+    <= 1.1x the ideal.
+  stray (3,000 rows, no limit, 30 ms): 2% of requests answered 429 at any pace (retry-after 1, no
+    headers); the wall is within 1.5x of the same run without them, measured here too.
+  soak (2,000 rows, --concurrency 64, no limit, 30 ms): 5% 5xx, 2% dropped connections, 1% garbage,
+    1% hangs cut by --timeout 3, 1% stray 429s: every row ok, each prompt billed once, usage
+    exact, in <= 20 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,74 +41,80 @@ from batchrun.tokens import count_prompt_tokens
 
 MAX_TOKENS = 40
 RPM = 6000
+TOKENIZER_TPM = 60_000
+TOKENIZER_MAX_TOKENS = 20
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One benchmark case: what the simulator enforces and what the CLI is told."""
+    """One benchmark case: what the simulator enforces, what the CLI is told, and the targets."""
 
     name: str
     sim: dict[str, object]
     flags: tuple[str, ...]
-    ideal: float
+    rows: int
+    ideal: float | None  # seconds the provider needs to accept every row; None: no limit
+    max_429: float = 0.01  # the largest share of requests answered 429
+    max_ratio: float = 1.10  # the longest wall time, as a multiple of the ideal
+    text: str = "Summarize review number {i}: the kettle boils fast but the lid sticks."
+    max_tokens: int = MAX_TOKENS
+    max_wall: float | None = None  # seconds, for a run with no ideal
 
 
-def prompts(rows: int) -> list[str]:
-    return [f"Summarize review number {i}: the kettle boils fast but the lid sticks." for i in range(rows)]
+def prompts(scenario: Scenario) -> list[str]:
+    return [scenario.text.format(i=i) for i in range(scenario.rows)]
 
 
-def reservation(prompt: str) -> int:
-    """What one request reserves against TPM, exactly as batchrun and the simulator count it."""
-    return count_prompt_tokens([{"role": "user", "content": prompt}]) + MAX_TOKENS
+def reservation(prompt: str, max_tokens: int = MAX_TOKENS, ratio: float = 1.0) -> float:
+    """What one request reserves against TPM as the server counts it (ratio x our estimate)."""
+    return count_prompt_tokens([{"role": "user", "content": prompt}]) * ratio + max_tokens
+
+
+LONG = ("Summarize review {i} in one line: the kettle arrived quickly, boils fast, and the handle "
+        "stays cool; the lid is a bit stiff and the cord is short, but for the price it is fine.")
+
+
+def tokenizer(ratio: float, rows: int) -> Scenario:
+    """TPM-bound at 60,000 TPM, the server counting prompt tokens as `ratio` x our estimate."""
+    base = Scenario(f"tokenizer-{ratio:g}", {}, (), rows, None, text=LONG,
+                    max_tokens=TOKENIZER_MAX_TOKENS)
+    ideal = sum(reservation(p, TOKENIZER_MAX_TOKENS, ratio) for p in prompts(base)) * 60 / TOKENIZER_TPM
+    return Scenario(
+        base.name, {"window_s": 1.0, "latency": 0.2, "tpm": TOKENIZER_TPM, "tokenizer_ratio": ratio},
+        ("--tpm", str(TOKENIZER_TPM)), rows, ideal, max_429=0.02, text=LONG,
+        max_tokens=TOKENIZER_MAX_TOKENS,
+    )
 
 
 def scenarios(rows: int) -> list[Scenario]:
     ideal = rows / (RPM / 60)
     # A TPM limit that lets exactly `rows` reservations through in `ideal` seconds.
-    tpm = int(sum(reservation(p) for p in prompts(rows)) * 60 / ideal)
+    tpm = int(sum(reservation(p) for p in prompts(Scenario("", {}, (), rows, ideal))) * 60 / ideal)
     base = {"window_s": 1.0, "latency": 0.2}
+    fast = {"latency": 0.03}
     return [
-        Scenario("rpm", {**base, "rpm": RPM}, ("--rpm", str(RPM)), ideal),
-        Scenario("tpm", {**base, "tpm": tpm}, ("--tpm", str(tpm)), ideal),
-        Scenario("rpm-2x", {**base, "rpm": RPM}, ("--rpm", str(2 * RPM)), ideal),
+        Scenario("rpm", {**base, "rpm": RPM}, ("--rpm", str(RPM)), rows, ideal),
+        Scenario("tpm", {**base, "tpm": tpm}, ("--tpm", str(tpm)), rows, ideal),
+        Scenario("rpm-2x", {**base, "rpm": RPM}, ("--rpm", str(2 * RPM)), rows, ideal),
         Scenario("rpm-2x-bare", {**base, "rpm": RPM, "rate_limit_headers": False},
-                 ("--rpm", str(2 * RPM)), ideal),
-        Scenario("unlimited", {**base, "rpm": RPM}, (), ideal),
+                 ("--rpm", str(2 * RPM)), rows, ideal),
+        Scenario("unlimited", {**base, "rpm": RPM}, (), rows, ideal),
+        # Both tokenizers take ~25 s at the server's own count.
+        tokenizer(0.5, 500),
+        tokenizer(2.0, 200),
+        Scenario("no-stray", fast, (), 3000, None),
+        Scenario("stray", {**fast, "stray_429_rate": 0.02}, (), 3000, None, max_429=1.0),
+        Scenario("soak", {**fast, "fail_rate": 0.05, "drop_rate": 0.02, "garbage_rate": 0.01,
+                          "hang_rate": 0.01, "stray_429_rate": 0.01, "seed": 11},
+                 ("--timeout", "3", "--max-attempts", "12"), 2000, None, max_429=1.0, max_wall=20.0),
     ]
-
-
-def run(scenario: Scenario, rows: int, concurrency: int, workdir: Path) -> Result:
-    src = workdir / "in.csv"
-    src.write_text("prompt\n" + "\n".join(f'"{p}"' for p in prompts(rows)) + "\n")
-    out = workdir / f"{scenario.name}.parquet"
-    with SimulatorThread(SimConfig(**scenario.sim)) as sim:  # type: ignore[arg-type]
-        cmd = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-               "--base-url", sim.base_url, "--model", "sim-1", "--max-tokens", str(MAX_TOKENS),
-               "--concurrency", str(concurrency), "--no-progress", "--fresh", *scenario.flags]
-        start = time.monotonic()  # the simulator's clock (its loop's time) is monotonic too
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        end = time.monotonic()
-        wall = end - start
-        stats = sim.stats
-        requests, limited = stats.requests, stats.rate_limited
-        arrivals = sorted(stats.arrivals)
-    failed = rows
-    if out.exists():
-        table = pq.read_table(out, columns=["status"]).column("status").to_pylist()
-        failed = sum(s != "ok" for s in table)
-    return Result(
-        exit=result.returncode, failed=failed, requests=requests, limited=limited, wall=wall,
-        before=arrivals[0] - start if arrivals else 0.0,
-        sending=arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0,
-        after=end - arrivals[-1] if arrivals else 0.0,
-        ideal=scenario.ideal, stderr=result.stderr.strip()[-300:],
-    )
 
 
 @dataclass(frozen=True)
 class Result:
     """Figures of one run; `before` + `sending` + `after` = `wall`."""
 
+    scenario: Scenario
     exit: int
     failed: int
     requests: int
@@ -110,45 +123,108 @@ class Result:
     before: float  # start-up: imports, reading, planning, until the first request arrives
     sending: float  # first arrival to last arrival at the simulator
     after: float  # the last answer, journal, output and summary, until the process exits
-    ideal: float
+    billed_once: bool  # every prompt billed exactly once
+    usage_exact: bool  # the output's usage totals are what the simulator billed
     stderr: str
+    checks: list[str] = field(default_factory=list)
 
     @property
     def share_429(self) -> float:
         return self.limited / self.requests if self.requests else 0.0
 
     @property
+    def ratio(self) -> float | None:
+        ideal = self.scenario.ideal
+        return self.wall / ideal if ideal else None
+
+    @property
     def met(self) -> bool:
-        return self.failed == 0 and self.share_429 <= 0.01 and self.wall <= 1.10 * self.ideal
+        s = self.scenario
+        return (
+            self.exit == 0 and self.failed == 0 and self.share_429 <= s.max_429
+            and (self.ratio is None or self.ratio <= s.max_ratio)
+            and (s.max_wall is None or self.wall <= s.max_wall)
+            and self.billed_once and self.usage_exact
+        )
 
 
-HEADER = (f"{'scenario':<12} {'exit':>4} {'failed':>6} {'requests':>8} {'429s':>5} {'429 %':>6} "
+def run(scenario: Scenario, concurrency: int, workdir: Path) -> Result:
+    src = workdir / f"{scenario.name}.csv"
+    src.write_text("prompt\n" + "\n".join(f'"{p}"' for p in prompts(scenario)) + "\n")
+    out = workdir / f"{scenario.name}.parquet"
+    with SimulatorThread(SimConfig(**scenario.sim)) as sim:  # type: ignore[arg-type]
+        cmd = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+               "--base-url", sim.base_url, "--model", "sim-1",
+               "--max-tokens", str(scenario.max_tokens), "--concurrency", str(concurrency),
+               "--no-progress", "--fresh", *scenario.flags]
+        start = time.monotonic()  # the simulator's clock (its loop's time) is monotonic too
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        end = time.monotonic()
+        stats = sim.stats
+        arrivals = sorted(stats.arrivals)
+    failed, usage_exact = scenario.rows, False
+    if out.exists():
+        statuses = pq.read_table(out, columns=["status"]).column("status").to_pylist()
+        failed = sum(s != "ok" for s in statuses)
+        meta = json.loads(pq.read_metadata(out).metadata[b"batchrun"])
+        usage_exact = meta["usage"] == {
+            "prompt_tokens": stats.billed_prompt_tokens,
+            "completion_tokens": stats.billed_completion_tokens,
+            "total_tokens": stats.billed_total_tokens,
+        }
+    billed = stats.billed_by_prompt
+    return Result(
+        scenario=scenario, exit=result.returncode, failed=failed, requests=stats.requests,
+        limited=stats.rate_limited, wall=end - start,
+        before=arrivals[0] - start if arrivals else 0.0,
+        sending=arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0,
+        after=end - arrivals[-1] if arrivals else 0.0,
+        billed_once=len(billed) == scenario.rows and set(billed.values()) == {1},
+        usage_exact=usage_exact, stderr=result.stderr.strip()[-300:],
+    )
+
+
+HEADER = (f"{'scenario':<13} {'exit':>4} {'failed':>6} {'requests':>8} {'429s':>5} {'429 %':>6} "
           f"{'wall s':>7} {'= start':>7} {'+ sending':>9} {'+ end':>6} {'ideal s':>7} "
-          f"{'wall/ideal':>10} {'sending/ideal':>13}  targets met")
+          f"{'wall/ideal':>10}  targets met")
 
 
-def line(name: str, r: Result) -> str:
-    return (f"{name:<12} {r.exit:>4} {r.failed:>6} {r.requests:>8} {r.limited:>5} "
+def line(r: Result, note: str = "") -> str:
+    ideal = f"{r.scenario.ideal:>7.2f}" if r.scenario.ideal else f"{'-':>7}"
+    ratio = f"{r.ratio:>10.3f}" if r.ratio is not None else f"{'-':>10}"
+    return (f"{r.scenario.name:<13} {r.exit:>4} {r.failed:>6} {r.requests:>8} {r.limited:>5} "
             f"{100 * r.share_429:>5.2f}% {r.wall:>7.2f} {r.before:>7.2f} {r.sending:>9.2f} "
-            f"{r.after:>6.2f} {r.ideal:>7.2f} {r.wall / r.ideal:>10.3f} "
-            f"{r.sending / r.ideal:>13.3f}  {'yes' if r.met else 'NO'}")
+            f"{r.after:>6.2f} {ideal} {ratio}  {'yes' if r.met else 'NO'}{note}")
+
+
+def notes(r: Result, results: dict[str, Result]) -> str:
+    """What a scenario's line must add: the stray run against the one without, the soak's checks."""
+    name = r.scenario.name
+    if name == "stray" and "no-stray" in results:
+        base = results["no-stray"].wall
+        return f"; {r.wall / base:.2f}x the run without stray 429s (target <= 1.5x: " \
+               f"{'yes' if r.wall <= 1.5 * base else 'NO'})"
+    if name == "soak":
+        return (f"; billed once: {'yes' if r.billed_once else 'NO'}, usage exact: "
+                f"{'yes' if r.usage_exact else 'NO'}, wall <= 20 s")
+    return ""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=3000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=3000, help="rows of the limit scenarios")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", action="append", help="run only these scenarios")
     args = parser.parse_args()
-    print(f"{args.rows} rows, --concurrency {args.concurrency}, simulator 1-second windows, "
-          "200 ms latency")
+    print(f"--concurrency {args.concurrency}, simulator 1-second windows")
     print(HEADER)
+    results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios(args.rows):
             if args.only and scenario.name not in args.only:
                 continue
-            r = run(scenario, args.rows, args.concurrency, Path(tmp))
-            print(line(scenario.name, r), flush=True)
+            r = results[scenario.name] = run(scenario, args.concurrency, Path(tmp))
+            print(line(r, notes(r, results)), flush=True)
             if r.exit != 0:
                 print(f"  stderr: {r.stderr}")
 

@@ -33,7 +33,8 @@ def _args(src: Path, out: Path, base_url: str, *extra: object) -> list[object]:
 
 def test_json_events_of_a_run_all_parse(tmp_path: Path, sim) -> None:
     server = sim(latency=0.01)
-    server.rule("number 3.", Step.status(429, "slow down", retry_after=0.3), Step.ok())
+    # Four 429s in a row are evidence the run is too fast: the whole run pauses (one event).
+    server.script(*[Step.status(429, "slow down", retry_after=0.3)] * 4)
     src = prompts_csv(tmp_path / "in.csv", 30)
     out = tmp_path / "out.parquet"
     result = run_cli(*_args(src, out, server.base_url, "--rpm", 1800),
@@ -53,7 +54,7 @@ def test_json_events_of_a_run_all_parse(tmp_path: Path, sim) -> None:
     finish = events[-1]
     assert finish["level"] == "info" and finish["exit_code"] == 0
     assert (finish["rows_total"], finish["rows_ok"], finish["rows_error"]) == (30, 30, 0)
-    assert finish["requests_sent"] == 31 and finish["rate_limited"] == 1
+    assert finish["requests_sent"] == 34 and finish["rate_limited"] == 4
     assert finish["total_tokens"] == server.stats.billed_prompt_tokens + \
         server.stats.billed_completion_tokens
     assert finish["output"] == str(out)

@@ -22,6 +22,7 @@ from .journal import Journal, journal_path, resend
 from .read import BATCH_ROWS, InputTable, open_input
 from .render import Invalid, Renderer, Request, completion_reserve, occurrence_key
 from .send import request_headers
+from .tokens import CALIBRATION_META, Calibration
 from .units import duration
 from .write import RESULT_NAMES
 
@@ -146,12 +147,14 @@ class Plan:
     copies: int
     invalid: int
     first_invalid: tuple[int, str] | None
-    prompt_tokens: int  # estimated, over the requests to send
+    prompt_tokens: int  # estimated (calibrated when a ratio is known), over the requests to send
     completion_tokens: int  # at most: the reserve of every request to send
     reserve: int
     price: Price | None
     journal: str
     sample: Sample | None
+    token_ratio: float = 1.0  # the provider's prompt tokens per token of our estimate
+    ratio_answers: int = 0  # earlier answers on this output the ratio was learned from (0: none)
 
     @property
     def cost_usd(self) -> float | None:
@@ -165,7 +168,7 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
     """Read the input and the journal (read-only) and work out what a run would send now."""
     table, renderer = open_job(config)
     reserve = completion_reserve(config)
-    done_lookup, journal_note = _journal_reader(config)
+    done_lookup, journal_note, learned = _journal_reader(config)
     dedup = config.dedup_enabled
     prior: Counter[bytes] = Counter()
     total = to_send = reused = copies = invalid = prompt_tokens = 0
@@ -197,11 +200,15 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         done_lookup.close()
     if sample is None and fallback is not None:
         sample = _sample(config, key, fallback[0], fallback[1], already_answered=True)
+    # How the provider counted the prompts of earlier runs on this output, against our estimate.
+    calibration = Calibration(learned)
+    ratio = calibration.ratio(config.model or "")
     return Plan(
         total_rows=total, to_send=to_send, reused=reused, copies=copies, invalid=invalid,
-        first_invalid=first_invalid, prompt_tokens=prompt_tokens,
+        first_invalid=first_invalid, prompt_tokens=math.ceil(prompt_tokens * ratio),
         completion_tokens=to_send * reserve, reserve=reserve,
         price=price_for(config.model, config.price), journal=journal_note, sample=sample,
+        token_ratio=ratio, ratio_answers=calibration.answers(config.model or "")[0],
     )
 
 
@@ -228,17 +235,18 @@ class _JournalLookup:
         self._journal.close()
 
 
-def _journal_reader(config: RunConfig) -> tuple[_NoJournal | _JournalLookup, str]:
+def _journal_reader(config: RunConfig) -> tuple[_NoJournal | _JournalLookup, str, Any]:
+    """The lookup of earlier results, a line about them, and the token ratio learned (or None)."""
     path = journal_path(config.output)
     if not path.exists():
-        return _NoJournal(), f"none yet ({path.name} will be created by the run)"
+        return _NoJournal(), f"none yet ({path.name} will be created by the run)", None
     if config.fresh:
-        return _NoJournal(), f"{path.name} exists, ignored: --fresh starts over"
+        return _NoJournal(), f"{path.name} exists, ignored: --fresh starts over", None
     journal = Journal(path, readonly=True)
     counts = journal.counts()
     return _JournalLookup(journal), (
         f"{path.name}: {counts['ok']:,} rows answered, {counts['error']:,} failed in earlier runs"
-    )
+    ), journal.meta().get(CALIBRATION_META)
 
 
 def _sample(config: RunConfig, key: Secret | None, row: int, request: Request,
@@ -276,7 +284,7 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     model = config.model or "(the account's default model)"
     add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
     reserve_note = "" if config.max_tokens else "; no --max-tokens, so the server default is assumed"
-    add(f"  tokens    ~{plan.prompt_tokens:,} prompt (estimated) + at most "
+    add(f"  tokens    ~{plan.prompt_tokens:,} prompt ({_ratio_note(plan)}) + at most "
         f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
     add("  cost      " + _cost_line(plan, config))
     add("  time      " + _time_line(plan, config))
@@ -320,7 +328,9 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
                           if plan.first_invalid else None),
         "model": config.model, "provider": config.provider,
         "tokens": {"prompt_estimate": plan.prompt_tokens, "completion_max": plan.completion_tokens,
-                   "reserve_per_request": plan.reserve},
+                   "reserve_per_request": plan.reserve, "prompt_ratio": plan.token_ratio,
+                   "prompt_ratio_source": ("journal" if plan.ratio_answers else "estimate"),
+                   "prompt_ratio_answers": plan.ratio_answers},
         "cost_usd_max": plan.cost_usd, "price": price,
         "time": {"min_seconds": minutes * 60 if minutes is not None else None, "binds": binding,
                  "rpm": config.rpm, "tpm": config.tpm, "concurrency": config.concurrency},
@@ -328,6 +338,14 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
                    "note": _budget_line(plan, config)},
         "sample": sample,
     }
+
+
+def _ratio_note(plan: Plan) -> str:
+    """Where the prompt estimate comes from: our count, or scaled as the provider counted."""
+    if not plan.ratio_answers:
+        return "estimated"
+    return (f"estimated x{plan.token_ratio:.2f}, as the provider counted {plan.ratio_answers:,} "
+            "earlier answers on this output")
 
 
 def _binding(plan: Plan, config: RunConfig) -> tuple[float | None, str | None]:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .answers import Answer, Usage, add_usage, build_outcome, judge
 from .budget import Budget
@@ -23,10 +23,12 @@ from .decision import Finish, History, Pending, Retry, Stop, decide
 from .errors import JobStopped
 from .outcome import OK, Outcome
 from .pending import Job
+from .render import completion_reserve
 from .retry import Failure, Kind, RetryPolicy
 from .send import Reply
 from .stats import Stats
 from .stopping import Stopper
+from .tokens import Calibration
 
 log = logging.getLogger("batchrun")
 
@@ -53,12 +55,20 @@ class Wire(Protocol):
     async def send(self, body: bytes) -> Reply: ...
 
 
+class Hold(NamedTuple):
+    """What one attempt reserves on the TPM clock and in the budget: the calibrated estimate."""
+
+    tokens: int
+    cost: float
+
+
 class JobSender:
     """Settles jobs one at a time per caller; many callers (workers) share one JobSender."""
 
     def __init__(self, config: RunConfig, wire: Wire, limiter: Limits, stats: Stats,
                  stopper: Stopper, price: Price | None,
-                 emit: Callable[[str, dict[str, Any]], None]) -> None:
+                 emit: Callable[[str, dict[str, Any]], None],
+                 calibration: Calibration | None = None) -> None:
         self._config = config
         self._wire = wire
         self._limiter = limiter
@@ -71,6 +81,9 @@ class JobSender:
         self._rng = random.Random()
         self._refused = 0  # 403s in a row with no answer between: many mean no access at all
         self._quiet_until = -1.0  # loop time before which pauses are not reported again
+        self._calibration = calibration or Calibration()
+        self._model = config.model or ""
+        self._reserve = completion_reserve(config)
 
     async def settle(self, job: Job) -> Outcome | None:
         """Send `job` until it succeeds, fails for good, or the run stops (None: pending)."""
@@ -79,7 +92,8 @@ class JobSender:
         sent = failed = limited = 0
         usage: Usage | None = None
         while not self._stopper.stopping:
-            sent_at = await self._start(job)
+            hold = self._hold(job)
+            sent_at = await self._start(hold)
             if sent_at is None:
                 return None
             sent += 1
@@ -87,7 +101,7 @@ class JobSender:
             answer = reply.answer
             if answer is not None:
                 usage = add_usage(usage, answer)
-            parsed, failure = self._verdict(job, answer, reply.failure)
+            parsed, failure = self._verdict(job, hold, answer, reply.failure)
             if failure is not None:
                 if failure.rate_limited:
                     limited += 1
@@ -115,25 +129,34 @@ class JobSender:
                 return None
         return None
 
-    async def _start(self, job: Job) -> float | None:
-        """Admit the job and wait for its turn; its start time, or None if the run stops."""
-        oversize = self._limiter.oversize(job.tokens)
+    def _hold(self, job: Job) -> Hold:
+        """The job's reservation with its prompt as the provider counts it (calibrated)."""
+        prompt = job.tokens - self._reserve
+        tokens = self._calibration.estimate(self._model, prompt, self._reserve)
+        if tokens == job.tokens:
+            return Hold(tokens, job.cost_estimate)
+        cost = self._price.cost(tokens - self._reserve, self._reserve) if self._price else 0.0
+        return Hold(tokens, cost)
+
+    async def _start(self, hold: Hold) -> float | None:
+        """Admit an attempt and wait for its turn; its start time, or None if the run stops."""
+        oversize = self._limiter.oversize(hold.tokens)
         if oversize:
             self._stopper.stop(JobStopped(f"stopped: {oversize}"))
             return None
         budget = self._budget if self._budget.active else None
         if budget is not None:
-            refusal = budget.admit(job.tokens, job.cost_estimate)
+            refusal = budget.admit(hold.tokens, hold.cost)
             if refusal:
                 self._stopper.stop(JobStopped(refusal))
                 return None
-        sent_at = self._limiter.start_now(job.tokens)  # no coroutine when none must wait
+        sent_at = self._limiter.start_now(hold.tokens)  # no coroutine when none must wait
         if sent_at is None:
-            sent_at = await self._limiter.acquire(job.tokens)
+            sent_at = await self._limiter.acquire(hold.tokens)
         if self._stopper.stopping:
             self._limiter.release()
             if budget is not None:
-                budget.settle(job.tokens, job.cost_estimate, 0, 0.0)
+                budget.settle(hold.tokens, hold.cost, 0, 0.0)
             return None
         return sent_at
 
@@ -154,11 +177,13 @@ class JobSender:
         self._limiter.observe(reply.headers)
         return reply, latency_ms
 
-    def _verdict(self, job: Job, answer: Answer | None,
+    def _verdict(self, job: Job, hold: Hold, answer: Answer | None,
                  failure: Failure | None) -> tuple[str | None, Failure | None]:
         """Account what the answer used, then judge it (or pass the failure on)."""
         tokens, cost = 0, 0.0
         if answer is not None:
+            # How the provider counted this prompt, against our estimate, calibrates the next.
+            self._calibration.observe(self._model, job.tokens - self._reserve, answer.prompt_tokens)
             prompt, completion = answer.prompt_tokens or 0, answer.completion_tokens or 0
             tokens = answer.total_tokens or 0
             if self._price is not None:
@@ -167,7 +192,7 @@ class JobSender:
             self._stats.completion_tokens += completion
             self._stats.cost_usd += cost
         if self._budget.active:
-            self._budget.settle(job.tokens, job.cost_estimate, tokens, cost)
+            self._budget.settle(hold.tokens, hold.cost, tokens, cost)
         if answer is None:
             return None, failure
         return judge(answer, self._config.response_format, self._config.schema)

@@ -60,6 +60,7 @@ def count_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
 
 # --- calibration from the provider's own count --------------------------------------------
 
+CALIBRATION_META = "token_ratio"  # the journal's meta key for what `Calibration.learned()` keeps
 RATIO_BOUNDS = (0.25, 4.0)  # no tokenizer is further from 4 bytes a token; a ratio outside is a bug
 RECENT = 25  # the calibration is the median ratio of this many latest answers
 REFRESH = 8  # once that many are in, the median is taken every REFRESH answers: sorting costs

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from ..context import RunContext
+from ..errors import JobStopped
+from ..journal import Journal
 from ..limiter import Limiter
 from ..pending import Job
 from ..pump import Pump
 from ..send import Sender, new_session
 from ..sender import JobSender
+from ..tokens import CALIBRATION_META, Calibration
+
+KEEP_CALIBRATION_EVERY = 10.0  # seconds between saving the learned token ratio to the journal
 
 
 class OnlineBackend:
@@ -25,5 +32,29 @@ class OnlineBackend:
         async with new_session(config.concurrency, tls=tls) as session:
             scrub = (run.key.reveal(),) if run.key else ()
             wire = Sender(session, run.base_url, run.key, config.timeout, scrub=scrub)
-            sender = JobSender(config, wire, limiter, run.stats, run.stopper, run.price, run.emit)
-            await Pump(run, sender.settle, config.concurrency).drain(jobs)
+            # An earlier run on this output may have learned how the provider counts tokens.
+            calibration = Calibration(None if config.fresh else
+                                      run.journal.meta().get(CALIBRATION_META))
+            sender = JobSender(config, wire, limiter, run.stats, run.stopper, run.price, run.emit,
+                               calibration)
+            keeper = asyncio.create_task(_keep_calibration(run.journal, calibration))
+            try:
+                await Pump(run, sender.settle, config.concurrency).drain(jobs)
+            finally:
+                keeper.cancel()
+                _save(run.journal, calibration)
+
+
+async def _keep_calibration(journal: Journal, calibration: Calibration) -> None:
+    """Save the learned token ratio now and then, so that a killed run keeps it too."""
+    while True:
+        await asyncio.sleep(KEEP_CALIBRATION_EVERY)
+        _save(journal, calibration)
+
+
+def _save(journal: Journal, calibration: Calibration) -> None:
+    learned = calibration.learned()
+    if learned:
+        # A journal that cannot be written has stopped the run already, through its commits.
+        with contextlib.suppress(JobStopped):
+            journal.set_meta(**{CALIBRATION_META: learned})

@@ -49,8 +49,8 @@ def test_a_run_at_the_declared_rpm_is_paced_with_no_429(tmp_path: Path, sim) -> 
     arrivals = sorted(server.stats.arrivals)
     assert most_in_window(arrivals) <= 100
     assert most_in_window(arrivals, 0.1) <= 12  # smooth: no start-up burst
-    # And as fast as allowed: 300 requests at 100/s (less SAFETY) take about 3 s.
-    assert arrivals[-1] - arrivals[0] < 299 / 100 / 0.97 * 1.05
+    # That it goes as fast as allowed is no wall-clock check here (a loaded machine only slows
+    # it): test_limiter proves the pace on a fake clock, benchmarks/ratelimit.py measures it.
 
 
 def test_a_run_at_the_declared_tpm_is_paced_with_no_429(tmp_path: Path, sim) -> None:
@@ -65,8 +65,9 @@ def test_a_run_at_the_declared_tpm_is_paced_with_no_429(tmp_path: Path, sim) -> 
     assert all_ok(out, 300)
     assert server.stats.rate_limited == 0
     arrivals = sorted(server.stats.arrivals)
-    # Reservations are held, not refunded: the pace follows prompt + max_tokens, not usage.
-    assert 290 / 100 < arrivals[-1] - arrivals[0] < 299 / 100 / 0.97 * 1.05
+    # Reservations are held, not refunded: the pace follows prompt + max_tokens, not usage
+    # (a refund would let the 300 requests through in less than their 2.9 s at the limit).
+    assert arrivals[-1] - arrivals[0] > 290 / 100
 
 
 def test_a_limit_configured_too_high_is_learned_from_headers(tmp_path: Path, sim) -> None:

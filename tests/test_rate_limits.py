@@ -128,6 +128,21 @@ def test_a_stray_429_delays_only_its_own_row(tmp_path: Path, sim) -> None:
     assert {r["id"]: r["attempts"] for r in read_output(out)}["5"] == 2
 
 
+def test_stray_429s_at_two_percent_never_pause_the_run(tmp_path: Path, sim) -> None:
+    # A busy provider's 429s (retry-after 1, no headers) at any pace: rows wait, the run does not.
+    server = sim(latency=0.01, stray_429_rate=0.02, seed=3)
+    src = prompts_csv(tmp_path / "in.csv", 500)
+    out = tmp_path / "out.parquet"
+    result = run(src, out, server.base_url, "--concurrency", 32, "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    assert all_ok(out, 500)
+    assert server.stats.rate_limited >= 5  # the strays happened
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert "rate_limited" not in events  # one event per pause of the whole run: there was none
+    finish = json.loads(result.stderr.splitlines()[-1])
+    assert finish["rate_limited"] == server.stats.rate_limited
+
+
 def test_a_storm_of_429s_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
     server = sim(latency=0.02)
     server.script(*[Step.status(429, retry_after=1)] * 4)  # every answer a 429: not noise

@@ -15,9 +15,11 @@ from .errors import BatchrunError, UsageError
 from .providers import PRESETS
 
 RUN_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--input", "input", metavar="PATH", help="CSV, TSV or Parquet file of prompts."),
+    click.option("--input", "input", metavar="PATH",
+                 help="CSV, TSV or Parquet file of prompts, or batch JSONL requests."),
     click.option("--output", metavar="PATH",
-                 help="Parquet file to write (default: INPUT.out.parquet)."),
+                 help="Parquet file to write, or .jsonl for the batch output format "
+                      "(default: INPUT.out.parquet)."),
     click.option("--model", help="Model name sent in each request."),
     click.option("--provider", type=click.Choice(list(PRESETS)),
         help="Provider preset: base URL, key variable and quirks."),

@@ -17,6 +17,7 @@ import orjson
 from .cost import Price, price_for
 from .errors import UsageError
 from .providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
+from .store import OUTPUT_SUFFIXES, is_requests, usage_path
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -321,11 +322,12 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         raise UsageError("no input: give --input PATH or [input] path in the job file")
     input_path = Path(s.pop("input"))
     output = Path(s.pop("output")) if s.get("output") else _default_output(input_path)
-    if output.suffix != ".parquet":
-        raise UsageError(f"--output {output} must end in .parquet")
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--output {output} must end in .parquet (or .jsonl for the batch "
+                         "output format)")
     if _same_file(output, input_path):
         raise UsageError(f"--output {output} is the input file; choose another output path")
-    sidecar = output.with_name(output.name.removesuffix(".parquet") + ".usage.parquet")
+    sidecar = usage_path(output)
     if _same_file(sidecar, input_path):
         raise UsageError(
             f"--output {output}: its usage file {sidecar} is the input file; choose another output"
@@ -344,7 +346,8 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--base-url {base_url!r} must be an http(s) URL such as https://host/v1")
     model = s.pop("model", None) or (preset.default_model if preset else None)
-    if model is None and not (preset and preset.model_optional):
+    # A batch JSONL input's bodies name their model; a body that does not needs --model (render).
+    if model is None and not (preset and preset.model_optional) and not is_requests(input_path):
         raise UsageError("no model: give --model NAME or [request] model in the job file")
     if model and preset and preset.model_needs_org_prefix and "/" not in model:
         raise UsageError(

@@ -20,7 +20,7 @@ from .cost import Price, price_for
 from .errors import UsageError
 from .journal import Journal, journal_path, resend
 from .read import BATCH_ROWS, InputTable, open_input
-from .render import Invalid, Renderer, Request, completion_reserve, occurrence_key
+from .render import BodyRenderer, Invalid, Renderer, Request, completion_reserve, occurrence_key
 from .send import request_headers
 from .tokens import CALIBRATION_META, Calibration
 from .units import duration
@@ -35,7 +35,8 @@ Rendered = Request | Invalid
 def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
     """Open the input and build the renderer; every input and template mistake surfaces here."""
     table = open_input(config.input, config.encoding)
-    renderer = Renderer(config, table.columns)
+    renderer = (BodyRenderer(config, table.first_without_model) if table.format == "jsonl"
+                else Renderer(config, table.columns))
     clash = sorted(set(table.columns) & set(RESULT_NAMES))
     if clash:
         raise UsageError(

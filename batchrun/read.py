@@ -1,7 +1,7 @@
-"""Read: open a CSV or Parquet input and stream it as record batches, never whole.
+"""Read: open a CSV, Parquet or batch JSONL input and stream it as record batches, never whole.
 
 Whatever is wrong with a file is reported as one `InputError` naming the file and, where it can
-be found, the line (CSV) or row (Parquet) at fault, before anything is sent.
+be found, the line (CSV, JSONL) or row (Parquet) at fault, before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import jsonl
 from .errors import InputError
 
 BATCH_ROWS = 2048
@@ -33,11 +35,13 @@ class InputTable:
     """An input file whose batches can be read (again) in order; columns are known up front."""
 
     path: Path
-    format: str  # "csv" or "parquet"
+    format: str  # "csv", "parquet" or "jsonl" (batch requests: custom_id and body columns)
     schema: pa.Schema
     delimiter: str = ","
     encoding: str = "utf8"
     header_only: bool = False  # a CSV of one header line without a newline: arrow cannot read it
+    rows: int | None = None  # known when opening counted them (JSONL: its validating pass)
+    first_without_model: int | None = None  # JSONL: line of the first body naming no model
 
     @property
     def columns(self) -> list[str]:
@@ -55,6 +59,9 @@ class InputTable:
                     _check_utf8(self.path, batch, start)
                     start += batch.num_rows
                     yield batch
+                return
+            if self.format == "jsonl":
+                yield from jsonl.record_batches(str(self.path), self._open, rows)
                 return
             yield from self._csv_batches(rows)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -94,10 +101,15 @@ class InputTable:
                     raise
                 block *= 4
 
+    def _open(self) -> BinaryIO:
+        return self.path.open("rb")
+
     def count_rows(self) -> int:
         """Rows in the input (Parquet: from the footer; CSV: one fast streaming pass)."""
         if self.header_only:
             return 0
+        if self.rows is not None:
+            return self.rows
         if self.format == "parquet":
             return int(pq.ParquetFile(self.path).metadata.num_rows)
         return sum(batch.num_rows for batch in self.batches(1 << 20))
@@ -123,14 +135,14 @@ def open_input(path: Path, encoding: str = "utf8") -> InputTable:
     if not path.exists():
         raise InputError(f"input {path} does not exist")
     if path.is_dir():
-        raise InputError(f"input {path} is a directory; give a .csv or .parquet file")
+        raise InputError(f"input {path} is a directory; give a .csv, .parquet or .jsonl file")
     try:
         with path.open("rb") as f:
             head = f.read(4)
     except OSError as exc:
         raise InputError(f"cannot read input {path}: {exc.strerror}") from None
     suffix = path.suffix.lower()
-    if not head:
+    if not head and suffix != ".jsonl":  # a JSONL of no lines is a valid input of 0 requests
         raise InputError(f"input {path} is empty (0 bytes); a CSV needs at least a header line")
     if head == PARQUET_MAGIC:
         try:
@@ -143,13 +155,18 @@ def open_input(path: Path, encoding: str = "utf8") -> InputTable:
             f"input {path} is named .parquet but is not a Parquet file; "
             "if it is CSV, rename it to .csv"
         )
+    elif suffix == ".jsonl":
+        found = jsonl.scan(str(path), lambda: path.open("rb"))
+        table = InputTable(path, "jsonl", jsonl.SCHEMA, rows=found.rows,
+                           first_without_model=found.first_without_model)
     elif suffix in CSV_SUFFIXES:
         delimiter = CSV_SUFFIXES[suffix]
         schema, header_only = _csv_schema(path, delimiter, encoding)
         table = InputTable(path, "csv", schema, delimiter, encoding, header_only)
     else:
         raise InputError(
-            f"input {path}: unknown format '{suffix or '(no suffix)'}'; use .csv, .tsv or .parquet"
+            f"input {path}: unknown format '{suffix or '(no suffix)'}'; "
+            "use .csv, .tsv, .parquet or .jsonl (batch requests)"
         )
     duplicates = [name for name, n in Counter(table.schema.names).items() if n > 1]
     if duplicates:

@@ -175,6 +175,78 @@ class Renderer:
         return "".join(parts)
 
 
+class BodyRenderer(Renderer):
+    """Turns batch-input bodies (JSONL `body` column) into requests.
+
+    A body's model and parameters are sent as they are; the job's settings fill in only what a
+    body leaves out. The merged body is keyed exactly as `Renderer` keys a row, so a JSONL line
+    and a CSV row asking the same thing are the same request (resume, dedup).
+    """
+
+    def __init__(self, config: RunConfig, first_without_model: int | None) -> None:
+        # Not Renderer.__init__: no prompt column or template applies to a body.
+        self.config = config
+        self.columns = ["custom_id", "body"]
+        for option, value in (("--template", config.template),
+                              ("--messages-column", config.messages_column),
+                              ("--image-column", config.image_column)):
+            if value is not None:
+                raise UsageError(f"{option} does not apply to a .jsonl input, whose bodies hold "
+                                 "the messages; drop it")
+        if config.id_column not in (None, "custom_id"):
+            raise UsageError(f"--id-column {config.id_column!r}: a .jsonl input's rows are "
+                             "identified by custom_id; drop --id-column")
+        if first_without_model is not None and not config.model:
+            raise UsageError(f"input {config.input} line {first_without_model}: the body names no "
+                             "model and no --model is given; add \"model\" to the body or pass --model")
+        self.pieces = ()
+        self.needed = ["body"]
+        self._params = _params(config)
+        self._salt = config.base_url.encode() + b"\n"
+        self._reserve = config.max_tokens or DEFAULT_COMPLETION_RESERVE
+
+    def render(self, row: Mapping[str, Any]) -> Request | Invalid:
+        """Render one body into its request (or the reason it cannot be sent)."""
+        text = row.get("body")
+        body = orjson.loads(text) if isinstance(text, str | bytes) else dict(text or {})
+        try:
+            messages = _parse_chat(body.get("messages"))
+        except _RowProblem as problem:
+            message = str(problem).replace("messages column", "body's messages")
+            digest = hashlib.blake2b(b"invalid\n" + message.encode() + b"\n"
+                                     + orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                                     digest_size=16).digest()
+            return Invalid(digest, message)
+        if self.config.system and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": self.config.system})
+        merged = dict(self._params)
+        merged.update(_canonical(body))
+        merged["messages"] = messages
+        raw = orjson.dumps(merged, option=orjson.OPT_SORT_KEYS)
+        h = hashlib.blake2b(self._salt, digest_size=16)
+        h.update(raw)
+        # The job's reserve, not the body's max_tokens: plan and budget estimates subtract the
+        # job's reserve to find the prompt, so the two must agree (--max-tokens sets both).
+        return Request(h.digest(), raw, count_prompt_tokens(messages) + self._reserve)
+
+
+# Parameters the CLI reads as floats: a body's `"temperature": 0` is sent as 0.0, so it hashes
+# like `--temperature 0` (orjson writes 0 and 0.0 differently).
+_FLOAT_PARAMS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+
+
+def _canonical(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body's parameters in the shapes the job's settings take (floats, a list of stops)."""
+    out = dict(body)
+    for name in _FLOAT_PARAMS:
+        value = out.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = float(value)
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]
+    return out
+
+
 class _RowProblem(Exception):
     pass
 

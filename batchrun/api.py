@@ -167,6 +167,8 @@ def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
             raise UsageError(f"the data frame cannot be stored as Parquet: {exc}") from None
         pq.write_table(table, source)
         target = Path(output) if output is not None else Path(tmp) / "output.parquet"
+        if target.suffix != ".parquet":  # the frame is read back from it
+            raise UsageError(f"run_dataframe output {target} must end in .parquet")
         config = build_config(None, {**options, "input": str(source), "output": str(target)})
         summary = run(config, key=secret, reporter=reporter)
         written = pq.read_table(target)

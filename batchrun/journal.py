@@ -33,6 +33,7 @@ import orjson
 
 from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
+from .store import sibling
 
 _T = TypeVar("_T")
 SCHEMA_VERSION = "1"
@@ -66,8 +67,8 @@ CHECKPOINT_EVERY = 2_000
 
 
 def journal_path(output: Path) -> Path:
-    """Where the journal of an output lives: beside it, named after it."""
-    return output.with_name(output.name.removesuffix(".parquet") + ".journal.sqlite")
+    """Where the journal of an output lives: beside it, named after it (`x.journal.sqlite`)."""
+    return sibling(output, ".journal.sqlite")
 
 
 class OutputLock:

@@ -1,11 +1,13 @@
-"""Write: the output Parquet, in input order, rebuilt from the input and the journal, atomically."""
+"""Write: the output (Parquet, or batch-format JSONL) in input order, rebuilt from the input and
+the journal, atomically, and its usage sidecar."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import jsonl
+from .store import is_jsonl_output, usage_path
 from .structured import arrow_type, conform, infer_type
 
 if TYPE_CHECKING:
@@ -45,14 +49,33 @@ USAGE_SCHEMA = pa.schema([
 ])
 
 
-def usage_path(output: Path) -> Path:
-    """The sidecar of per-model usage totals beside the output."""
-    return output.with_name(output.name.removesuffix(".parquet") + ".usage.parquet")
-
-
 def write_output(config: RunConfig, table: InputTable, journal: Journal,
                  metadata: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write OUTPUT and its usage sidecar atomically; returns both paths."""
+    """Write OUTPUT and its usage sidecar atomically; returns both paths.
+
+    The sidecar carries the `batchrun` totals in its metadata too: a JSONL output has no place
+    of its own for them.
+    """
+    output = config.output
+    _remove_stale_temporaries(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        if is_jsonl_output(output):
+            _write_jsonl(tmp, config, table, journal, metadata)
+        else:
+            _write_parquet(tmp, config, table, journal, metadata)
+        os.replace(tmp, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    sidecar = usage_path(output)
+    _write_usage(sidecar, journal.by_model(), metadata)
+    return output, sidecar
+
+
+def _write_parquet(tmp: Path, config: RunConfig, table: InputTable, journal: Journal,
+                   metadata: Mapping[str, Any]) -> None:
+    """Every input column, then the result columns; the totals in the `batchrun` metadata key."""
     parsed_type = _parsed_type(config, journal)
     fields = list(RESULT_FIELDS)
     if parsed_type is not None:
@@ -60,34 +83,53 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     input_schema = table.schema.remove_metadata()
     schema = pa.schema(list(input_schema) + fields,
                        metadata={b"batchrun": orjson.dumps(metadata)})
-    output = config.output
-    _remove_stale_temporaries(output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            start, group, grouped = 0, [], 0
-            for batch in table.batches():
-                rows = journal.output_rows(start, start + batch.num_rows)
-                if len(rows) != batch.num_rows:
-                    raise RuntimeError(
-                        f"journal maps {len(rows)} of rows {start}..{start + batch.num_rows}"
-                    )
-                arrays = list(batch.columns) + _result_arrays(rows, parsed_type)
-                group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
-                grouped += batch.num_rows
-                start += batch.num_rows
-                if grouped >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(group))
-                    group, grouped = [], 0
-            if group or start == 0:
-                writer.write_table(pa.Table.from_batches(group, schema=schema))
-        os.replace(tmp, output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    sidecar = usage_path(output)
-    _write_usage(sidecar, journal.by_model())
-    return output, sidecar
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        group: list[pa.RecordBatch] = []
+        grouped, written = 0, 0
+        for _, batch, rows in _with_results(table, journal):
+            arrays = list(batch.columns) + _result_arrays(rows, parsed_type)
+            group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            grouped += batch.num_rows
+            written += batch.num_rows
+            if grouped >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(group))
+                group, grouped = [], 0
+        if group or written == 0:  # an empty input still gets its (empty) table
+            writer.write_table(pa.Table.from_batches(group, schema=schema))
+
+
+def _write_jsonl(tmp: Path, config: RunConfig, table: InputTable, journal: Journal,
+                 metadata: Mapping[str, Any]) -> None:
+    """One batch-output line per input row, in input order (`jsonl.output_line`)."""
+    created = int(metadata.get("finished_at") or time.time())
+    with tmp.open("wb") as f:
+        for start, batch, rows in _with_results(table, journal):
+            ids = _custom_ids(config, table, batch, start)
+            f.write(b"".join(jsonl.output_line(start + i, custom_id, row, created) + b"\n"
+                             for i, (custom_id, row) in enumerate(zip(ids, rows, strict=True))))
+
+
+def _with_results(table: InputTable, journal: Journal
+                  ) -> Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]]:
+    """(first row index, input batch, the journal's result rows for it), in input order."""
+    start = 0
+    for batch in table.batches():
+        rows = journal.output_rows(start, start + batch.num_rows)
+        if len(rows) != batch.num_rows:
+            raise RuntimeError(f"journal maps {len(rows)} of rows {start}..{start + batch.num_rows}")
+        yield start, batch, rows
+        start += batch.num_rows
+
+
+def _custom_ids(config: RunConfig, table: InputTable, batch: pa.RecordBatch,
+                start: int) -> list[str]:
+    """Each row's id in the batch output: custom_id, else --id-column, else `row-N`."""
+    column = "custom_id" if table.format == "jsonl" else config.id_column
+    if column is None:
+        return [f"row-{start + i}" for i in range(batch.num_rows)]
+    values = batch.column(column).to_pylist()
+    return [f"row-{start + i}" if v is None else v if isinstance(v, str) else str(v)
+            for i, v in enumerate(values)]
 
 
 def _remove_stale_temporaries(output: Path) -> None:
@@ -141,11 +183,11 @@ def _parsed_type(config: RunConfig, journal: Journal) -> pa.DataType | None:
     return infer_type(journal.parsed_texts())
 
 
-def _write_usage(path: Path, by_model: list[tuple[Any, ...]]) -> None:
+def _write_usage(path: Path, by_model: list[tuple[Any, ...]], metadata: Mapping[str, Any]) -> None:
     columns: list[Any] = list(zip(*by_model, strict=True)) if by_model else [() for _ in USAGE_SCHEMA]
     table = pa.Table.from_arrays(
         [_column(values, f.type) for values, f in zip(columns, USAGE_SCHEMA, strict=True)],
-        schema=USAGE_SCHEMA,
+        schema=USAGE_SCHEMA.with_metadata({b"batchrun": orjson.dumps(metadata)}),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.simulator import expected_answer
+from batchrun.sim import expected_answer
 
 from .conftest import prompts_csv, read_output, run_cli
 

@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.errors import UsageError
 from batchrun.journal import journal_path
-from batchrun.simulator import Step, expected_answer
+from batchrun.sim import Step, expected_answer
 
 from .conftest import prompts_csv, run_cli
 from .test_jsonl_input import _line, _user, write_requests

@@ -203,7 +203,7 @@ class BodyRenderer(Renderer):
         self.needed = ["body"]
         self._params = _params(config)
         self._salt = config.base_url.encode() + b"\n"
-        self._reserve = config.max_tokens or DEFAULT_COMPLETION_RESERVE
+        self._reserve = completion_reserve(config)
 
     def render(self, row: Mapping[str, Any]) -> Request | Invalid:
         """Render one body into its request (or the reason it cannot be sent)."""

@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.sim import expected_answer
 
-from .conftest import prompts_csv, read_output, run_cli
+from .helpers import prompts_csv, read_output, run_cli
 
 URL = "/v1/chat/completions"
 

@@ -13,7 +13,7 @@ from batchrun.errors import UsageError
 from batchrun.journal import journal_path
 from batchrun.sim import Step, expected_answer
 
-from .conftest import prompts_csv, run_cli
+from .helpers import prompts_csv, run_cli
 from .test_jsonl_input import _line, _user, write_requests
 
 

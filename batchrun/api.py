@@ -25,6 +25,7 @@ from .context import RunContext, open_run
 from .engine import execute
 from .errors import BatchrunError, UsageError
 from .progress import Reporter
+from .store import open_location
 from .summary import Summary, build_summary, output_metadata
 from .write import RESULT_NAMES, write_output
 
@@ -46,7 +47,7 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     started = time.time()
     async with open_run(config, key, reporter.event) as run:
         run.event("start", total_rows=run.stats.total_rows, input=str(config.input),
-                  output=str(config.output), model=config.model, base_url=config.endpoint,
+                  output=config.output_name, model=config.model, base_url=config.endpoint,
                   concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
         watcher = asyncio.create_task(reporter.watch(run.stats))
         try:
@@ -166,12 +167,12 @@ def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise UsageError(f"the data frame cannot be stored as Parquet: {exc}") from None
         pq.write_table(table, source)
-        target = Path(output) if output is not None else Path(tmp) / "output.parquet"
-        if target.suffix != ".parquet":  # the frame is read back from it
+        target = str(output) if output is not None else str(Path(tmp) / "output.parquet")
+        if not target.endswith(".parquet"):  # the frame is read back from it
             raise UsageError(f"run_dataframe output {target} must end in .parquet")
-        config = build_config(None, {**options, "input": str(source), "output": str(target)})
+        config = build_config(None, {**options, "input": str(source), "output": target})
         summary = run(config, key=secret, reporter=reporter)
-        written = pq.read_table(target)
+        written = pq.read_table(open_location(target).arrow())  # a path or an s3:// URL
     names = [name for name in RESULT_NAMES if name in written.column_names]
     answers = written.select(names).to_pandas(types_mapper=_nullable_ints)
     answers.index = df.index

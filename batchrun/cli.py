@@ -132,8 +132,8 @@ def plan(job: Path | None, plan_format: str, **options: Any) -> None:
 
 
 @cli.command()
-@click.argument("output", type=click.Path(path_type=Path))
-def status(output: Path) -> None:
+@click.argument("output")  # a path or an s3:// URL: click.Path would fold its "//"
+def status(output: str) -> None:
     """Progress and usage of a finished, running or interrupted run."""
     from .status import describe
 

@@ -17,7 +17,15 @@ import orjson
 from .cost import Price, price_for
 from .errors import UsageError
 from .providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
-from .store import OUTPUT_SUFFIXES, is_requests, usage_path
+from .store import (
+    OUTPUT_SUFFIXES,
+    check_url,
+    home,
+    is_requests,
+    is_url,
+    usage_path,
+    usage_url,
+)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -150,8 +158,8 @@ FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 class RunConfig:
     """Everything a run needs, validated; the API key is not in here (see ``resolve_key``)."""
 
-    input: Path
-    output: Path
+    input: Path | str  # a local path, or an object-store URL (`s3://bucket/key`)
+    output: Path  # the local home of the output: the file itself, or its staging copy
     base_url: str
     provider: str | None = None
     model: str | None = None
@@ -192,6 +200,7 @@ class RunConfig:
     log_format: str = "text"
     log_level: str = "warning"
     job_file: Path | None = None
+    output_url: str | None = None  # where the output is published, for an object-store output
 
     @property
     def dedup_enabled(self) -> bool:
@@ -202,6 +211,11 @@ class RunConfig:
     def preset(self) -> Preset | None:
         """The provider preset, if one was named."""
         return PRESETS.get(self.provider) if self.provider else None
+
+    @property
+    def output_name(self) -> str:
+        """The output as the user named it: its URL, or its path."""
+        return self.output_url or str(self.output)
 
     @property
     def endpoint(self) -> str:
@@ -265,7 +279,8 @@ def load_job_file(path: Path) -> dict[str, Any]:
     # Paths given as flags stay relative to the working directory, as on any command line.
     for name in PATH_SETTINGS:
         value = flat.get(name)
-        if isinstance(value, str) and not (name == "response_format" and value in FORMATS):
+        if isinstance(value, str) and not is_url(value) and not (
+                name == "response_format" and value in FORMATS):
             flat[name] = str(path.parent / Path(value).expanduser())
     return flat
 
@@ -320,20 +335,7 @@ def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConf
 def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     if not s.get("input"):
         raise UsageError("no input: give --input PATH or [input] path in the job file")
-    input_path = Path(s.pop("input"))
-    output = Path(s.pop("output")) if s.get("output") else _default_output(input_path)
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise UsageError(f"--output {output} must end in .parquet (or .jsonl for the batch "
-                         "output format)")
-    if _same_file(output, input_path):
-        raise UsageError(f"--output {output} is the input file; choose another output path")
-    sidecar = usage_path(output)
-    if _same_file(sidecar, input_path):
-        raise UsageError(
-            f"--output {output}: its usage file {sidecar} is the input file; choose another output"
-        )
-    if output.is_dir():
-        raise UsageError(f"--output {output} is a directory; give a file path ending in .parquet")
+    input_path, output, output_url = _locations(s.pop("input"), s.pop("output", None))
 
     provider = s.pop("provider", None)
     preset = PRESETS.get(provider) if provider else None
@@ -397,6 +399,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         api_key_file=Path(api_key_file) if api_key_file else None,
         tools=tools,
         job_file=job_file,
+        output_url=output_url,
         **s,
     )
 
@@ -426,8 +429,40 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _default_output(input_path: Path) -> Path:
-    return input_path.with_name(input_path.stem + ".out.parquet")
+def _locations(given_input: str, given_output: str | None) -> tuple[Path | str, Path, str | None]:
+    """(input, the output's local home, the output's URL if it is remote), checked."""
+    input_path: Path | str = given_input if is_url(given_input) else Path(given_input)
+    if is_url(given_input):
+        check_url(given_input)  # a malformed URL fails here, before anything else
+    target = given_output or _default_output(input_path)
+    name = target.rpartition("/")[2] if is_url(target) else Path(target).name
+    if not name.endswith(OUTPUT_SUFFIXES):
+        raise UsageError(f"--output {target} must end in .parquet (or .jsonl for the batch "
+                         "output format)")
+    if is_url(target):
+        check_url(target)
+        if target == input_path or usage_url(target) == input_path:
+            raise UsageError(f"--output {target} or its usage file is the input; choose another")
+        return input_path, home(target), target
+    output = Path(target)
+    if isinstance(input_path, Path):
+        if _same_file(output, input_path):
+            raise UsageError(f"--output {output} is the input file; choose another output path")
+        sidecar = usage_path(output)
+        if _same_file(sidecar, input_path):
+            raise UsageError(f"--output {output}: its usage file {sidecar} is the input file; "
+                             "choose another output")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; give a file path ending in .parquet")
+    return input_path, output, None
+
+
+def _default_output(input_path: Path | str) -> str:
+    """INPUT.out.parquet beside the input (in the same bucket for a URL)."""
+    if isinstance(input_path, str):
+        head, _, name = input_path.rpartition("/")
+        return f"{head}/{name.rsplit('.', 1)[0]}.out.parquet"
+    return str(input_path.with_name(input_path.stem + ".out.parquet"))
 
 
 def _load_schema(response_format: str) -> Mapping[str, Any] | None:

@@ -26,6 +26,7 @@ from .read import InputTable
 from .render import Renderer
 from .stats import Stats
 from .stopping import Emit, Stopper
+from .store import check_writable
 
 log = logging.getLogger("batchrun")
 
@@ -61,6 +62,8 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {config.output.parent}: "
                          f"{exc.strerror}") from None
+    if config.output_url:  # a bucket that is missing or refuses writes fails before any send
+        check_writable(config.output_url)
     lock = OutputLock(config.output)
     lock.acquire()
     try:
@@ -81,7 +84,7 @@ def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:
         journal.discard_all()
     journal.start_mapping()
     journal.set_meta(
-        input=str(config.input), output=str(config.output), model=config.model,
+        input=str(config.input), output=config.output_name, model=config.model,
         base_url=config.endpoint, total_rows=stats.total_rows, started_at=time.time(),
         pid=os.getpid(), finished_at=None, state="running", stop_reason=None,
     )

@@ -268,7 +268,7 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     lines = [f"batchrun plan: {config.job_file or 'flags only'} (nothing is sent)"]
     add = lines.append
     add(f"  input     {config.input}: {plan.total_rows:,} rows")
-    add(f"  output    {config.output}")
+    add(f"  output    {config.output_name}")
     add(f"  journal   {plan.journal}")
     add(f"  to send   {plan.to_send:,} requests now")
     skipped = []
@@ -322,7 +322,7 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
                   "already_answered": s.already_answered}
     return {
         "job_file": str(config.job_file) if config.job_file else None,
-        "input": str(config.input), "output": str(config.output), "journal": plan.journal,
+        "input": str(config.input), "output": config.output_name, "journal": plan.journal,
         "rows": plan.total_rows, "to_send": plan.to_send, "reused": plan.reused,
         "copies": plan.copies, "invalid": plan.invalid,
         "first_invalid": ({"row": plan.first_invalid[0], "message": plan.first_invalid[1]}

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from . import jsonl
 from .errors import InputError
+from .store import Location, open_location
 
 BATCH_ROWS = 2048
 CSV_BLOCK_BYTES = 1 << 20
@@ -34,7 +34,7 @@ ENCODING_HINT = "pass --encoding (e.g. --encoding latin-1 or --encoding cp1252) 
 class InputTable:
     """An input file whose batches can be read (again) in order; columns are known up front."""
 
-    path: Path
+    path: Location  # a local file or an object in a store (`s3://...`)
     format: str  # "csv", "parquet" or "jsonl" (batch requests: custom_id and body columns)
     schema: pa.Schema
     delimiter: str = ","
@@ -55,13 +55,13 @@ class InputTable:
         try:
             if self.format == "parquet":
                 start = 0
-                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows):
+                for batch in pq.ParquetFile(self.path.arrow()).iter_batches(batch_size=rows):
                     _check_utf8(self.path, batch, start)
                     start += batch.num_rows
                     yield batch
                 return
             if self.format == "jsonl":
-                yield from jsonl.record_batches(str(self.path), self._open, rows)
+                yield from jsonl.record_batches(str(self.path), self.path.open_binary, rows)
                 return
             yield from self._csv_batches(rows)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -77,7 +77,7 @@ class InputTable:
             seen = 0
             try:
                 reader = pacsv.open_csv(
-                    self.path,
+                    self.path.arrow(),
                     read_options=pacsv.ReadOptions(block_size=block, encoding=self.encoding),
                     parse_options=_parse_options(self.delimiter),
                     convert_options=pacsv.ConvertOptions(
@@ -101,9 +101,6 @@ class InputTable:
                     raise
                 block *= 4
 
-    def _open(self) -> BinaryIO:
-        return self.path.open("rb")
-
     def count_rows(self) -> int:
         """Rows in the input (Parquet: from the footer; CSV: one fast streaming pass)."""
         if self.header_only:
@@ -111,7 +108,7 @@ class InputTable:
         if self.rows is not None:
             return self.rows
         if self.format == "parquet":
-            return int(pq.ParquetFile(self.path).metadata.num_rows)
+            return int(pq.ParquetFile(self.path.arrow()).metadata.num_rows)
         return sum(batch.num_rows for batch in self.batches(1 << 20))
 
     def check_text(self, columns: Sequence[str]) -> None:
@@ -123,30 +120,33 @@ class InputTable:
         if self.format != "parquet" or not columns:
             return
         start = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(
+        for batch in pq.ParquetFile(self.path.arrow()).iter_batches(
             batch_size=1 << 16, columns=list(columns)
         ):
             _check_utf8(self.path, batch, start)
             start += batch.num_rows
 
 
-def open_input(path: Path, encoding: str = "utf8") -> InputTable:
-    """Open an input by its content (Parquet magic bytes) and suffix; check its header."""
-    if not path.exists():
+def open_input(where: Path | str, encoding: str = "utf8") -> InputTable:
+    """Open an input (a path or an `s3://` URL) by its content (Parquet magic bytes) and suffix;
+    check its header."""
+    path = open_location(where)
+    kind = path.kind()
+    if kind == "missing":
         raise InputError(f"input {path} does not exist")
-    if path.is_dir():
+    if kind == "dir":
         raise InputError(f"input {path} is a directory; give a .csv, .parquet or .jsonl file")
     try:
-        with path.open("rb") as f:
+        with path.open_binary() as f:
             head = f.read(4)
     except OSError as exc:
-        raise InputError(f"cannot read input {path}: {exc.strerror}") from None
-    suffix = path.suffix.lower()
+        raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
+    suffix = path.suffix
     if not head and suffix != ".jsonl":  # a JSONL of no lines is a valid input of 0 requests
         raise InputError(f"input {path} is empty (0 bytes); a CSV needs at least a header line")
     if head == PARQUET_MAGIC:
         try:
-            schema = pq.ParquetFile(path).schema_arrow
+            schema = pq.ParquetFile(path.arrow()).schema_arrow
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"input {path} is not a readable Parquet file: {exc}") from None
         table = InputTable(path, "parquet", schema)
@@ -156,7 +156,7 @@ def open_input(path: Path, encoding: str = "utf8") -> InputTable:
             "if it is CSV, rename it to .csv"
         )
     elif suffix == ".jsonl":
-        found = jsonl.scan(str(path), lambda: path.open("rb"))
+        found = jsonl.scan(str(path), path.open_binary)
         table = InputTable(path, "jsonl", jsonl.SCHEMA, rows=found.rows,
                            first_without_model=found.first_without_model)
     elif suffix in CSV_SUFFIXES:
@@ -180,13 +180,13 @@ def _parse_options(delimiter: str) -> pacsv.ParseOptions:
     return pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
 
 
-def _csv_schema(path: Path, delimiter: str, encoding: str) -> tuple[pa.Schema, bool]:
+def _csv_schema(path: Location, delimiter: str, encoding: str) -> tuple[pa.Schema, bool]:
     """The header's column names, every column read as text so no row is re-typed by guesswork."""
     header_only, block = False, 1 << 16
     while True:
         try:
             reader = pacsv.open_csv(
-                path,
+                path.arrow(),
                 read_options=pacsv.ReadOptions(block_size=block, encoding=encoding),
                 parse_options=_parse_options(delimiter),
                 convert_options=pacsv.ConvertOptions(auto_dict_encode=False),
@@ -216,7 +216,7 @@ def _straddles(exc: BaseException) -> bool:
     return "straddl" in str(exc)
 
 
-def _lone_header(path: Path, delimiter: str, encoding: str) -> list[str]:
+def _lone_header(path: Location, delimiter: str, encoding: str) -> list[str]:
     rows = [row for row in _python_rows(path, delimiter, encoding) if row[1]]
     if not rows:
         raise InputError(f"input {path} has no header line (only blank lines)")
@@ -225,11 +225,11 @@ def _lone_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     return rows[0][1]
 
 
-def _python_rows(path: Path, delimiter: str, encoding: str) -> Iterator[tuple[int, list[str]]]:
+def _python_rows(path: Location, delimiter: str, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """(first line number, fields) of each record, by Python's csv module: slow, for diagnosis."""
     codec = "utf-8-sig" if _is_utf8(encoding) else encoding
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding=codec, newline="") as f:
+    with path.open_text(codec) as f:
         reader = csv.reader(f, delimiter=delimiter, strict=False)
         line = 1
         for fields in reader:
@@ -244,7 +244,7 @@ def _is_utf8(encoding: str) -> bool:
         return False
 
 
-def _explain(exc: BaseException, path: Path, delimiter: str, encoding: str) -> str:
+def _explain(exc: BaseException, path: Location, delimiter: str, encoding: str) -> str:
     """Arrow's message, made specific: the line of bad bytes or of a row with the wrong width."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
@@ -266,11 +266,11 @@ def _explain(exc: BaseException, path: Path, delimiter: str, encoding: str) -> s
     return text
 
 
-def _first_bad_byte(path: Path, encoding: str) -> tuple[int, int] | None:
+def _first_bad_byte(path: Location, encoding: str) -> tuple[int, int] | None:
     """(line, byte offset) of the first byte that is not UTF-8, or None if all is well."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, lines = 0, 1
-    with path.open("rb") as f:
+    with path.open_binary() as f:
         while chunk := f.read(1 << 20):
             try:
                 decoder.decode(chunk)
@@ -285,7 +285,7 @@ def _first_bad_byte(path: Path, encoding: str) -> tuple[int, int] | None:
     return None
 
 
-def _ragged_row(path: Path, delimiter: str, encoding: str) -> tuple[int, int, int, bool] | None:
+def _ragged_row(path: Location, delimiter: str, encoding: str) -> tuple[int, int, int, bool] | None:
     """(line, expected, got, spans lines) of the first record whose width differs the header's."""
     width = None
     try:
@@ -301,7 +301,7 @@ def _ragged_row(path: Path, delimiter: str, encoding: str) -> tuple[int, int, in
     return None
 
 
-def _check_utf8(path: Path, batch: pa.RecordBatch, start: int) -> None:
+def _check_utf8(path: Location, batch: pa.RecordBatch, start: int) -> None:
     """Refuse a Parquet batch whose string columns hold bytes that are not UTF-8."""
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):

@@ -111,6 +111,8 @@ class Renderer:
         self._params = _params(config)
         self._salt = config.base_url.encode() + b"\n"
         self._reserve = completion_reserve(config)
+        # Local image files are relative to the input's folder; to the working one for a URL.
+        self._image_base = config.input.parent if isinstance(config.input, Path) else Path()
 
     def _need(self, column: str, option: str) -> None:
         if column not in self.columns:
@@ -157,7 +159,7 @@ class Renderer:
                 content = [
                     {"type": "text", "text": text},
                     {"type": "image_url",
-                     "image_url": {"url": _image_url(str(image).strip(), config.input.parent)}},
+                     "image_url": {"url": _image_url(str(image).strip(), self._image_base)}},
                 ]
         messages = [{"role": "user", "content": content}]
         if config.system:

@@ -9,15 +9,22 @@ from typing import Any
 
 from .errors import UsageError
 from .journal import Journal, OutputLock, journal_path
+from .store import check_url, home, is_url
 from .units import duration
 
 
-def describe(output: Path, now: float | None = None) -> str:
-    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress."""
-    path = journal_path(output)
+def describe(output: Path | str, now: float | None = None) -> str:
+    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress.
+
+    `output` is a path or an `s3://` URL, whose journal is in its local state folder.
+    """
+    if is_url(output):
+        check_url(output)
+    local = home(output)
+    path = journal_path(local)
     if not path.exists():
         raise UsageError(f"no run found for {output} (no journal at {path})")
-    pid = OutputLock(output).held_elsewhere()
+    pid = OutputLock(local).held_elsewhere()
     try:
         journal = Journal(path, readonly=True)
         try:
@@ -34,7 +41,7 @@ def describe(output: Path, now: float | None = None) -> str:
     return _render(output, meta, counts, pid, time.time() if now is None else now)
 
 
-def _render(output: Path, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
+def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
             now: float) -> str:
     total = meta.get("total_rows") or counts["mapped"]
     ok, failed = counts["ok"], counts["error"]

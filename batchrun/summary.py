@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import EXIT_OK, EXIT_ROWS_FAILED
+from .store import is_url
 from .units import duration
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ class Summary:
     reused: int  # rows answered by earlier runs
     dedup_saved: int  # requests saved by sending identical requests once
     seconds: float
-    output: Path | None
-    usage_output: Path | None
+    output: Path | str | None  # a path, or the URL of an object-store output
+    usage_output: Path | str | None
     model: str | None
     stopped: str | None = None  # why the run stopped early, if it did
     cost_this_run: float | None = None  # spent by this run alone (None: no price known)
@@ -81,9 +82,9 @@ class Summary:
         if self.rows_error:
             lines.append(f"  errors    {self.rows_error:,} rows failed: their reason is in the "
                          "error column (status = 'error')")
-        if self.output:  # normpath: "jobs/../out/x.parquet" reads as "out/x.parquet"
-            lines.append(f"  output    {os.path.normpath(self.output)}")
-            lines.append(f"  usage     {os.path.normpath(self.usage_output or '')}")
+        if self.output:
+            lines.append(f"  output    {_shown(self.output)}")
+            lines.append(f"  usage     {_shown(self.usage_output or '')}")
         if self.stopped:
             lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
             if pending:
@@ -93,8 +94,13 @@ class Summary:
         return "\n".join(lines)
 
 
+def _shown(location: Path | str) -> str:
+    """A path made plain ("jobs/../out/x.parquet" reads as "out/x.parquet"); a URL as it is."""
+    return location if is_url(location) else os.path.normpath(location)
+
+
 def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: RunConfig,
-                  output: Path | None, usage_output: Path | None,
+                  output: Path | str | None, usage_output: Path | str | None,
                   priced: bool, stopped: str | None = None) -> Summary:
     """Combine the journal's totals over all rows with this run's counters."""
     return Summary(

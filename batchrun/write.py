@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import jsonl
-from .store import is_jsonl_output, usage_path
+from .store import is_jsonl_output, publish, usage_path, usage_url
 from .structured import arrow_type, conform, infer_type
 
 if TYPE_CHECKING:
@@ -50,11 +50,12 @@ USAGE_SCHEMA = pa.schema([
 
 
 def write_output(config: RunConfig, table: InputTable, journal: Journal,
-                 metadata: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write OUTPUT and its usage sidecar atomically; returns both paths.
+                 metadata: Mapping[str, Any]) -> tuple[Path | str, Path | str]:
+    """Write OUTPUT and its usage sidecar atomically; returns where both are (paths or URLs).
 
     The sidecar carries the `batchrun` totals in its metadata too: a JSONL output has no place
-    of its own for them.
+    of its own for them. An object-store output is written in its local home, then uploaded
+    (`store.publish`) and the local copies removed.
     """
     output = config.output
     _remove_stale_temporaries(output)
@@ -70,7 +71,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
             tmp.unlink()
     sidecar = usage_path(output)
     _write_usage(sidecar, journal.by_model(), metadata)
-    return output, sidecar
+    if config.output_url is None:
+        return output, sidecar
+    remote_sidecar = usage_url(config.output_url)
+    publish(output, config.output_url)
+    publish(sidecar, remote_sidecar)
+    output.unlink()
+    sidecar.unlink()
+    return config.output_url, remote_sidecar
 
 
 def _write_parquet(tmp: Path, config: RunConfig, table: InputTable, journal: Journal,

@@ -132,7 +132,8 @@ def test_any_template_is_compiled_or_refused_cleanly(template: str) -> None:
 # Odd values a server might put anywhere in an answer (JSON has no NaN or infinity: the body is
 # compared as bytes on the wire and as decoded data, and orjson writes infinity as null).
 _ODD = st.one_of(st.none(), st.booleans(), st.integers(-5, 20_000_000),
-                 st.floats(allow_nan=False, allow_infinity=False), TEXT, st.lists(st.integers(-9, 9), max_size=2),
+                 st.floats(allow_nan=False, allow_infinity=False), TEXT,
+                 st.lists(st.integers(-9, 9), max_size=2),
                  st.dictionaries(TEXT, st.integers(-9, 9), max_size=2))
 # Where in an answer a damage can land: (containing object, field).
 _SPOTS = [("body", k) for k in ("id", "model", "choices", "usage", "error")] + [

@@ -27,6 +27,7 @@ from .errors import BatchrunError, UsageError
 from .progress import Reporter
 from .store import open_location
 from .summary import Summary, build_summary, output_metadata
+from .timeline import Sampler
 from .write import RESULT_NAMES, write_output
 
 if TYPE_CHECKING:
@@ -50,12 +51,17 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
                   output=config.output_name, model=config.model, base_url=config.endpoint,
                   concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
         watcher = asyncio.create_task(reporter.watch(run.stats))
+        timeline = asyncio.create_task(
+            Sampler(run.stats, config.rpm, config.tpm).keep(run.journal))
         try:
             try:
                 await execute(run, backend)
             finally:
                 await _stop_watching(watcher)  # the display is gone before anything else prints
+                await _stop_watching(timeline, "timeline")  # its last sample is in the journal
         except BatchrunError as stop:
+            with contextlib.suppress(BatchrunError):  # a journal that cannot be written stays
+                run.journal.set_meta(exit_code=stop.exit_code)
             stop.summary = _summary(run, run.journal.counts(), time.time() - started, stop.message)
             reporter.finish(stop.summary, stop.exit_code)
             raise
@@ -64,7 +70,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         summary = _summary(run, counts, finished - started, None)
         metadata = output_metadata(summary, counts, config, started, finished)
         output, sidecar = write_output(config, run.table, run.journal, metadata)
-        run.journal.set_meta(state="finished", finished_at=finished, stop_reason=None)
+        run.journal.set_meta(state="finished", finished_at=finished, stop_reason=None,
+                             exit_code=summary.exit_code)
     summary = dataclasses.replace(summary, output=output, usage_output=sidecar)
     reporter.finish(summary)
     return summary
@@ -99,13 +106,13 @@ def _fewer_collections() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-async def _stop_watching(watcher: asyncio.Task[None]) -> None:
+async def _stop_watching(watcher: asyncio.Task[None], what: str = "progress display") -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         try:
             await watcher
         except Exception as exc:  # a broken display must not fail a run that has paid
-            log.warning("progress display failed: %s: %s", type(exc).__name__, exc)
+            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 def _summary(run: RunContext, counts: dict[str, Any], seconds: float,

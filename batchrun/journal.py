@@ -34,6 +34,7 @@ import orjson
 from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
 from .store import sibling
+from .timeline import Sample
 
 _T = TypeVar("_T")
 SCHEMA_VERSION = "1"
@@ -54,6 +55,7 @@ CREATE VIEW IF NOT EXISTS all_results AS
 CREATE TABLE IF NOT EXISTS rows (idx INTEGER PRIMARY KEY, base BLOB NOT NULL, key BLOB NOT NULL,
     copy INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS rows_base ON rows (base);
+CREATE TABLE IF NOT EXISTS timeline ({", ".join(Sample._fields)});
 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 """
 _APPEND_RESULT = f"INSERT INTO log ({_NAMES}) VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
@@ -287,7 +289,8 @@ class Journal:
     @_writes
     def discard_all(self) -> None:
         """--fresh: forget every earlier result."""
-        self._db.executescript("BEGIN; DELETE FROM results; DELETE FROM rows; COMMIT;")
+        self._db.executescript(
+            "BEGIN; DELETE FROM results; DELETE FROM rows; DELETE FROM timeline; COMMIT;")
         self._earlier = False
         self._tally = None
 
@@ -310,6 +313,23 @@ class Journal:
     def meta(self) -> dict[str, Any]:
         """All run facts."""
         return {k: orjson.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+
+    # --- timeline ---------------------------------------------------------------------------
+
+    @_writes
+    def append_timeline(self, samples: Sequence[Sample]) -> None:
+        """Append samples of the run's time series, in a transaction of their own."""
+        marks = ", ".join("?" * len(Sample._fields))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(f"INSERT INTO timeline VALUES ({marks})", samples)
+
+    def timeline(self) -> list[Sample]:
+        """Every sample kept, oldest first (none in a journal older than the timeline)."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'timeline'").fetchone():
+            return []
+        return [Sample(*row) for row in
+                self._db.execute(f"SELECT {', '.join(Sample._fields)} FROM timeline ORDER BY rowid")]
 
     # --- planning ---------------------------------------------------------------------------
 

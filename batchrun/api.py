@@ -43,6 +43,10 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     `summary` says what the run had done."""
     if key is None:
         key = resolve_key(config)
+    if config.report:
+        from .report import require_plotting
+
+        require_plotting()
     reporter = reporter or Reporter.for_config(config)
     backend = choose_backend(config)
     started = time.time()
@@ -62,7 +66,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         except BatchrunError as stop:
             with contextlib.suppress(BatchrunError):  # a journal that cannot be written stays
                 run.journal.set_meta(exit_code=stop.exit_code)
-            stop.summary = _summary(run, run.journal.counts(), time.time() - started, stop.message)
+            partial = _summary(run, run.journal.counts(), time.time() - started, stop.message)
+            stop.summary = dataclasses.replace(partial, report=_write_report(config))
             reporter.finish(stop.summary, stop.exit_code)
             raise
         counts = run.journal.counts()  # one pass over every row: costly at millions of rows
@@ -72,7 +77,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         output, sidecar = write_output(config, run.table, run.journal, metadata)
         run.journal.set_meta(state="finished", finished_at=finished, stop_reason=None,
                              exit_code=summary.exit_code)
-    summary = dataclasses.replace(summary, output=output, usage_output=sidecar)
+        page = _write_report(config)
+    summary = dataclasses.replace(summary, output=output, usage_output=sidecar, report=page)
     reporter.finish(summary)
     return summary
 
@@ -113,6 +119,20 @@ async def _stop_watching(watcher: asyncio.Task[None], what: str = "progress disp
             await watcher
         except Exception as exc:  # a broken display must not fail a run that has paid
             log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+def _write_report(config: RunConfig) -> Path | None:
+    """--report: the HTML report beside the output; a report that fails costs a warning only."""
+    if not config.report:
+        return None
+    from .report import build_report
+
+    try:
+        return build_report(config.output).save()
+    except Exception as exc:  # the run has paid for its answers: they are saved whatever happens
+        message = exc.message if isinstance(exc, BatchrunError) else f"{type(exc).__name__}: {exc}"
+        log.warning("the report was not written: %s", message)
+        return None
 
 
 def _summary(run: RunContext, counts: dict[str, Any], seconds: float,

@@ -70,6 +70,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Allow sending the key over plain http to a non-loopback host."),
     click.option("--no-progress", "progress", flag_value=False, default=None,
                  help="No progress display."),
+    click.option("--report", is_flag=True, default=None,
+                 help="Write an HTML report of the run beside the output (OUTPUT.report.html)."),
     click.option("--log-format", type=click.Choice(["text", "json"]),
                  help="Log lines as text or one JSON object per line."),
     click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -138,6 +140,17 @@ def status(output: str) -> None:
     from .status import describe
 
     click.echo(describe(output))
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--html", "html", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+              help="Where to write the page (default: OUTPUT with .report.html).")
+def report(output: Path, html: Path | None) -> None:
+    """A self-contained HTML report of a finished, stopped or running run."""
+    from .report import build_report
+
+    click.echo(build_report(output).save(html))
 
 
 @cli.command()

@@ -148,6 +148,7 @@ FIELDS: tuple[Field, ...] = (
     Field("retry_failed", "run", (bool,)),
     Field("dedup", "run", (bool,)),
     Field("progress", "run", (bool,)),
+    Field("report", "run", (bool,)),
     Field("log_format", "run", (str,), _choice("text", "json")),
     Field("log_level", "run", (str,), _choice("debug", "info", "warning", "error")),
 )
@@ -197,6 +198,7 @@ class RunConfig:
     retry_failed: bool = False
     dedup: bool | None = None  # None: on when the request is deterministic (temperature 0)
     progress: bool = True
+    report: bool = False  # write OUTPUT.report.html at the end of the run
     log_format: str = "text"
     log_level: str = "warning"
     job_file: Path | None = None

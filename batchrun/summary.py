@@ -41,6 +41,7 @@ class Summary:
     model: str | None
     stopped: str | None = None  # why the run stopped early, if it did
     cost_this_run: float | None = None  # spent by this run alone (None: no price known)
+    report: Path | None = None  # the HTML report, when the run wrote one (--report)
 
     @property
     def exit_code(self) -> int:
@@ -52,6 +53,7 @@ class Summary:
         data = asdict(self)
         data["output"] = str(self.output) if self.output else None
         data["usage_output"] = str(self.usage_output) if self.usage_output else None
+        data["report"] = str(self.report) if self.report else None
         return data
 
     def render(self) -> str:
@@ -85,6 +87,8 @@ class Summary:
         if self.output:
             lines.append(f"  output    {_shown(self.output)}")
             lines.append(f"  usage     {_shown(self.usage_output or '')}")
+        if self.report:
+            lines.append(f"  report    {_shown(self.report)}")
         if self.stopped:
             lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
             if pending:
@@ -129,7 +133,7 @@ def fingerprint(config: RunConfig) -> str:
     """A short hash of the settings that shape requests (never the key, which is not in config)."""
     fields = {
         k: str(v) for k, v in sorted(asdict(config).items())
-        if k not in ("progress", "log_format", "log_level", "fresh", "job_file")
+        if k not in ("progress", "log_format", "log_level", "fresh", "job_file", "report")
     }
     return hashlib.sha256(orjson.dumps(fields)).hexdigest()[:16]
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchrun
+from batchrun.journal import Journal
 from batchrun.sim import Step
 
 from .chromium import check_page
@@ -25,6 +26,7 @@ from .helpers import (
     clean_env,
     cli_in_process,
     journal_count,
+    journal_file,
     prompts_csv,
     read_output,
     run_cli,
@@ -98,7 +100,7 @@ def test_the_demo_run_writes_its_report_and_names_it(tmp_path: Path) -> None:
     timeline = probe["charts"]["chart-timeline"]
     assert timeline["width"] > 800 and timeline["height"] > 300
     points = _groups(probe, "timeline", "series-requests")[0]["points"]
-    assert 6 <= points <= 20
+    assert 6 <= points <= 40
     assert _groups(probe, "timeline", "series-tokens")[0]["points"] == points
     assert _groups(probe, "timeline", "series-rpm-limit")[0]["points"] == points
     assert _drawn(probe, "timeline", "bar-") == 0  # nothing failed, nothing to mark
@@ -180,7 +182,11 @@ def test_a_stopped_run_is_reported_from_its_journal(tmp_path: Path, sim) -> None
     assert _number(header["ok"]) == ok and 0 < ok < 60
     assert _number(header["pending"]) == 60 - ok
     assert "budget reached: --max-total-tokens 700" in probe["errors"]["job stop"][3]
-    assert _drawn(probe, "timeline", "series-requests") == 1
+    requests = _groups(probe, "timeline", "series-requests")[0]
+    assert requests["points"] >= 1  # a short run may have a single sample: one point
+    journal = Journal(journal_file(out), readonly=True)
+    assert sum(s.sent for s in journal.timeline()) == server.stats.requests
+    journal.close()
     assert "pending" in probe["samples"] and probe["samples"][0] == "ok"
     # The stopped run's sample rows still show their inputs, read from the input file.
     assert "Summarize review number 0." in probe["text"]

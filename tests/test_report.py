@@ -213,6 +213,20 @@ def test_a_running_run_has_a_report_too(tmp_path: Path, sim) -> None:
         proc.communicate(timeout=10)
 
 
+def test_a_jsonl_output_is_reported_from_its_journal(tmp_path: Path, sim) -> None:
+    server = sim()
+    server.rule("number 2.", Step.status(400, "bad row"))
+    src = prompts_csv(tmp_path / "in.csv", 12)
+    out = tmp_path / "out.jsonl"
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "sim-1", "--report", "--no-progress")
+    assert result.returncode == 1, result.stderr
+    assert f"  report    {tmp_path / 'out.report.html'}" in result.stdout.splitlines()
+    header = batchrun.report(out).facts.header
+    assert (header.state, header.rows_ok, header.rows_error, header.exit_code) == (
+        "finished", 11, 1, 1)
+
+
 def test_report_of_nothing_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_cli("report", tmp_path / "never.parquet")
     assert result.returncode == 2 and result.stdout == ""

@@ -23,8 +23,10 @@ __all__ = ["Report", "build_report", "report_path", "require_plotting"]
 
 
 def report_path(output: Path) -> Path:
-    """Where the report of an output goes by default: beside it, `.report.html` for its suffix."""
-    return output.with_name(output.name.removesuffix(output.suffix) + ".report.html")
+    """Where the report of an output goes by default: beside it, `x.report.html`."""
+    from ..store import sibling
+
+    return sibling(output, ".report.html")
 
 
 def require_plotting() -> None:

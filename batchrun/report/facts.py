@@ -246,7 +246,8 @@ def _header(output: Path, meta: dict[str, Any], metadata: dict[str, Any], result
     if started:
         seconds = (ended if ended and state != "running" else now) - started
     return Header(
-        output=str(output), state=state, rows_total=int(rows["total"]), rows_ok=int(rows["ok"]),
+        output=os.path.normpath(output), state=state, rows_total=int(rows["total"]),
+        rows_ok=int(rows["ok"]),
         rows_error=int(rows["error"]),
         rows_pending=max(0, int(rows["total"]) - int(rows["ok"]) - int(rows["error"])),
         seconds=seconds, started_at=started, finished_at=ended if state != "running" else None,

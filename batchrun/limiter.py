@@ -316,6 +316,19 @@ class Limiter:
             self._concurrency_changed = now
         return self.in_flight >= cap
 
+    def recalibrated(self, factor: float) -> None:
+        """Token estimates changed by `factor` (the provider counts unlike us): the requests
+        started in the last seconds were booked at the old estimate, so book the difference on
+        the token clock now, and measure them at the new one."""
+        now = self._clock()
+        self._forget(now)
+        sent = self._sent
+        extra = sum(t for _, t in sent) * (factor - 1)
+        self._sent = deque((at, round(t * factor)) for at, t in sent)
+        clock = self.tokens
+        if clock.rate and extra:
+            clock.tat = max(clock.tat + clock.interval(extra), now - clock.interval(1))
+
     def oversize(self, tokens: int) -> str | None:
         """Why a request of `tokens` can never be sent under the token limit, or None."""
         limit = self.tokens.ceiling

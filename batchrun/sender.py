@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
@@ -32,6 +33,8 @@ from .tokens import Calibration
 
 log = logging.getLogger("batchrun")
 
+RECALIBRATE = 0.05  # a move of the calibrated ratio beyond this corrects the limiter's books
+
 
 class Limits(Protocol):
     """What the sender asks of a limiter (the local `Limiter`, or a cluster-wide one's client)."""
@@ -45,6 +48,7 @@ class Limits(Protocol):
     async def acquire(self, tokens: int) -> float: ...
     def release(self) -> None: ...
     def observe(self, headers: Mapping[str, str]) -> None: ...
+    def recalibrated(self, factor: float) -> None: ...
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
                                concurrent: bool = False) -> Any: ...
 
@@ -84,6 +88,7 @@ class JobSender:
         self._calibration = calibration or Calibration()
         self._model = config.model or ""
         self._reserve = completion_reserve(config)
+        self._booked_ratio = self._calibration.ratio(self._model)  # what the limiter's books use
 
     async def settle(self, job: Job) -> Outcome | None:
         """Send `job` until it succeeds, fails for good, or the run stops (None: pending)."""
@@ -138,6 +143,19 @@ class JobSender:
         cost = self._price.cost(tokens - self._reserve, self._reserve) if self._price else 0.0
         return Hold(tokens, cost)
 
+    def _recalibrate(self, job: Job) -> None:
+        """When the calibration moved much (the first answers, a change of tokenizer), the
+        starts of the last seconds were booked at the old estimate: the limiter books the rest,
+        once per move."""
+        ratio, booked = self._calibration.ratio(self._model), self._booked_ratio
+        if abs(ratio - booked) <= RECALIBRATE * booked:
+            return
+        self._booked_ratio = ratio
+        prompt = job.tokens - self._reserve
+        before = math.ceil(prompt * booked) + self._reserve
+        after = self._calibration.estimate(self._model, prompt, self._reserve)
+        self._limiter.recalibrated(after / max(before, 1))
+
     async def _start(self, hold: Hold) -> float | None:
         """Admit an attempt and wait for its turn; its start time, or None if the run stops."""
         oversize = self._limiter.oversize(hold.tokens)
@@ -184,6 +202,7 @@ class JobSender:
         if answer is not None:
             # How the provider counted this prompt, against our estimate, calibrates the next.
             self._calibration.observe(self._model, job.tokens - self._reserve, answer.prompt_tokens)
+            self._recalibrate(job)
             prompt, completion = answer.prompt_tokens or 0, answer.completion_tokens or 0
             tokens = answer.total_tokens or 0
             if self._price is not None:

@@ -483,3 +483,16 @@ def test_a_concurrency_429_lowers_the_cap_not_the_rate_and_it_creeps_back() -> N
         clock.t += 5.0
         lim._full()
     assert lim.concurrency == 16
+
+
+def test_recalibrated_token_estimates_book_the_difference_for_recent_starts() -> None:
+    # Ten starts booked at 20 tokens; the provider turns out to count twice that.
+    lim, clock = limiter(tpm=6000)
+    starts(lim, clock, [20] * 10)
+    before = lim.wait_for(40)
+    lim.recalibrated(2.0)
+    assert lim.wait_for(40) == pytest.approx(before + 200 * 60 / (6000 * SAFETY))
+    assert [t for _, t in lim._sent] == [40] * 10  # and measured at the new estimate
+    # Counting half of it frees the clock, but banks no burst.
+    lim.recalibrated(0.25)
+    assert lim.wait_for(10) <= 60 / (6000 * SAFETY)

@@ -95,8 +95,10 @@ def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim)
     # few 429s in a row that make the evidence for each cut while learning (four each, at most
     # four cuts); after that the run keeps to the real limit.
     assert stats.rate_limited <= 32 + 4 * 4
-    late = [t for t in stats.arrivals if t > stats.arrivals[0] + 2]
-    assert most_in_window(late) <= 102  # by then the run keeps to the real limit
+    # Within seconds the run keeps to the real limit (cutting takes four 429s in a row each
+    # time, and the last probe above the learned rate may still land in the third second).
+    late = [t for t in stats.arrivals if t > stats.arrivals[0] + 3]
+    assert most_in_window(late) <= 102
 
 
 def test_a_concurrency_limit_is_learned_from_its_429s(tmp_path: Path, sim) -> None:

@@ -68,6 +68,18 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Send identical requests once (default: on when temperature is 0)."),
     click.option("--allow-insecure-http", is_flag=True, default=None,
                  help="Allow sending the key over plain http to a non-loopback host."),
+    click.option("--backend", type=click.Choice(["online", "batch"]),
+                 help="online (default): one request per row; batch: the provider's Batch API "
+                      "at half price, answers within 24 h."),
+    click.option("--batch-size", type=int,
+                 help="Batch: requests per batch input file (default 50,000; files also split "
+                      "at 200 MB)."),
+    click.option("--no-wait", is_flag=True, default=None,
+                 help="Batch: submit what is pending, collect finished batches, then exit "
+                      "(exit 75 while batches run)."),
+    click.option("--batch-fallback", type=click.Choice(["none", "online"]),
+                 help="Batch: send rows a batch could not answer (expired, 5xx) online instead "
+                      "of in a new batch."),
     click.option("--no-progress", "progress", flag_value=False, default=None,
                  help="No progress display."),
     click.option("--report", is_flag=True, default=None,
@@ -151,6 +163,19 @@ def report(output: Path, html: Path | None) -> None:
     from .report import build_report
 
     click.echo(build_report(output).save(html))
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--api-key-env", metavar="NAME",
+              help="Name of the environment variable holding the API key (default: as the run).")
+@click.option("--api-key-file", metavar="PATH", type=click.Path(path_type=Path),
+              help="File holding the API key.")
+def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> None:
+    """Cancel OUTPUT's live Batch API batches; what they finished is kept, the rest is pending."""
+    from .backends.batch_cancel import cancel_batches
+
+    click.echo(cancel_batches(output, api_key_env, api_key_file))
 
 
 @cli.command()

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .cost import Price, price_for
+from .cost import Price, run_price
 from .errors import UsageError
 from .providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
 from .store import (
@@ -108,6 +108,7 @@ def _known_encoding(name: str) -> str | None:
 
 
 NUM = (int, float)
+MAX_BATCH_LINES = 50_000  # requests one Batch API input file may hold (OpenAI's limit)
 FIELDS: tuple[Field, ...] = (
     Field("input", "input", (str,), key="path"),
     Field("prompt_column", "input", (str,)),
@@ -144,6 +145,8 @@ FIELDS: tuple[Field, ...] = (
     Field("row_deadline", "retry", NUM, _positive),
     Field("input_per_million", "pricing", NUM, _at_least(0)),
     Field("output_per_million", "pricing", NUM, _at_least(0)),
+    Field("batch_input_per_million", "pricing", NUM, _at_least(0)),
+    Field("batch_output_per_million", "pricing", NUM, _at_least(0)),
     Field("fresh", "run", (bool,)),
     Field("retry_failed", "run", (bool,)),
     Field("dedup", "run", (bool,)),
@@ -151,6 +154,10 @@ FIELDS: tuple[Field, ...] = (
     Field("report", "run", (bool,)),
     Field("log_format", "run", (str,), _choice("text", "json")),
     Field("log_level", "run", (str,), _choice("debug", "info", "warning", "error")),
+    Field("backend", "run", (str,), _choice("online", "batch")),
+    Field("batch_size", "run", (int,), _range(1, MAX_BATCH_LINES)),
+    Field("no_wait", "run", (bool,)),
+    Field("batch_fallback", "run", (str,), _choice("none", "online")),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -194,6 +201,7 @@ class RunConfig:
     max_cost: float | None = None
     max_total_tokens: int | None = None
     price: Price | None = None
+    batch_price: Price | None = None  # [pricing] batch_*; None: half of `price`
     fresh: bool = False
     retry_failed: bool = False
     dedup: bool | None = None  # None: on when the request is deterministic (temperature 0)
@@ -201,6 +209,10 @@ class RunConfig:
     report: bool = False  # write OUTPUT.report.html at the end of the run
     log_format: str = "text"
     log_level: str = "warning"
+    backend: str = "online"  # "online" or "batch" (the provider's Batch API)
+    batch_size: int = MAX_BATCH_LINES  # lines per batch input file
+    no_wait: bool = False  # batch: submit and collect what is ready, then exit (75 if running)
+    batch_fallback: str = "none"  # "online": rows a batch could not answer are sent online
     job_file: Path | None = None
     output_url: str | None = None  # where the output is published, for an object-store output
 
@@ -378,7 +390,12 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         if "input_per_million" not in s or "output_per_million" not in s:
             raise UsageError("[pricing] needs both input_per_million and output_per_million")
         price = Price(float(s.pop("input_per_million")), float(s.pop("output_per_million")))
-    if s.get("max_cost") is not None and price_for(model, price) is None:
+    batch_price = _batch_price(s)
+    if s.get("no_wait") and s.get("backend", "online") != "batch":
+        raise UsageError("--no-wait applies to --backend batch; add --backend batch or drop it")
+    if s.get("max_cost") is not None and run_price(
+        model, price, s.get("backend", "online"), batch_price
+    ) is None:
         raise UsageError(
             f"--max-cost needs a price, and model {model or '(account default)'} has no built-in "
             "one: set [pricing] input_per_million and output_per_million in the job file"
@@ -398,12 +415,24 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         response_format=response_format,
         schema=schema,
         price=price,
+        batch_price=batch_price,
         api_key_file=Path(api_key_file) if api_key_file else None,
         tools=tools,
         job_file=job_file,
         output_url=output_url,
         **s,
     )
+
+
+def _batch_price(s: dict[str, Any]) -> Price | None:
+    """[pricing] batch_input_per_million and batch_output_per_million, given together or not."""
+    names = ("batch_input_per_million", "batch_output_per_million")
+    given = [name for name in names if name in s]
+    if not given:
+        return None
+    if len(given) == 1:
+        raise UsageError("[pricing] needs both batch_input_per_million and batch_output_per_million")
+    return Price(float(s.pop(names[0])), float(s.pop(names[1])))
 
 
 def _load_tools(value: Any) -> tuple[Mapping[str, Any], ...]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import RunConfig, Secret, check_transport
-from .cost import Price, price_for
+from .cost import Price, run_price
 from .errors import JobStopped, UsageError
 from .journal import Journal, OutputLock, journal_path
 from .plan import open_job
@@ -72,7 +72,8 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
             _begin(journal, config, stats)
             async with _endpoint(config) as base_url:
                 yield RunContext(config, key, table, renderer, journal, base_url, stats,
-                                 Stopper(emit), price_for(config.model, config.price), emit)
+                                 Stopper(emit), run_price(config.model, config.price, config.backend,
+                                                        config.batch_price), emit)
         finally:
             _close(journal)
     finally:

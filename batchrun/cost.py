@@ -53,3 +53,23 @@ def price_for(model: str | None, override: Price | None = None) -> Price | None:
         if name.startswith(known + "-"):
             return BUILTIN_PRICES[known]
     return None
+
+
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the online price (OpenAI, Groq, Together)
+
+
+def batch_price(online: Price | None, override: Price | None = None) -> Price | None:
+    """The Batch API price: [pricing] batch_* if given, else half of the online price."""
+    if override is not None:
+        return override
+    if online is None:
+        return None
+    return Price(online.input_per_million * BATCH_DISCOUNT,
+                 online.output_per_million * BATCH_DISCOUNT)
+
+
+def run_price(model: str | None, override: Price | None, backend: str,
+              batch_override: Price | None = None) -> Price | None:
+    """The price a run's rows are billed at: online, or the batch price for `--backend batch`."""
+    online = price_for(model, override)
+    return batch_price(online, batch_override) if backend == "batch" else online

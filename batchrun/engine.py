@@ -15,7 +15,7 @@ import time
 
 from .backends import Backend
 from .context import RunContext
-from .errors import JobStopped
+from .errors import JobStopped, StillRunning
 from .pending import pending_jobs
 
 
@@ -40,3 +40,17 @@ async def execute(run: RunContext, backend: Backend) -> None:
                                  finished_at=time.time())
         raise error
     run.journal.flush()
+    _check_held(run)
+
+
+def _check_held(run: RunContext) -> None:
+    """Rows still waiting in live Batch API batches: the run is not over (exit 75)."""
+    held = run.journal.held_count()
+    if not held:
+        return
+    how = ("run the same command later to collect them" if run.config.backend == "batch" else
+           "run again with --backend batch to collect them (or `batchrun cancel "
+           f"{run.config.output}` to send them online)")
+    message = f"{held:,} requests wait in Batch API batches still running; {how}"
+    run.journal.set_meta(state="waiting", stop_reason=message, finished_at=time.time())
+    raise StillRunning(message)

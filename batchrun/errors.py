@@ -5,6 +5,7 @@
     │   ├── InputError      (2)   the input file cannot be read as asked
     │   └── LockedError     (2)   another run holds this output
     ├── JobStopped          (3)   a job-wide failure or budget stopped the run; progress kept
+    ├── StillRunning       (75)   Batch API batches are still running; run again later to collect
     └── Interrupted       (130)   SIGINT/SIGTERM; progress kept
 
 Row-level failures are not exceptions: they become an ``Outcome`` with ``status = "error"``.
@@ -21,6 +22,7 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+EXIT_PENDING = 75  # EX_TEMPFAIL: try again later
 EXIT_INTERRUPTED = 130
 
 
@@ -53,6 +55,12 @@ class JobStopped(BatchrunError):
     """A job-wide failure (bad key, no credits, quota, unknown model, budget) stopped the run."""
 
     exit_code = EXIT_STOPPED
+
+
+class StillRunning(BatchrunError):
+    """Rows wait in Batch API batches that are still running: run the same command later."""
+
+    exit_code = EXIT_PENDING
 
 
 class Interrupted(BatchrunError):

@@ -3,7 +3,9 @@
 Tables: `results` holds one finished request per key (answer or final error); `log` holds the
 results of the run going now (or of one that crashed), appended in arrival order; `rows` maps each
 input row of the current run to its key (and marks dedup copies); `meta` holds run facts. The view
-`all_results` is `results` with `log` laid over it: what a reader sees during a run.
+`all_results` is `results` with `log` laid over it: what a reader sees during a run. `batches` and
+`batch_rows` record Batch API submissions and the keys each holds (`backends.batch_book`); a key
+held by a live batch is skipped by every backend's plan.
 
 Results are group-committed (`GroupCommit`): each worker's answer is in a committed transaction
 before that worker sends again, and answers that arrive together share one transaction. They go to
@@ -56,6 +58,14 @@ CREATE TABLE IF NOT EXISTS rows (idx INTEGER PRIMARY KEY, base BLOB NOT NULL, ke
     copy INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS rows_base ON rows (base);
 CREATE TABLE IF NOT EXISTS timeline ({", ".join(Sample._fields)});
+CREATE TABLE IF NOT EXISTS batches (sub TEXT PRIMARY KEY, batch_id TEXT, file_id TEXT,
+    status TEXT NOT NULL, total INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL,
+    live INTEGER NOT NULL DEFAULT 1, cancelled_by_us INTEGER NOT NULL DEFAULT 0, note TEXT);
+CREATE TABLE IF NOT EXISTS batch_rows (key BLOB PRIMARY KEY, sub TEXT,
+    tries INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, last_error TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_rows_sub ON batch_rows (sub);
 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 """
 _APPEND_RESULT = f"INSERT INTO log ({_NAMES}) VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
@@ -217,6 +227,7 @@ class Journal:
                 self._checkpointer = Checkpointer(path)  # once the journal opened cleanly
             elif not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone():
                 self._logged = 0  # written before `log` existed: `results` is everything
+            self._batched = self._has_held()  # rows wait in Batch API batches: the plan skips them
             # Does any earlier result exist? A fresh journal answers every lookup with nothing.
             self._earlier = bool(self._db.execute(
                 "SELECT EXISTS (SELECT 1 FROM results)" + (
@@ -288,10 +299,11 @@ class Journal:
 
     @_writes
     def discard_all(self) -> None:
-        """--fresh: forget every earlier result."""
-        self._db.executescript(
-            "BEGIN; DELETE FROM results; DELETE FROM rows; DELETE FROM timeline; COMMIT;")
+        """--fresh: forget every earlier result (and the batches that held rows)."""
+        self._db.executescript("BEGIN; DELETE FROM results; DELETE FROM rows; DELETE FROM timeline; "
+                               "DELETE FROM batches; DELETE FROM batch_rows; COMMIT;")
         self._earlier = False
+        self._batched = False
         self._tally = None
 
     @_writes
@@ -372,6 +384,38 @@ class Journal:
                 ):
                     found[key] = (status, kind)
         return found
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the batch book's own tables (`backends.batch_book`)."""
+        return self._db
+
+    def _has_held(self) -> bool:
+        try:
+            return bool(self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM batch_rows WHERE sub IS NOT NULL)").fetchone()[0])
+        except sqlite3.OperationalError:  # a journal from before the Batch API backend
+            return False
+
+    def held(self, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` that a live Batch API batch holds (never sent again meanwhile)."""
+        if not self._batched:
+            return set()
+        found: set[bytes] = set()
+        for chunk in _chunks(list(set(keys)), 900):
+            marks = ",".join("?" * len(chunk))
+            found.update(key for (key,) in self._db.execute(
+                f"SELECT key FROM batch_rows WHERE sub IS NOT NULL AND key IN ({marks})", chunk))
+        return found
+
+    def held_count(self) -> int:
+        """Distinct requests of this run's rows that live Batch API batches hold (exit 75)."""
+        if not self._has_held():
+            return 0
+        self._write_rows()
+        return int(self._db.execute(
+            "SELECT COUNT(DISTINCT r.key) FROM rows r JOIN batch_rows b ON b.key = r.key "
+            "WHERE b.sub IS NOT NULL").fetchone()[0])
 
     def _log_overlay(self) -> str | None:
         """`log` itself where a finished run indexed it by key; else (a run under way or killed)

@@ -39,8 +39,9 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
         placed = place(rendered, start, journal.prior_counts([r.key for r in rendered]), dedup)
         journal.map_rows(placed.mapping)
         stats.copies += placed.copies
-        done = journal.finished([key for _, key, _ in placed.firsts])
-        sorted_out = sort_out(placed.firsts, done, config.retry_failed)
+        keys = [key for _, key, _ in placed.firsts]
+        sorted_out = sort_out(placed.firsts, journal.finished(keys), config.retry_failed,
+                              journal.held(keys))
         stats.reused += sorted_out.reused
         for _, key, item in sorted_out.invalid:
             stats.invalid += 1

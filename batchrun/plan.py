@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .config import RunConfig, Secret
-from .cost import Price, price_for
+from .cost import Price, batch_price, price_for
 from .errors import UsageError
 from .journal import Journal, journal_path, resend
 from .read import BATCH_ROWS, InputTable, open_input
@@ -105,23 +105,28 @@ class Sorted:
     send: list[tuple[int, bytes, Request]]
     invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
     reused: int  # answered (or failed for good) in an earlier run
+    held: int = 0  # waiting in a live Batch API batch: collected there, never sent meanwhile
 
 
 def sort_out(firsts: Sequence[tuple[int, bytes, Rendered]],
-             done: Mapping[bytes, tuple[str, str | None]], retry_failed: bool) -> Sorted:
-    """Skip what an earlier run settled; split the rest into requests to send and invalid rows."""
+             done: Mapping[bytes, tuple[str, str | None]], retry_failed: bool,
+             held: Set[bytes] = frozenset()) -> Sorted:
+    """Skip what an earlier run settled or a live batch holds; split the rest into requests to
+    send and invalid rows."""
     send: list[tuple[int, bytes, Request]] = []
     invalid: list[tuple[int, bytes, Invalid]] = []
-    reused = 0
+    reused = waiting = 0
     for idx, key, item in firsts:
         earlier = done.get(key)
         if earlier and not resend(*earlier, retry_failed):
             reused += 1
+        elif key in held:
+            waiting += 1
         elif isinstance(item, Invalid):
             invalid.append((idx, key, item))
         else:
             send.append((idx, key, item))
-    return Sorted(send, invalid, reused)
+    return Sorted(send, invalid, reused, waiting)
 
 
 # --- the dry run ----------------------------------------------------------------------------
@@ -156,6 +161,9 @@ class Plan:
     sample: Sample | None
     token_ratio: float = 1.0  # the provider's prompt tokens per token of our estimate
     ratio_answers: int = 0  # earlier answers on this output the ratio was learned from (0: none)
+    held: int = 0  # requests waiting in live Batch API batches
+    request_bytes: int = 0  # request bodies to send, summed (Batch API files are split by size)
+    batch_price: Price | None = None  # set for --backend batch
 
     @property
     def cost_usd(self) -> float | None:
@@ -163,6 +171,18 @@ class Plan:
         if self.price is None:
             return None
         return self.price.cost(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def batch_cost_usd(self) -> float | None:
+        """The same worst case at the Batch API price (None: not a batch run, or no price)."""
+        if self.batch_price is None:
+            return None
+        return self.batch_price.cost(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def run_cost_usd(self) -> float | None:
+        """The worst case at the price this run pays: what --max-cost is checked against."""
+        return self.batch_cost_usd if self.batch_price is not None else self.cost_usd
 
 
 def make_plan(config: RunConfig, key: Secret | None) -> Plan:
@@ -172,7 +192,7 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
     done_lookup, journal_note, learned = _journal_reader(config)
     dedup = config.dedup_enabled
     prior: Counter[bytes] = Counter()
-    total = to_send = reused = copies = invalid = prompt_tokens = 0
+    total = to_send = reused = copies = invalid = prompt_tokens = held = request_bytes = 0
     first_invalid: tuple[int, str] | None = None
     sample: Sample | None = None
     fallback: tuple[int, Request] | None = None
@@ -180,8 +200,11 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         for start, rendered in rendered_batches(table, renderer):
             placed = place(rendered, start, prior, dedup)
             prior.update(item.key for item in rendered)
-            done = done_lookup([key for _, key, _ in placed.firsts])
-            sorted_out = sort_out(placed.firsts, done, config.retry_failed)
+            keys = [key for _, key, _ in placed.firsts]
+            sorted_out = sort_out(placed.firsts, done_lookup(keys), config.retry_failed,
+                                  done_lookup.held(keys))
+            held += sorted_out.held
+            request_bytes += sum(len(req.body) for _, _, req in sorted_out.send)
             total += len(rendered)
             copies += placed.copies
             reused += sorted_out.reused
@@ -210,6 +233,9 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         completion_tokens=to_send * reserve, reserve=reserve,
         price=price_for(config.model, config.price), journal=journal_note, sample=sample,
         token_ratio=ratio, ratio_answers=calibration.answers(config.model or "")[0],
+        held=held, request_bytes=request_bytes,
+        batch_price=(batch_price(price_for(config.model, config.price), config.batch_price)
+                     if config.backend == "batch" else None),
     )
 
 
@@ -218,6 +244,9 @@ class _NoJournal:
 
     def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
         return {}
+
+    def held(self, keys: Sequence[bytes]) -> set[bytes]:
+        return set()
 
     def close(self) -> None:
         pass
@@ -231,6 +260,9 @@ class _JournalLookup:
 
     def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
         return self._journal.finished(keys)
+
+    def held(self, keys: Sequence[bytes]) -> set[bytes]:
+        return self._journal.held(keys)
 
     def close(self) -> None:
         self._journal.close()
@@ -278,6 +310,8 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         skipped.append(f"{plan.copies:,} identical rows share one request (dedup)")
     if plan.invalid:
         skipped.append(f"{plan.invalid:,} rows cannot be sent and will be row errors")
+    if plan.held:
+        skipped.append(f"{plan.held:,} wait in live Batch API batches (collected by the next run)")
     if skipped:
         add(f"  skipped   {'; '.join(skipped)}")
     if plan.first_invalid:
@@ -288,6 +322,8 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     add(f"  tokens    ~{plan.prompt_tokens:,} prompt ({_ratio_note(plan)}) + at most "
         f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
     add("  cost      " + _cost_line(plan, config))
+    if config.backend == "batch":
+        add("  batch     " + _batch_line(plan, config))
     add("  time      " + _time_line(plan, config))
     budget = _budget_line(plan, config)
     if budget:
@@ -337,6 +373,7 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
                  "rpm": config.rpm, "tpm": config.tpm, "concurrency": config.concurrency},
         "budget": {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens,
                    "note": _budget_line(plan, config)},
+        "backend": config.backend, "held": plan.held, "batch": _batch_json(plan, config),
         "sample": sample,
     }
 
@@ -362,6 +399,13 @@ def _binding(plan: Plan, config: RunConfig) -> tuple[float | None, str | None]:
 
 
 def _cost_line(plan: Plan, config: RunConfig) -> str:
+    batch = plan.batch_price
+    if batch is not None and plan.batch_cost_usd is not None:
+        source = "[pricing] batch_*" if config.batch_price is not None else "half the online price"
+        online = f"${plan.cost_usd:,.4f}" if plan.cost_usd is not None else "unknown"
+        return (f"at most ${plan.batch_cost_usd:,.4f} at the batch price ({source}: "
+                f"${batch.input_per_million:g} in, ${batch.output_per_million:g} out per 1M "
+                f"tokens); online it would be at most {online}")
     if plan.price is None:
         return ("unknown: no price for this model; set [pricing] input_per_million and "
                 "output_per_million in the job file")
@@ -370,9 +414,40 @@ def _cost_line(plan: Plan, config: RunConfig) -> str:
             f"${plan.price.output_per_million:g} out per 1M tokens)")
 
 
+def _batch_files(plan: Plan, config: RunConfig) -> int:
+    from .backends.batch_files import count_files  # backends import the plan: import it here
+
+    return count_files(plan.to_send, plan.request_bytes, config.batch_size)
+
+
+def _batch_line(plan: Plan, config: RunConfig) -> str:
+    files = _batch_files(plan, config)
+    how = "--no-wait: submit, then exit 75 until collected" if config.no_wait else (
+        "waits for the answers, within 24 h")
+    return (f"{files:,} input file{'s' if files != 1 else ''} of at most "
+            f"{config.batch_size:,} requests (and 200 MB) each; {how}")
+
+
+def _batch_json(plan: Plan, config: RunConfig) -> dict[str, Any] | None:
+    if config.backend != "batch":
+        return None
+    price = plan.batch_price
+    return {
+        "files": _batch_files(plan, config), "batch_size": config.batch_size,
+        "no_wait": config.no_wait, "fallback": config.batch_fallback,
+        "cost_usd_max": plan.batch_cost_usd, "online_cost_usd_max": plan.cost_usd,
+        "price": None if price is None else {
+            "input_per_million": price.input_per_million,
+            "output_per_million": price.output_per_million,
+            "source": "pricing" if config.batch_price is not None else "half of online"},
+    }
+
+
 def _time_line(plan: Plan, config: RunConfig) -> str:
     if plan.to_send == 0:
         return "nothing to send"
+    if config.backend == "batch":
+        return "up to 24 h: the Batch API's completion window (often much sooner)"
     minutes, binding = _binding(plan, config)
     if minutes is None:
         return (f"no --rpm/--tpm set: bounded by the provider and {config.concurrency} "
@@ -388,9 +463,10 @@ def _time_line(plan: Plan, config: RunConfig) -> str:
 
 def _budget_line(plan: Plan, config: RunConfig) -> str | None:
     notes = []
-    if config.max_cost is not None and plan.cost_usd is not None:
-        fits = plan.cost_usd <= config.max_cost
-        per_request = plan.cost_usd / plan.to_send if plan.to_send else 0.0
+    cost = plan.run_cost_usd
+    if config.max_cost is not None and cost is not None:
+        fits = cost <= config.max_cost
+        per_request = cost / plan.to_send if plan.to_send else 0.0
         notes.append(
             f"--max-cost {config.max_cost:g} USD: "
             + ("the worst case fits" if fits else

@@ -38,3 +38,5 @@ class Stats:
     producing_done: bool = False
     # The backend's current pace, read by whoever charts it (a backend without a limiter: none).
     pace: Callable[[], Pace] = _unpaced
+    # Live Batch API batches: id -> (status, completed, failed, total), for the progress display.
+    batches: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)

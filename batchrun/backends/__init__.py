@@ -1,6 +1,7 @@
 """Backends: how pending jobs become outcomes. One small protocol, chosen in one place.
 
     online   each job is its own request, paced by the limiter (`backends.online`)
+    batch    jobs go out as JSONL files in the provider's Batch API at half price (`backends.batch`)
 
 Every backend reads the same plan and commits to the same journal, so an output started by one
 can be finished by another without paying twice.
@@ -26,6 +27,10 @@ class Backend(Protocol):
 
 def choose_backend(config: RunConfig) -> Backend:
     """The backend a run's config asks for."""
+    if config.backend == "batch":
+        from .batch import BatchBackend
+
+        return BatchBackend()
     from .online import OnlineBackend
 
     return OnlineBackend()

@@ -67,8 +67,10 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
             with contextlib.suppress(BatchrunError):  # a journal that cannot be written stays
                 run.journal.set_meta(exit_code=stop.exit_code)
             partial = _summary(run, run.journal.counts(), time.time() - started, stop.message)
-            stop.summary = dataclasses.replace(partial, report=_write_report(config))
-            reporter.finish(stop.summary, stop.exit_code)
+            summary = dataclasses.replace(partial, report=_write_report(config))
+            reporter.finish(summary, stop.exit_code)
+            if not isinstance(stop, UsageError):  # exit 2: nothing was sent; the line says why
+                stop.summary = summary
             raise
         counts = run.journal.counts()  # one pass over every row: costly at millions of rows
         finished = time.time()

@@ -61,6 +61,7 @@ class Snapshot:
     requests_per_s: float
     tokens_per_s: float
     eta_s: float | None
+    batches: tuple[tuple[str, str, int, int, int], ...] = ()  # (id, status, done, failed, total)
 
     def line(self) -> str:
         """One plain line, as written every few seconds when stderr is not a terminal."""
@@ -70,7 +71,8 @@ class Snapshot:
             f"{self.requests_per_s:.1f} req/s, {self.tokens_per_s:.0f} tok/s, "
             f"${self.cost_usd:.4f}, {self.retries} retries, {self.rate_limited} 429s, "
             f"ETA {duration(self.eta_s)}"
-        )
+        ) + "".join(f"; {id_} {status} {done}/{total}" for id_, status, done, _, total
+                    in self.batches)
 
     def as_event(self) -> dict[str, Any]:
         """The fields of a `progress` log event (rates rounded for reading)."""
@@ -79,6 +81,8 @@ class Snapshot:
             data[name] = round(data[name], 2)
         data["cost_usd"] = round(self.cost_usd, 6)
         data["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
+        data["batches"] = [dict(zip(("id", "status", "completed", "failed", "total"), batch,
+                                    strict=True)) for batch in self.batches]
         return data
 
 
@@ -120,6 +124,7 @@ def snapshot(stats: Stats, rates: Rates, now: float | None = None) -> Snapshot:
         in_flight=stats.in_flight, tokens=stats.prompt_tokens + stats.completion_tokens,
         cost_usd=stats.cost_usd, elapsed_s=max(0.0, time.time() - stats.started),
         requests_per_s=requests_per_s, tokens_per_s=tokens_per_s, eta_s=eta,
+        batches=tuple((id_, *state) for id_, state in stats.batches.items()),
     )
 
 
@@ -259,6 +264,8 @@ def _render(snap: Snapshot) -> RenderableType:
     outer.add_row(top)
     outer.add_row(rates)
     outer.add_row(counts)
+    for id_, status, done, failed, total in snap.batches:
+        outer.add_row(Text(f"batch {id_}: {status}, {done:,}/{total:,} done, {failed:,} failed"))
     return outer
 
 

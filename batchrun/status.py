@@ -7,10 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .backends.batch_api import TERMINAL
+from .backends.batch_book import Submission, submissions
 from .errors import UsageError
 from .journal import Journal, OutputLock, journal_path
 from .store import check_url, home, is_url
 from .units import duration
+
+SHOWN_BATCHES = 20  # `status` lists this many batches, the newest
 
 
 def describe(output: Path | str, now: float | None = None) -> str:
@@ -30,6 +34,7 @@ def describe(output: Path | str, now: float | None = None) -> str:
         try:
             meta = journal.meta()
             counts = journal.counts()
+            batches = submissions(journal, SHOWN_BATCHES)
         finally:
             journal.close()
     except sqlite3.OperationalError:
@@ -38,7 +43,25 @@ def describe(output: Path | str, now: float | None = None) -> str:
         raise UsageError(f"journal {path} holds no run yet; run the job to fill it") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"journal {path} is not readable ({exc})") from None
-    return _render(output, meta, counts, pid, time.time() if now is None else now)
+    now = time.time() if now is None else now
+    return "\n".join([_render(output, meta, counts, pid, now), *_batch_lines(batches, now)])
+
+
+def _batch_lines(batches: list[Submission], now: float) -> list[str]:
+    """One line per Batch API batch of the output: id, status, counts (live ones first)."""
+    if not batches:
+        return []
+    live = sum(b.live for b in batches)
+    lines = [f"  batches   {live:,} live, {len(batches) - live:,} collected"
+             + (" (the newest shown)" if len(batches) >= SHOWN_BATCHES else "")]
+    for b in batches:
+        state = b.status + (" (not collected yet)" if b.live and b.status in TERMINAL else "")
+        lines.append(f"    {b.batch_id or '(not created yet)'}  {state}  "
+                     f"{b.completed:,}/{b.total:,} done, {b.failed:,} failed  "
+                     f"submitted {_when(b.created_at, now)}")
+        if b.note:
+            lines.append(f"      {b.note}")
+    return lines
 
 
 def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
@@ -64,8 +87,8 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
     lines.append(f"  started   {_when(meta.get('started_at'), now)}")
     if meta.get("finished_at"):
         lines.append(f"  ended     {_when(meta.get('finished_at'), now)}")
-    if meta.get("stop_reason") and meta.get("state") == "stopped":
-        lines.append(f"  stopped   {meta['stop_reason']}")
+    if meta.get("stop_reason") and meta.get("state") in ("stopped", "waiting"):
+        lines.append(f"  {meta['state']:<9} {meta['stop_reason']}")
     return "\n".join(lines)
 
 
@@ -75,6 +98,8 @@ def _state(meta: dict[str, Any], pid: int | None, left: int) -> str:
     state = meta.get("state", "unknown")
     if state == "running":  # the process died without saying so (kill -9, crash, reboot)
         return "interrupted (no process holds it); run the same command again to resume"
+    if state == "waiting":
+        return "waiting for Batch API batches; run the same command again to collect"
     if state == "stopped":
         return "stopped early; run the same command again to resume" if left else "stopped"
     return str(state)

@@ -83,7 +83,7 @@ def test_output_columns_and_exit_codes_are_documented() -> None:
     columns = {row[0].strip("`") for row in _table(_section("Output"))}
     assert columns == set(RESULT_NAMES)
     codes = [row[0] for row in _table(_section("Exit codes"))]
-    assert codes == ["0", "1", "2", "3", "130"]
+    assert codes == ["0", "1", "2", "3", "75", "130"]
 
 
 def test_the_two_commands_come_first() -> None:

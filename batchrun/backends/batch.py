@@ -21,6 +21,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from ..config import RunConfig
 from ..context import RunContext
 from ..cost import price_for
 from ..errors import JobStopped, UsageError
+from ..journal import Journal
 from ..pending import Job, job_of
 from ..plan import place, rendered_batches
 from ..render import Request, completion_reserve
@@ -61,10 +63,10 @@ def poll_delays(environ: Mapping[str, str] = os.environ) -> tuple[float, float]:
     return every, every
 
 
-def output_name(config: RunConfig) -> str:
+def output_name(output: Path) -> str:
     """The output as batch metadata names it: file name and a hash of its absolute path."""
-    where = hashlib.sha256(str(config.output.resolve()).encode()).hexdigest()[:16]
-    return f"{config.output.name[:400]}#{where}"
+    where = hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]
+    return f"{output.name[:400]}#{where}"
 
 
 def request_fingerprint(config: RunConfig) -> str:
@@ -80,6 +82,35 @@ def collect_rules(config: RunConfig, price: Any) -> Rules:
     """The rules lines are judged by, from the run's config."""
     return Rules(config.response_format, config.schema, config.model, price, config.max_attempts,
                  exhaust=config.batch_fallback != "online")
+
+
+async def gather(api: BatchApi, book: BatchBook, sub: Submission, info: BatchInfo,
+                 rules: Rules) -> Collected:
+    """Download an ended batch's output and error files and judge every line (nothing stored)."""
+    keys = book.keys(sub.sub)
+    files = []
+    for file_id in (info.output_file_id, info.error_file_id):
+        if file_id:
+            try:
+                files.append(await api.content(file_id))
+            except BatchGone:
+                log.warning("file %s of batch %s is gone; its rows go back to pending",
+                            file_id, info.id)
+    got = collect(files, set(keys), book.carried(keys), rules, info.status,
+                  ours=bool(sub.cancelled_by_us))
+    if got.unknown or got.unreadable:
+        log.warning("batch %s: %d output lines name a request it did not carry and %d are "
+                    "unreadable; they were ignored", info.id, got.unknown, got.unreadable)
+    return got
+
+
+def settle(journal: Journal, book: BatchBook, sub: Submission, status: str, got: Collected,
+           note: str | None = None) -> None:
+    """Commit a collected batch: its answers first, then the batch is closed in the book."""
+    for outcome in got.outcomes:
+        journal.record(outcome)
+    journal.flush()  # durable before the batch is closed: a kill between collects it again
+    book.close(sub.sub, status, got.returned, note)
 
 
 class BatchBackend:
@@ -123,7 +154,7 @@ class BatchFlow:
         orphans = {s.sub: s for s in self.book.live() if s.batch_id is None}
         if not orphans:
             return
-        output, fingerprint = output_name(self.config), request_fingerprint(self.config)
+        output, fingerprint = output_name(self.config.output), request_fingerprint(self.config)
         found = await self.api.find(lambda b: b.metadata.get(META_OUTPUT) == output
                                     and b.metadata.get(META_FINGERPRINT) == fingerprint
                                     and b.metadata.get(META_SUB) in orphans)
@@ -277,36 +308,21 @@ class BatchFlow:
 
     async def _collect(self, sub: Submission, info: BatchInfo) -> None:
         """Commit what an ended batch answered; the rest goes back to pending."""
-        keys = self.book.keys(sub.sub)
-        files = []
-        for file_id in (info.output_file_id, info.error_file_id):
-            if file_id:
-                try:
-                    files.append(await self.api.content(file_id))
-                except BatchGone:
-                    log.warning("file %s of batch %s is gone; its rows go back to pending",
-                                file_id, info.id)
-        got = collect(files, set(keys), self.book.carried(keys), self.rules, info.status,
-                      ours=bool(sub.cancelled_by_us))
-        if got.unknown or got.unreadable:
-            log.warning("batch %s: %d output lines name a request it did not carry and %d are "
-                        "unreadable; they were ignored", info.id, got.unknown, got.unreadable)
+        got = await gather(self.api, self.book, sub, info, self.rules)
         note = "; ".join(info.errors) or None
         self._close(sub, info.status, got, note)
         if info.status == "failed":
             self.run.stopper.stop(JobStopped(
                 f"stopped: batch {info.id} failed validation: {note or 'no reason given'}; its "
-                f"{len(keys):,} rows stay pending: fix them, then run the same command again"))
+                f"{len(got.returned):,} rows stay pending: fix them, then run the same command "
+                "again"))
         elif got.stop:
             self.run.stopper.stop(JobStopped(f"stopped: batch {info.id}: {got.stop}"))
 
     def _close(self, sub: Submission, status: str, got: Collected, note: str | None = None
                ) -> None:
-        journal, stats = self.run.journal, self.run.stats
-        for outcome in got.outcomes:
-            journal.record(outcome)
-        journal.flush()  # the answers are durable before the batch is closed
-        self.book.close(sub.sub, status, got.returned, note)
+        stats = self.run.stats
+        settle(self.run.journal, self.book, sub, status, got, note)
         self.settled.update(outcome.key for outcome in got.outcomes)
         self.returned.update(r.key for r in got.returned if not got.stop)
         ok = sum(outcome.status == "ok" for outcome in got.outcomes)
@@ -329,7 +345,7 @@ class BatchFlow:
             self._checked = True
 
     def _metadata(self, sub: str) -> dict[str, str]:
-        return {META_OUTPUT: output_name(self.config),
+        return {META_OUTPUT: output_name(self.config.output),
                 META_FINGERPRINT: request_fingerprint(self.config), META_SUB: sub}
 
     def _settings(self) -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""Helpers of the Batch API tests: a simulator with quick batches, the CLI's batch arguments,
+and the checks every batch test makes (complete, in order, each prompt billed once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread, expected_answer
+
+from .conftest import clean_env, read_output
+
+# Polls every 50 ms and plain progress lines every 100 ms: a batch test waits on the simulator,
+# never on batchrun's backoff.
+FAST = {"BATCHRUN_BATCH_POLL": "0.05", "BATCHRUN_PROGRESS_EVERY": "0.1"}
+
+
+@pytest.fixture
+def batch_sim() -> Iterator[Callable[..., SimulatorHandle]]:
+    """Start simulators with Batch API knobs (`batch_sim(batch_duration_s=0)`); stopped after."""
+    threads: list[SimulatorThread] = []
+
+    def start(**config: Any) -> SimulatorHandle:
+        thread = SimulatorThread(SimConfig(**config))
+        handle = thread.__enter__()
+        threads.append(thread)
+        return handle
+
+    yield start
+    for thread in threads:
+        thread.__exit__(None, None, None)
+
+
+def env() -> dict[str, str]:
+    """A CLI subprocess's environment: no keys, quick polls."""
+    return clean_env(**FAST)
+
+
+def batch_args(src: Path, out: Path, base_url: str, *more: Any,
+               progress: bool = False) -> tuple[Any, ...]:
+    """`batchrun run` over the Batch API of a simulator."""
+    return ("run", "--input", src, "--output", out, "--base-url", base_url, "--model", "sim-1",
+            "--backend", "batch", *(() if progress else ("--no-progress",)), *more)
+
+
+def check_complete(out: Path, n: int, skip: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    """Every row (but `skip`) ok, in input order, each answer its own prompt's."""
+    rows = read_output(out)
+    assert [r["id"] for r in rows] == [str(i) for i in range(n)]
+    for i, row in enumerate(rows):
+        if i in skip:
+            continue
+        content, finish = expected_answer([{"role": "user", "content": row["prompt"]}])
+        assert (row["status"], row["response"], row["finish_reason"]) == ("ok", content, finish), row
+    return rows
+
+
+def check_billed_once(server: SimulatorHandle, prompts: list[str]) -> None:
+    """Each prompt was billed exactly once by the simulator (online or in a batch)."""
+    billed = server.stats.billed_by_prompt
+    assert {p: billed.get(p, 0) for p in prompts} == {p: 1 for p in prompts}
+
+
+def totals(out: Path) -> dict[str, Any]:
+    """The `batchrun` metadata of an output: usage totals and cost."""
+    import orjson
+
+    return orjson.loads(pq.read_schema(out).metadata[b"batchrun"])

@@ -37,7 +37,7 @@ from ..plan import place, rendered_batches
 from ..render import Request, completion_reserve
 from ..send import new_session
 from .batch_api import BatchApi, BatchGone, BatchInfo
-from .batch_book import SUBMITTING, BatchBook, Returned, Submission
+from .batch_book import BatchBook, Returned, Submission
 from .batch_collect import Collected, Rules, collect
 from .batch_files import FileSplitter, InputFile
 
@@ -46,6 +46,7 @@ log = logging.getLogger("batchrun")
 POLL_ENV = "BATCHRUN_BATCH_POLL"  # seconds between polls, fixed (tests); default: backoff
 POLL_FIRST, POLL_MAX, POLL_GROWTH = 5.0, 60.0, 1.5
 META_OUTPUT, META_FINGERPRINT, META_SUB = "batchrun_output", "batchrun_fingerprint", "batchrun_sub"
+CLOCK_SLACK = 600.0  # seconds our clock and the provider's may disagree by
 SETTINGS_META = "batch_settings"  # what `batchrun cancel` needs to collect without the job file
 
 
@@ -72,7 +73,7 @@ def output_name(output: Path) -> str:
 def request_fingerprint(config: RunConfig) -> str:
     """A hash of the settings that shape requests (a batch of an edited job is not re-attached)."""
     shaping = {name: str(getattr(config, name)) for name in (
-        "input", "base_url", "model", "prompt_column", "messages_column", "template", "system",
+        "base_url", "model", "prompt_column", "messages_column", "template", "system",
         "image_column", "temperature", "max_tokens", "top_p", "frequency_penalty",
         "presence_penalty", "stop", "seed", "response_format", "tools", "tool_choice")}
     return hashlib.sha256(orjson.dumps(shaping)).hexdigest()[:16]
@@ -155,9 +156,10 @@ class BatchFlow:
         if not orphans:
             return
         output, fingerprint = output_name(self.config.output), request_fingerprint(self.config)
+        since = min(s.created_at for s in orphans.values()) - CLOCK_SLACK
         found = await self.api.find(lambda b: b.metadata.get(META_OUTPUT) == output
                                     and b.metadata.get(META_FINGERPRINT) == fingerprint
-                                    and b.metadata.get(META_SUB) in orphans)
+                                    and b.metadata.get(META_SUB) in orphans, since)
         for info in found:
             sub = info.metadata[META_SUB]
             if orphans.pop(sub, None) is not None:
@@ -363,5 +365,3 @@ class BatchFlow:
         self.run.event("batch", batch_id=info.id, status=info.status, completed=info.completed,
                        failed=info.failed, total=info.total, note=note)
 
-
-__all__ = ["SUBMITTING", "BatchBackend", "BatchFlow", "poll_delays"]

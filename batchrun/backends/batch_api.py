@@ -51,6 +51,7 @@ class BatchInfo:
     failed: int
     metadata: Mapping[str, str]
     errors: tuple[str, ...]  # why validation failed, one line each
+    created_at: float = 0.0  # Unix seconds
 
     @property
     def ended(self) -> bool:
@@ -87,6 +88,7 @@ def batch_info(data: Any) -> BatchInfo:
         error_file_id=text("error_file_id"), total=count("total"),
         completed=count("completed"), failed=count("failed"),
         metadata={str(k): str(v) for k, v in metadata.items()}, errors=tuple(lines),
+        created_at=float(data["created_at"]) if isinstance(data.get("created_at"), int) else 0.0,
     )
 
 
@@ -144,8 +146,10 @@ class BatchApi:
         return batch_info(await self._call("POST", f"/batches/{batch_id}/cancel",
                                            f"cancel {batch_id}"))
 
-    async def find(self, wanted: Callable[[BatchInfo], bool]) -> list[BatchInfo]:
-        """The account's batches that `wanted` picks, newest first (pages through the list)."""
+    async def find(self, wanted: Callable[[BatchInfo], bool],
+                   since: float = 0.0) -> list[BatchInfo]:
+        """The account's batches that `wanted` picks, newest first, paging back to `since`
+        (Unix seconds: the list is newest first, so older pages cannot hold what is sought)."""
         found: list[BatchInfo] = []
         after: str | None = None
         while True:
@@ -157,7 +161,7 @@ class BatchApi:
                 return found
             infos = [batch_info(item) for item in items]
             found.extend(info for info in infos if wanted(info))
-            if not page.get("has_more"):
+            if not page.get("has_more") or infos[-1].created_at < since:
                 return found
             after = infos[-1].id
 

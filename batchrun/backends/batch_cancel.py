@@ -19,7 +19,7 @@ from ..cost import Price
 from ..errors import UsageError
 from ..journal import Journal, OutputLock, journal_path
 from ..send import new_session
-from .batch import META_OUTPUT, META_SUB, SETTINGS_META, gather, output_name, poll_delays, settle
+from .batch import CLOCK_SLACK, META_OUTPUT, META_SUB, SETTINGS_META, gather, output_name, poll_delays, settle
 from .batch_api import BatchApi, BatchInfo
 from .batch_book import BatchBook, Submission
 from .batch_collect import Rules
@@ -98,12 +98,13 @@ async def _ask(api: BatchApi, book: BatchBook, live: list[Submission],
                output: Path) -> dict[Submission, BatchInfo]:
     """Ask the provider to cancel every live batch not yet ended (found by metadata if the run
     that created it died before the journal heard its id)."""
-    orphans = {s.sub for s in live if s.batch_id is None}
+    orphans = {s.sub: s.created_at for s in live if s.batch_id is None}
     found: dict[str, BatchInfo] = {}
     if orphans:
         name = output_name(output)
         for info in await api.find(lambda b: b.metadata.get(META_OUTPUT) == name
-                                   and b.metadata.get(META_SUB) in orphans):
+                                   and b.metadata.get(META_SUB) in orphans,
+                                   min(orphans.values()) - CLOCK_SLACK):
             found[info.metadata[META_SUB]] = info
     batches: dict[Submission, BatchInfo] = {}
     for sub in live:

@@ -1,38 +1,20 @@
-"""Helpers of the Batch API tests: a simulator with quick batches, the CLI's batch arguments,
-and the checks every batch test makes (complete, in order, each prompt billed once)."""
+"""Helpers of the Batch API tests: the CLI's batch arguments and quick polls, and the checks
+every batch test makes (complete, in order, each prompt billed once)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 
-from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread, expected_answer
+from batchrun.sim import SimulatorHandle, expected_answer
 
-from .conftest import clean_env, read_output
+from .helpers import clean_env, read_output
 
 # Polls every 50 ms and plain progress lines every 100 ms: a batch test waits on the simulator,
 # never on batchrun's backoff.
 FAST = {"BATCHRUN_BATCH_POLL": "0.05", "BATCHRUN_PROGRESS_EVERY": "0.1"}
-
-
-@pytest.fixture
-def batch_sim() -> Iterator[Callable[..., SimulatorHandle]]:
-    """Start simulators with Batch API knobs (`batch_sim(batch_duration_s=0)`); stopped after."""
-    threads: list[SimulatorThread] = []
-
-    def start(**config: Any) -> SimulatorHandle:
-        thread = SimulatorThread(SimConfig(**config))
-        handle = thread.__enter__()
-        threads.append(thread)
-        return handle
-
-    yield start
-    for thread in threads:
-        thread.__exit__(None, None, None)
 
 
 def env() -> dict[str, str]:

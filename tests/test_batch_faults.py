@@ -8,17 +8,15 @@ from pathlib import Path
 
 from batchrun.sim import CONTEXT_LIMIT
 
-from .batch_support import batch_args, batch_sim, check_billed_once, check_complete, env
-from .conftest import journal_count, prompts_csv, read_output, run_cli, write_csv
-
-__all__ = ["batch_sim"]  # the fixture, used by name
+from .batch_support import batch_args, check_billed_once, check_complete, env
+from .helpers import journal_count, prompts_csv, read_output, run_cli, write_csv
 
 
 def test_expired_and_failed_lines_are_sent_again_until_complete_and_a_too_long_prompt_is_a_row_error(
-        tmp_path: Path, batch_sim) -> None:
+        tmp_path: Path, sim) -> None:
     # Every batch expires with 40% of its lines undone, and 5% of the lines it does answer fail
     # with 500: what is left goes into the next batch until every row is answered.
-    server = batch_sim(batch_duration_s=0, batch_expire_after_fraction=0.6, batch_fail_rate=0.05,
+    server = sim(batch_duration_s=0, batch_expire_after_fraction=0.6, batch_fail_rate=0.05,
                        seed=7)
     n = 200
     long_row = 137
@@ -41,8 +39,8 @@ def test_expired_and_failed_lines_are_sent_again_until_complete_and_a_too_long_p
 
 
 def test_rows_a_batch_cannot_answer_go_online_with_batch_fallback(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=0, batch_expire_after_fraction=0.5)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=0, batch_expire_after_fraction=0.5)
     n = 30
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -58,8 +56,8 @@ def test_rows_a_batch_cannot_answer_go_online_with_batch_fallback(
 
 
 def test_a_batch_that_fails_validation_stops_with_the_reason_and_its_rows_stay_pending(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=0, batch_max_lines=10)  # a provider with a smaller limit
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=0, batch_max_lines=10)  # a provider with a smaller limit
     n = 25
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"

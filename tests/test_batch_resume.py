@@ -10,14 +10,11 @@ from pathlib import Path
 
 from .batch_support import (
     batch_args,
-    batch_sim,
     check_billed_once,
     check_complete,
     env,
 )
-from .conftest import journal_file, prompts_csv, run_cli, start_cli, wait_until
-
-__all__ = ["batch_sim"]  # the fixture, used by name
+from .helpers import journal_file, prompts_csv, run_cli, start_cli, wait_until
 
 
 def _prompts(n: int) -> list[str]:
@@ -25,8 +22,8 @@ def _prompts(n: int) -> list[str]:
 
 
 def test_cron_no_wait_exits_75_until_the_batch_ends_then_0_with_the_whole_output(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=6.0)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=6.0)
     n = 50
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -51,8 +48,8 @@ def test_cron_no_wait_exits_75_until_the_batch_ends_then_0_with_the_whole_output
 
 
 def test_kill_9_right_after_the_batch_is_created_then_the_rerun_re_attaches(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=1.0)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=1.0)
     n = 60
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -68,10 +65,10 @@ def test_kill_9_right_after_the_batch_is_created_then_the_rerun_re_attaches(
 
 
 def test_a_batch_the_journal_never_heard_of_is_found_by_its_metadata(
-        tmp_path: Path, batch_sim) -> None:
+        tmp_path: Path, sim) -> None:
     """The crash between creating a batch and recording its id, made exact: the journal is left
     as that kill leaves it (keys held, file uploaded, no batch id)."""
-    server = batch_sim(batch_duration_s=0.5)
+    server = sim(batch_duration_s=0.5)
     n = 20
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -88,8 +85,8 @@ def test_a_batch_the_journal_never_heard_of_is_found_by_its_metadata(
 
 
 def test_a_run_stopped_online_by_its_budget_is_finished_as_a_batch_paying_nothing_twice(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=0.2)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=0.2)
     n = 40
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -113,8 +110,8 @@ def test_a_run_stopped_online_by_its_budget_is_finished_as_a_batch_paying_nothin
 
 
 def test_rows_in_a_live_batch_are_not_sent_online_and_cancel_gives_them_back(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_lines_per_s=5)  # 12 s for the batch: cancelled well before
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_lines_per_s=5)  # 12 s for the batch: cancelled well before
     n = 60
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"

@@ -12,20 +12,17 @@ from batchrun.cost import BUILTIN_PRICES
 
 from .batch_support import (
     batch_args,
-    batch_sim,
     check_billed_once,
     check_complete,
     env,
     totals,
 )
-from .conftest import cli_in_process, prompts_csv, run_cli
-
-__all__ = ["batch_sim"]  # the fixture, used by name
+from .helpers import cli_in_process, journal_count, prompts_csv, run_cli
 
 
 def test_a_large_run_in_batches_is_complete_ordered_billed_once_at_half_price(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=0.3, batch_shuffle=True)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=0.3, batch_shuffle=True)
     n = 2_500
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -60,8 +57,8 @@ def test_a_large_run_in_batches_is_complete_ordered_billed_once_at_half_price(
 
 
 def test_a_provider_without_a_batch_api_gets_exit_2_and_nothing_is_sent(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_api=False)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_api=False)
     src = prompts_csv(tmp_path / "in.csv", 5)
     out = tmp_path / "out.parquet"
     result = run_cli(*batch_args(src, out, server.base_url), env=env())
@@ -73,8 +70,8 @@ def test_a_provider_without_a_batch_api_gets_exit_2_and_nothing_is_sent(
 
 
 def test_max_cost_holds_the_worst_case_at_the_batch_price_before_submitting(
-        tmp_path: Path, batch_sim) -> None:
-    server = batch_sim(batch_duration_s=0)
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=0)
     n = 40
     src = prompts_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out.parquet"
@@ -83,8 +80,11 @@ def test_max_cost_holds_the_worst_case_at_the_batch_price_before_submitting(
                                  "--max-cost", "0.002"), env=env())
     assert result.returncode == 3, result.stderr
     assert "budget reached" in result.stderr
-    sent = server.stats.batch_lines_billed
-    assert 10 <= sent < n  # more than online's price would allow (~9), and not all of them
+    # The run waited for what it submitted within the budget: collected, not left running.
+    assert server.stats.batches_created == 1
+    answered = journal_count(out)
+    assert answered == server.stats.batch_lines_billed
+    assert 10 <= answered < n  # more than online's price would allow (~9), and not all of them
     again = run_cli(*batch_args(src, out, server.base_url, "--max-tokens", 100), env=env())
     assert again.returncode == 0, again.stderr
     check_billed_once(server, [r["prompt"] for r in check_complete(out, n)])

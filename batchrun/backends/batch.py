@@ -136,6 +136,7 @@ class BatchFlow:
         self.budget = Budget(self.config.max_cost, self.config.max_total_tokens)
         self.settled: set[bytes] = set()  # keys this run committed: the plan may not know yet
         self.returned: set[bytes] = set()  # keys back from ended batches, to send again
+        self.refusal: str | None = None  # the budget refused a job: submit nothing more
         self._checked = False
 
     async def go(self, jobs: AsyncIterator[list[Job]]) -> None:
@@ -146,6 +147,8 @@ class BatchFlow:
             await self._poll()
         await self._submit_plan(jobs)
         await self._settle()
+        if self.refusal:  # after settling: what was submitted within the budget is collected
+            self.run.stopper.stop(JobStopped(self.refusal))
 
     # --- re-attaching -------------------------------------------------------------------
 
@@ -181,28 +184,25 @@ class BatchFlow:
                 return
             fresh = [job for job in batch if job.key not in self.settled]
             self.run.stats.to_send -= len(batch) - len(fresh)  # collected before the plan got here
-            admitted, refusal = self._admit(fresh)
-            for full in splitter.add(admitted):
+            for full in splitter.add(self._admit(fresh)):
                 await self._submit(full)
-            if refusal:
+            if self.refusal:
                 break
-        else:
-            refusal = None
         rest = splitter.rest()
         if rest is not None and not self.run.stopper.stopping:
             await self._submit(rest)
-        if refusal:
-            self.run.stopper.stop(JobStopped(refusal))
 
-    def _admit(self, jobs: Sequence[Job]) -> tuple[list[Job], str | None]:
-        """The jobs whose worst case the budget holds, in order, and why it refused the next."""
+    def _admit(self, jobs: Sequence[Job]) -> list[Job]:
+        """The jobs whose worst case the budget holds, in order; a refusal ends submitting."""
+        if self.refusal:
+            return []
         if not self.budget.active:
-            return list(jobs), None
+            return list(jobs)
         for i, job in enumerate(jobs):
-            refusal = self.budget.admit(job.tokens, job.cost_estimate)
-            if refusal:
-                return list(jobs[:i]), refusal
-        return list(jobs), None
+            self.refusal = self.budget.admit(job.tokens, job.cost_estimate)
+            if self.refusal:
+                return list(jobs[:i])
+        return list(jobs)
 
     async def _submit(self, file: InputFile) -> None:
         """Upload one file and make it a batch; its keys are held in the journal first."""
@@ -227,15 +227,12 @@ class BatchFlow:
         if self.config.batch_fallback == "online":
             await self._online(jobs)
             return
-        admitted, refusal = self._admit(jobs)
         splitter = FileSplitter(self.config.batch_size)
-        for full in splitter.add(admitted):
+        for full in splitter.add(self._admit(jobs)):
             await self._submit(full)
         rest = splitter.rest()
         if rest is not None:
             await self._submit(rest)
-        if refusal:
-            self.run.stopper.stop(JobStopped(refusal))
 
     async def _online(self, jobs: list[Job]) -> None:
         """The fallback: these jobs go through the online backend, at the online price."""

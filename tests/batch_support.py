@@ -52,3 +52,12 @@ def totals(out: Path) -> dict[str, Any]:
     import orjson
 
     return orjson.loads(pq.read_schema(out).metadata[b"batchrun"])
+
+
+def batch_statuses(server: SimulatorHandle) -> list[str]:
+    """The status of every batch the simulator holds, newest first (read over its HTTP API)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.base_url}/batches?limit=100", timeout=10) as resp:
+        return [batch["status"] for batch in json.load(resp)["data"]]

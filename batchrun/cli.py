@@ -204,6 +204,10 @@ def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> 
 @click.option("--tokenizer-ratio", default=1.0, show_default=True,
               type=click.FloatRange(0, min_open=True),
               help="Count prompt tokens as this many times batchrun's estimate (usage, TPM, headers).")
+@click.option("--batch-api/--no-batch-api", default=True, show_default=True,
+              help="Serve the Batch API (/v1/files, /v1/batches); without it, 404 as most providers.")
+@click.option("--batch-duration", "batch_duration_s", type=click.FloatRange(0),
+              help="Seconds each batch spends in progress (default: 1,000 lines a second).")
 @click.option("--api-key-env", metavar="NAME",
               help="Require the key held in this environment variable (401 otherwise).")
 @click.option("--error-style", type=click.Choice(["openai", "llmost"]), default="openai",

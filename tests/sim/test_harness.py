@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import aiohttp
 
@@ -21,9 +22,12 @@ from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     ROOT,
+    BatchAPI,
     Client,
     Reply,
     chat,
+    jsonl,
+    request_line,
     user,
 )
 
@@ -71,7 +75,8 @@ def test_serve_in_a_subprocess_prints_its_url_and_stops_on_sigterm() -> None:
 
 
 def test_simulate_command_takes_the_stray_429_and_tokenizer_flags() -> None:
-    flags = ["--port", "0", "--rpm", "600", "--stray-429-rate", "0.5", "--tokenizer-ratio", "2"]
+    flags = ["--port", "0", "--rpm", "600", "--stray-429-rate", "0.5", "--tokenizer-ratio", "2",
+             "--no-batch-api"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
         [sys.executable, "-m", "batchrun", "simulate", *flags], stdout=subprocess.PIPE, text=True, env=env
@@ -91,6 +96,7 @@ def test_simulate_command_takes_the_stray_429_and_tokenizer_flags() -> None:
 
             replies = asyncio.run(calls())
             assert {r.status for r in replies} == {200, 429}
+            assert asyncio.run(_get(match.group(1), "/batches")).status == 404  # --no-batch-api
             for prompt, r in zip(prompts, replies, strict=True):
                 limit_headers = [k for k in r.headers if k.lower().startswith("x-ratelimit")]
                 if r.status == 429:
@@ -98,6 +104,41 @@ def test_simulate_command_takes_the_stray_429_and_tokenizer_flags() -> None:
                 else:
                     assert limit_headers
                     assert r.json["usage"]["prompt_tokens"] == 2 * count_prompt_tokens(user(prompt))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def _get(base_url: str, path: str) -> Reply:
+    async with aiohttp.ClientSession() as session:
+        return await BatchAPI(session, base_url).get(path)
+
+
+def test_simulate_command_serves_batches_for_the_given_duration() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--batch-duration", "0.5"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
+            assert match, line
+
+            async def run_batch() -> tuple[float, dict[str, Any]]:
+                async with aiohttp.ClientSession() as session:
+                    api = BatchAPI(session, match.group(1))
+                    loop = asyncio.get_running_loop()
+                    started = loop.time()
+                    created = await api.submit(jsonl([request_line(f"r{i}", f"row {i}") for i in range(5)]))
+                    batch = await api.wait(created["id"])
+                    return loop.time() - started, batch
+
+            took, batch = asyncio.run(run_batch())
+            assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 5
+            assert took >= 0.4
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
         finally:

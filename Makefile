@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,report]'
+	$(BIN)/python -m pip install --quiet -e '.[test,report,ray]'
 	touch $(STAMP)
 
 # --fresh: the demo shows a whole run every time (a plain rerun would resume: nothing to send).

@@ -88,6 +88,11 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Log lines as text or one JSON object per line."),
     click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                  help="Least severe log level shown (default warning; info with --log-format json)."),
+    click.option("--engine", type=click.Choice(["local", "ray"]),
+                 help="Where requests are sent from: this process, or Ray actors (default local)."),
+    click.option("--ray-address", metavar="ADDR",
+                 help="Ray cluster to join (default RAY_ADDRESS, else a local Ray for the run)."),
+    click.option("--workers", type=int, help="Sender actors of --engine ray (default 2)."),
 ]
 
 

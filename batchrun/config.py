@@ -158,6 +158,9 @@ FIELDS: tuple[Field, ...] = (
     Field("batch_size", "run", (int,), _range(1, MAX_BATCH_LINES)),
     Field("no_wait", "run", (bool,)),
     Field("batch_fallback", "run", (str,), _choice("none", "online")),
+    Field("engine", "run", (str,), _choice("local", "ray")),
+    Field("ray_address", "run", (str,)),
+    Field("workers", "run", (int,), _range(1, 10_000)),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -213,6 +216,9 @@ class RunConfig:
     batch_size: int = MAX_BATCH_LINES  # lines per batch input file
     no_wait: bool = False  # batch: submit and collect what is ready, then exit (75 if running)
     batch_fallback: str = "none"  # "online": rows a batch could not answer are sent online
+    engine: str = "local"  # "ray": the senders run as Ray Data actors (batchrun.ray)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for the run
+    workers: int = 2  # sender actors of the Ray engine
     job_file: Path | None = None
     output_url: str | None = None  # where the output is published, for an object-store output
 

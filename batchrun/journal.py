@@ -251,6 +251,15 @@ class Journal:
                 self._checkpointer.close()
             self._db.close()  # the last connection: SQLite checkpoints what is left
 
+    def reload(self) -> None:
+        """Another process wrote this journal meanwhile (the Ray engine's ledger actor): forget
+        what this connection knew of its tables; the next read folds what it finds in `log`."""
+        self._logged = 1
+        self._earlier = True
+        self._tally = None
+        self._log_indexed = False
+        self._overlay = None
+
     @_writes
     def fold(self) -> bool:
         """Move the committed results of `log` into `results`, in one transaction."""

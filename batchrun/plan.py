@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from .config import RunConfig, Secret
 from .cost import Price, batch_price, price_for
@@ -49,18 +50,20 @@ def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
 def rendered_batches(table: InputTable, renderer: Renderer,
                      rows: int = BATCH_ROWS) -> Iterator[tuple[int, list[Rendered]]]:
     """(index of the first row, rendered rows) for each batch of the input, in order."""
-    needed = renderer.needed
     start = 0
     for batch in table.batches(rows):
-        n = batch.num_rows
-        if needed:
-            columns = [batch.column(name).to_pylist() for name in needed]
-            row_dicts = [dict(zip(needed, values, strict=True))
-                         for values in zip(*columns, strict=True)]
-        else:
-            row_dicts = [{} for _ in range(n)]
-        yield start, [renderer.render(row) for row in row_dicts]
-        start += n
+        yield start, render_batch(renderer, batch)
+        start += batch.num_rows
+
+
+def render_batch(renderer: Renderer, batch: pa.RecordBatch | pa.Table) -> list[Rendered]:
+    """Each row of one batch rendered (the Ray engine's workers render their blocks with it)."""
+    needed = renderer.needed
+    if not needed:
+        return [renderer.render({}) for _ in range(batch.num_rows)]
+    columns = [batch.column(name).to_pylist() for name in needed]
+    return [renderer.render(dict(zip(needed, values, strict=True)))
+            for values in zip(*columns, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,20 @@ def sim() -> Iterator[Callable[..., SimulatorHandle]]:
     yield start
     for thread in threads:
         thread.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One local Ray for the whole test session (its start takes seconds); CLI runs join it.
+
+    Two CPUs, as on this machine: the sender actors ask for a quarter of one each.
+    """
+    ray = pytest.importorskip("ray", reason="the Ray engine's tests need pip install '.[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -2,6 +2,7 @@
 
     online   each job is its own request, paced by the limiter (`backends.online`)
     batch    jobs go out as JSONL files in the provider's Batch API at half price (`backends.batch`)
+    ray      the same sending core in Ray Data actors, one limit for the cluster (`batchrun.ray`)
 
 Every backend reads the same plan and commits to the same journal, so an output started by one
 can be finished by another without paying twice.
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from ..config import RunConfig
 from ..context import RunContext
+from ..errors import UsageError
 from ..pending import Job
 
 
@@ -28,9 +30,26 @@ class Backend(Protocol):
 def choose_backend(config: RunConfig) -> Backend:
     """The backend a run's config asks for."""
     if config.backend == "batch":
+        if config.engine == "ray":
+            raise UsageError("--backend batch runs on the provider's Batch API, --engine ray sends "
+                             "online from a Ray cluster: choose one")
         from .batch import BatchBackend
 
         return BatchBackend()
+    if config.engine == "ray":
+        return _ray_backend()
     from .online import OnlineBackend
 
     return OnlineBackend()
+
+
+def _ray_backend() -> Backend:
+    """The Ray engine, or exit 2 with how to install it (Ray is an optional extra)."""
+    try:
+        import ray  # noqa: F401  (only asked whether it is there)
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError("--engine ray needs Ray: pip install 'batchrun[ray]'") from None
+    from ..ray.backend import RayBackend
+
+    return RayBackend()

@@ -1,0 +1,199 @@
+"""The Ray engine behind the CLI (`--engine ray`): the driver plans, Ray Data's actors send.
+
+    async with open_run(...) as run:
+        await execute(run, RayBackend())   # chosen by `backends.choose_backend`
+
+The driver runs the same plan as the local engine (`pending.pending_jobs`: resume, dedup,
+occurrence keys, invalid rows and the row mapping all alike), because the output is one Parquet
+file in input order that the driver rebuilds from the input and the journal (`write.py`). The
+jobs it yields go into Ray's object store in blocks of BLOCK_ROWS; `--workers` sender actors
+(`worker.SenderWorker`, in `map_batches`) settle them under the one limiter actor and commit to
+the one ledger actor, which owns the journal while the cluster sends. When the dataset is done
+the ledger closes the journal, the driver reads it again, and the run ends like a local one:
+the same output, metadata, sidecar, summary and exit code.
+
+A run with nothing to send never starts Ray. Ray itself: `--ray-address`, else `RAY_ADDRESS`,
+else a local Ray started for the run and shut down after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..config import RunConfig, Secret
+from ..context import RunContext
+from ..errors import Interrupted
+from ..journal import journal_path
+from ..pending import Job
+from .ledger import COUNTED, Ledger, counters
+from .limits import LimiterCore, stop_error
+from .worker import JOB_COLUMNS, SenderWorker
+
+BLOCK_ROWS = 256  # jobs per block: what a dead worker's block redoes is checked, not re-sent
+WORKER_CPUS = 0.25  # whole-CPU actors would starve Ray Data's own tasks on a small machine
+POLL_EVERY = 0.5  # seconds between reading the cluster's counters for the progress display
+NAMESPACE = "batchrun"  # the named actors of every run live here
+JOB_SCHEMA = pa.schema(list(zip(JOB_COLUMNS, (pa.binary(), pa.binary(), pa.int64(), pa.float64()),
+                                strict=True)))
+log = logging.getLogger("batchrun")
+
+
+class RayBackend:
+    """Plan on the driver, send from Ray Data actors, commit through the ledger actor."""
+
+    async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
+        """Send every pending job from the cluster; answers are in the journal when it returns."""
+        import ray
+
+        connected = started = False
+        blocks: list[Any] = []
+        base = {name: getattr(run.stats, name) for name in (*COUNTED, "finished")}
+        try:
+            async for batch in jobs:
+                if not batch:
+                    continue
+                if not connected:  # the first job to send: join (or start) Ray now
+                    started = await asyncio.to_thread(connect, run.config.ray_address)
+                    connected = True
+                blocks.extend(ray.put(_job_table(chunk)) for chunk in _chunks(batch, BLOCK_ROWS))
+            run.journal.flush()
+            if blocks:
+                await _send_on_cluster(run, blocks, base)
+        finally:
+            if connected:
+                run.journal.reload()  # the ledger actor wrote it meanwhile
+            if started:
+                await asyncio.to_thread(ray.shutdown)
+
+
+async def _send_on_cluster(run: RunContext, blocks: list[Any], base: dict[str, Any]) -> None:
+    import ray
+
+    config = run.config
+    ledger, limiter = start_actors(config, journal_path(config.output))
+    run.stopper.when_stopping(lambda: _tell_stop(limiter, run))
+    ds = ray.data.from_arrow_refs(blocks)
+    ds = sending(ds, config, run.key, run.base_url, limiter, ledger, columns=None, answers=False)
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        try:
+            for _ in ds.iter_batches(batch_size=None):
+                pass
+        except BaseException as exc:  # judged on the loop: a stop, or a real failure
+            failure.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=consume, name="batchrun-ray", daemon=True)
+    thread.start()
+    try:
+        while not done.is_set():
+            await asyncio.sleep(POLL_EVERY)
+            _count(run, base, await ledger.totals.remote())
+    finally:
+        _count(run, base, await ledger.close.remote())
+    stop = await limiter.stopped.remote()
+    if stop is not None:
+        run.stopper.stop(stop_error(stop))  # the first reason wins: a signal here stays one
+    elif failure:
+        raise failure[0]
+
+
+def _tell_stop(limiter: Any, run: RunContext) -> None:
+    error = run.stopper.error
+    if error is not None:
+        limiter.stop.remote(error.message, isinstance(error, Interrupted))
+
+
+def _count(run: RunContext, base: dict[str, Any], totals: dict[str, float]) -> None:
+    """The run's counters: the driver's own (its plan) plus what the workers reported."""
+    stats = run.stats
+    for name, value in counters(totals).items():
+        setattr(stats, name, base.get(name, 0) + (value if name == "cost_usd" else int(value)))
+
+
+def connect(address: str | None) -> bool:
+    """Join Ray (`address`, else RAY_ADDRESS, else a local Ray); True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet()
+    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False, configure_logging=False)
+    return True
+
+
+def quiet() -> None:
+    """No progress bars or execution chatter from Ray Data: batchrun has its own display."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def start_actors(config: RunConfig, journal: Path | None) -> tuple[Any, Any]:
+    """The run's ledger actor (on this node: the journal is on its disk) and limiter actor."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tag = actor_tag(journal)
+    ledger = ray.remote(Ledger).options(
+        num_cpus=0, scheduling_strategy=here, name=f"batchrun-ledger-{tag}", namespace=NAMESPACE,
+    ).remote(str(journal) if journal is not None else None)
+    limiter = ray.remote(LimiterCore).options(
+        num_cpus=0, name=f"batchrun-limiter-{tag}", namespace=NAMESPACE,
+    ).remote(config.rpm, config.tpm)
+    return ledger, limiter
+
+
+def actor_tag(journal: Path | None) -> str:
+    """Names of one run's actors: this process and its journal, so that runs never share one."""
+    place = str(journal.resolve()) if journal is not None else "dataset"
+    digest = hashlib.blake2b(place.encode(), digest_size=6).hexdigest()
+    return f"{os.getpid()}-{digest}-{id(object()):x}"
+
+
+def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str, limiter: Any,
+            ledger: Any, columns: list[str] | None, answers: bool) -> Any:
+    """`ds` with the sender actors mapped over it (`--workers` async actors on WORKER_CPUS)."""
+    import ray.data
+
+    return ds.map_batches(
+        SenderWorker,
+        fn_constructor_kwargs={
+            "config": config, "key": key, "base_url": base_url, "limiter": limiter,
+            "ledger": ledger, "columns": columns, "answers": answers,
+        },
+        batch_size=None if columns is None else BLOCK_ROWS,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=config.workers),
+        num_cpus=WORKER_CPUS,
+    )
+
+
+def _job_table(jobs: list[Job]) -> pa.Table:
+    columns = list(zip(*jobs, strict=True))
+    return pa.Table.from_arrays([pa.array(values, f.type) for values, f in zip(
+        columns, JOB_SCHEMA, strict=True)], schema=JOB_SCHEMA)
+
+
+def _chunks(items: list[Job], size: int) -> Iterator[list[Job]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,161 @@
+"""The journal of a Ray run: one actor on the driver's node owns it; workers group-commit to it.
+
+    ledger = Ledger(path)                        # inside the ledger actor
+    commits = RemoteCommit(actor, stats)         # inside each sender actor
+    await commits.commit(outcome)                # returns once the answer is durable
+
+Why an actor and not the workers themselves: SQLite wants one writer, and the journal belongs
+beside the output on the driver's disk, where `batchrun status`, a resume and the local engine
+find it. Why not the driver: a `batchrun.ray.process` dataset runs lazily, when its user
+consumes it, with no driver loop of ours. So the actor is the one writer for the whole cluster,
+pinned to the driver's node; it writes the same journal as the local engine (`journal.Journal`
+with its `GroupCommit`), so a run started on Ray can be finished by the local engine and back.
+
+Exactly once: a worker's answer is in a committed transaction before the worker counts it or
+sends that coroutine's next request. Each worker sends one commit call at a time, carrying every
+answer that came in meanwhile, and the actor commits answers of all workers that arrive together
+in one transaction. A worker that dies loses only what was in flight; its block is redone by Ray
+Data, and `lookup` hands the restarted worker every answer already committed, so those are not
+sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..journal import RESULT_COLUMNS, GroupCommit, Journal
+from ..outcome import Outcome
+from ..stats import Stats
+
+FLUSH_EVERY = 0.1  # seconds: the longest a buffered answer waits for its commit
+# The counters a worker adds to the run's: what its sending did, for the progress and summary.
+COUNTED = ("sent", "retries", "rate_limited", "transient", "prompt_tokens", "completion_tokens",
+           "cost_usd", "ok", "errors")
+_SELECT = ", ".join(RESULT_COLUMNS)
+
+
+class Ledger:
+    """The ledger actor: the run's journal, its group commit, and the counters of every worker."""
+
+    def __init__(self, path: str | None) -> None:
+        self._tmp: str | None = None
+        if path is None:  # a dataset without a journal of its own: one for the actor's life
+            self._tmp = tempfile.mkdtemp(prefix="batchrun-ray-")
+            path = str(Path(self._tmp) / "dataset.journal.sqlite")
+        self.path = Path(path)
+        self._journal = Journal(self.path)
+        # Lookups by key while the run goes: `log` indexed by key (a fold drops the index again),
+        # read through a connection of their own.
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.execute("CREATE INDEX IF NOT EXISTS log_key ON log (key)")
+        self._commits = GroupCommit(self._journal, FLUSH_EVERY, self._committed)
+        self._flusher: asyncio.Task[None] | None = None
+        self._totals: Counter[str] = Counter()
+        self._closed = False
+
+    async def lookup(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, ...]]:
+        """The committed results of `keys` (an earlier run's, or this run's), as Outcome tuples."""
+        found: dict[bytes, tuple[Any, ...]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 900):
+            chunk = unique[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for table, order in (("results", ""), ("log", " ORDER BY seq")):  # log: the newest
+                for row in self._reader.execute(
+                    f"SELECT {_SELECT} FROM {table} WHERE key IN ({marks}){order}", chunk
+                ):
+                    found[row[0]] = tuple(row)
+        return found
+
+    async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: dict[str, float]) -> None:
+        """Make `outcomes` durable (one transaction with whatever else arrived); add the counters."""
+        self._totals.update(counted)
+        if not outcomes:
+            return
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._commits.run())
+        for outcome in outcomes[:-1]:
+            self._journal.record(Outcome(*outcome))
+        await self._commits.commit(Outcome(*outcomes[-1]))
+
+    def _committed(self, n: int) -> None:
+        self._totals["finished"] += n
+
+    async def totals(self) -> dict[str, float]:
+        """The counters of every worker so far, and the answers committed."""
+        return dict(self._totals)
+
+    async def close(self) -> dict[str, float]:
+        """Commit what is buffered and close the journal; returns the final counters."""
+        if not self._closed:
+            self._closed = True
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+            self._commits.flush()
+            self._reader.close()
+            self._journal.close()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+        return dict(self._totals)
+
+
+class RemoteCommit:
+    """A worker's side of the group commit: one commit call in flight, answers gathered meanwhile."""
+
+    def __init__(self, ledger: Any, stats: Stats) -> None:
+        self._ledger = ledger
+        self._stats = stats
+        self._reported: dict[str, float] = dict.fromkeys(COUNTED, 0)
+        self._buffer: list[tuple[Any, ...]] = []
+        self._next: asyncio.Future[None] | None = None  # resolved when the buffer is durable
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, outcome: Outcome) -> None:
+        """Return once `outcome` is committed to the run's journal."""
+        self._buffer.append(tuple(outcome))
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._send())
+        await asyncio.shield(self._next)
+
+    async def _send(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            done, self._next = self._next, None
+            try:
+                await self._ledger.commit.remote(batch, self._counted())
+            except Exception as exc:  # the ledger is gone (the driver died): tell the waiters
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+                return
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    def _counted(self) -> dict[str, float]:
+        """What this worker's counters grew by since the last commit call."""
+        delta = {}
+        for name in COUNTED:
+            value = getattr(self._stats, name)
+            if value != self._reported[name]:
+                delta[name] = value - self._reported[name]
+                self._reported[name] = value
+        return delta
+
+
+def counters(totals: dict[str, float]) -> dict[str, float]:
+    """The ledger's totals under the names of `Stats` fields (the ones it keeps)."""
+    names = {f.name for f in fields(Stats)}
+    return {name: value for name, value in totals.items() if name in names}

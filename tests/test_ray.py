@@ -1,0 +1,135 @@
+"""The Ray engine end to end: the real CLI joining the session's local Ray, against the simulator.
+
+One Ray for the whole session (`ray_address`); inputs stay small so that all Ray tests together
+take a minute or two on two shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.write import usage_path
+
+from .conftest import clean_env, prompts_csv, read_output, run_cli
+
+# Columns that differ between two runs of the same rows by nature (timing, the server's ids).
+VARYING = {"latency_ms", "response_id"}
+
+
+def ray_run(src: Path, out: Path, base_url: str, address: str, *extra: object):
+    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
+                   "--model", "sim-1", "--no-progress", "--engine", "ray", "--workers", 2,
+                   "--ray-address", address, *extra, timeout=300)
+
+
+def test_a_ray_run_writes_what_the_local_engine_writes(tmp_path: Path, sim, ray_address) -> None:
+    server = sim(latency=0.01)
+    src = prompts_csv(tmp_path / "in.csv", 120)
+    local = run_cli("run", "--input", src, "--output", tmp_path / "local.parquet", "--base-url",
+                    server.base_url, "--model", "sim-1", "--no-progress")
+    assert local.returncode == 0, local.stderr
+    result = ray_run(src, tmp_path / "ray.parquet", server.base_url, ray_address)
+    assert result.returncode == 0, result.stderr
+    assert "120 rows: 120 ok, 0 error" in result.stdout
+    assert server.stats.requests == 240  # each run sent each row once
+    mine, theirs = read_output(tmp_path / "ray.parquet"), read_output(tmp_path / "local.parquet")
+    assert [r["id"] for r in mine] == [str(i) for i in range(120)]  # input order
+    strip = [{k: v for k, v in r.items() if k not in VARYING} for r in mine]
+    assert strip == [{k: v for k, v in r.items() if k not in VARYING} for r in theirs]
+    assert pq.read_table(usage_path(tmp_path / "ray.parquet")).to_pylist() == pq.read_table(
+        usage_path(tmp_path / "local.parquet")).to_pylist()
+    meta = json.loads(pq.read_schema(tmp_path / "ray.parquet").metadata[b"batchrun"])
+    assert meta["rows"] == {"total": 120, "ok": 120, "error": 0}
+    status = run_cli("status", tmp_path / "ray.parquet")
+    assert status.returncode == 0 and "120" in status.stdout
+
+
+def test_a_rerun_sends_nothing_and_the_local_engine_finishes_a_ray_run(
+        tmp_path: Path, sim, ray_address) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.parquet"
+    first = ray_run(src, out, server.base_url, ray_address)
+    assert first.returncode == 0, first.stderr
+    again = ray_run(src, out, server.base_url, ray_address)  # answered: Ray is not even joined
+    assert again.returncode == 0, again.stderr
+    more = prompts_csv(tmp_path / "in.csv", 40)  # ten new rows, finished by the local engine
+    local = run_cli("run", "--input", more, "--output", out, "--base-url", server.base_url,
+                    "--model", "sim-1", "--no-progress")
+    assert local.returncode == 0, local.stderr
+    assert server.stats.requests == 40
+    assert [r["status"] for r in read_output(out)] == ["ok"] * 40
+
+
+def test_without_ray_the_engine_is_refused_with_how_to_install_it(tmp_path: Path) -> None:
+    hide = tmp_path / "no_ray"
+    (hide / "ray").mkdir(parents=True)
+    (hide / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    result = run_cli("run", "--input", src, "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                     "--engine", "ray", env=clean_env(PYTHONPATH=str(hide)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "batchrun: --engine ray needs Ray: pip install 'batchrun[ray]'"]
+
+
+def test_one_limit_for_the_cluster(tmp_path: Path, sim, ray_address) -> None:
+    # Two workers under one --rpm, against a server enforcing it over 1-second windows: the
+    # cluster keeps to the total, so no more than noise of 429s; each prompt billed once.
+    rpm, rows = 2400, 240
+    server = sim(rpm=rpm, window_s=1.0, latency=0.02)
+    src = prompts_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.parquet"
+    result = ray_run(src, out, server.base_url, ray_address, "--rpm", rpm)
+    assert result.returncode == 0, result.stderr
+    stats = server.stats
+    assert stats.rate_limited <= 0.01 * rows
+    assert stats.ok == rows and set(stats.billed_by_prompt.values()) == {1}
+    meta = json.loads(pq.read_schema(out).metadata[b"batchrun"])
+    assert meta["usage"]["total_tokens"] == stats.billed_total_tokens
+    assert meta["usage"]["prompt_tokens"] == stats.billed_prompt_tokens
+
+
+def test_process_sends_only_the_rows_left_after_a_filter(sim, ray_address) -> None:
+    import ray
+
+    import batchrun.ray
+
+    server = sim()
+    from ray.data.expressions import col
+
+    ds = ray.data.from_items([{"id": i, "lang": "en" if i % 3 == 0 else "fr",
+                               "prompt": f"Summarize review number {i}."} for i in range(60)])
+    kept = ds.filter(expr=col("lang") == "en")
+    answered = batchrun.ray.process(kept, base_url=server.base_url, model="sim-1", workers=2)
+    rows = sorted(answered.take_all(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == list(range(0, 60, 3))
+    assert all(r["status"] == "ok" and r["response"] for r in rows)
+    assert server.stats.requests == 20
+    assert sum(r["total_tokens"] for r in rows) == server.stats.billed_total_tokens
+    only_ok = answered.filter(expr=col("status") == "ok")  # composes like any dataset
+    assert only_ok.count() == 20
+    assert server.stats.requests == 20  # consumed twice, sent once: the answers are journaled
+
+
+@pytest.mark.parametrize("workers", [1])
+def test_process_keeps_a_journal_that_a_second_pipeline_resumes(
+        tmp_path: Path, sim, ray_address, workers: int) -> None:
+    import ray
+
+    import batchrun.ray
+
+    server = sim()
+    items = [{"prompt": f"Summarize review number {i}."} for i in range(12)]
+    journal = tmp_path / "pipeline.journal.sqlite"
+    first = batchrun.ray.process(ray.data.from_items(items[:8]), base_url=server.base_url,
+                                 model="sim-1", workers=workers, journal=journal)
+    assert first.count() == 8
+    second = batchrun.ray.process(ray.data.from_items(items), base_url=server.base_url,
+                                  model="sim-1", workers=workers, journal=journal)
+    assert [r["status"] for r in second.take_all()] == ["ok"] * 12
+    assert server.stats.requests == 12

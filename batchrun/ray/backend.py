@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -38,7 +39,8 @@ from .ledger import COUNTED, Ledger, counters
 from .limits import LimiterCore, stop_error
 from .worker import JOB_COLUMNS, SenderWorker
 
-BLOCK_ROWS = 256  # jobs per block: what a dead worker's block redoes is checked, not re-sent
+BLOCK_ROWS = 256  # jobs per block at most: what a dead worker's block redoes is checked, not re-sent
+BLOCKS_PER_WORKER = 4  # at least: a worker never waits for a block while another has several
 WORKER_CPUS = 0.25  # whole-CPU actors would starve Ray Data's own tasks on a small machine
 POLL_EVERY = 0.5  # seconds between reading the cluster's counters for the progress display
 NAMESPACE = "batchrun"  # the named actors of every run live here
@@ -55,24 +57,36 @@ class RayBackend:
         import ray
 
         connected = started = False
-        blocks: list[Any] = []
+        tables: list[pa.Table] = []
         base = {name: getattr(run.stats, name) for name in (*COUNTED, "finished")}
         try:
             async for batch in jobs:
                 if not batch:
                     continue
-                if not connected:  # the first job to send: join (or start) Ray now
-                    started = await asyncio.to_thread(connect, run.config.ray_address)
+                if not connected:  # the first job to send: join (or start) Ray meanwhile
+                    joining = asyncio.create_task(asyncio.to_thread(connect, run.config.ray_address))
                     connected = True
-                blocks.extend(ray.put(_job_table(chunk)) for chunk in _chunks(batch, BLOCK_ROWS))
+                tables.append(_job_table(batch))
             run.journal.flush()
-            if blocks:
+            if tables:
+                started = await joining
+                blocks = [ray.put(block) for block in _blocks(tables, run.config.workers)]
                 await _send_on_cluster(run, blocks, base)
         finally:
             if connected:
+                if not started:
+                    started = await joining  # (a stop while joining: leave Ray as we found it)
                 run.journal.reload()  # the ledger actor wrote it meanwhile
             if started:
                 await asyncio.to_thread(ray.shutdown)
+
+
+def _blocks(tables: list[pa.Table], workers: int) -> Iterator[pa.Table]:
+    """The jobs in blocks of at most BLOCK_ROWS, and enough of them to keep every worker busy."""
+    jobs = pa.concat_tables(tables)
+    size = max(1, min(BLOCK_ROWS, math.ceil(jobs.num_rows / (workers * BLOCKS_PER_WORKER))))
+    for start in range(0, jobs.num_rows, size):
+        yield jobs.slice(start, size)
 
 
 async def _send_on_cluster(run: RunContext, blocks: list[Any], base: dict[str, Any]) -> None:
@@ -194,6 +208,3 @@ def _job_table(jobs: list[Job]) -> pa.Table:
         columns, JOB_SCHEMA, strict=True)], schema=JOB_SCHEMA)
 
 
-def _chunks(items: list[Job], size: int) -> Iterator[list[Job]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

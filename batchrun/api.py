@@ -25,7 +25,7 @@ from .context import RunContext, open_run
 from .engine import execute
 from .errors import BatchrunError, UsageError
 from .progress import Reporter
-from .store import open_location
+from .store import OUTPUT_SUFFIXES, open_location
 from .summary import Summary, build_summary, output_metadata
 from .timeline import Sampler
 from .write import RESULT_NAMES, write_output
@@ -49,6 +49,10 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         require_plotting()
     reporter = reporter or Reporter.for_config(config)
     backend = choose_backend(config)
+    if config.engine == "ray" and config.output.suffix not in OUTPUT_SUFFIXES:
+        from .ray.dataset import run_folder  # a Parquet dataset: read and written by Ray Data
+
+        return await run_folder(config, key, reporter)
     started = time.time()
     async with open_run(config, key, reporter.event) as run:
         run.event("start", total_rows=run.stats.total_rows, input=str(config.input),

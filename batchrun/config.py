@@ -355,7 +355,9 @@ def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConf
 def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     if not s.get("input"):
         raise UsageError("no input: give --input PATH or [input] path in the job file")
-    input_path, output, output_url = _locations(s.pop("input"), s.pop("output", None))
+    # With the Ray engine, an output that is no file format is a folder: a Parquet dataset.
+    input_path, output, output_url = _locations(s.pop("input"), s.pop("output", None),
+                                                folders=s.get("engine") == "ray")
 
     provider = s.pop("provider", None)
     preset = PRESETS.get(provider) if provider else None
@@ -466,14 +468,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _locations(given_input: str, given_output: str | None) -> tuple[Path | str, Path, str | None]:
-    """(input, the output's local home, the output's URL if it is remote), checked."""
+def _locations(given_input: str, given_output: str | None,
+               folders: bool = False) -> tuple[Path | str, Path, str | None]:
+    """(input, the output's local home, the output's URL if it is remote), checked; `folders`:
+    a local output with no file format is a folder (the Ray engine's Parquet dataset)."""
     input_path: Path | str = given_input if is_url(given_input) else Path(given_input)
     if is_url(given_input):
         check_url(given_input)  # a malformed URL fails here, before anything else
     target = given_output or _default_output(input_path)
     name = target.rpartition("/")[2] if is_url(target) else Path(target).name
-    if not name.endswith(OUTPUT_SUFFIXES):
+    folder = folders and not is_url(target) and not name.endswith(OUTPUT_SUFFIXES)
+    if not name.endswith(OUTPUT_SUFFIXES) and not folder:
         raise UsageError(f"--output {target} must end in .parquet (or .jsonl for the batch "
                          "output format)")
     if is_url(target):
@@ -489,7 +494,7 @@ def _locations(given_input: str, given_output: str | None) -> tuple[Path | str, 
         if _same_file(sidecar, input_path):
             raise UsageError(f"--output {output}: its usage file {sidecar} is the input file; "
                              "choose another output")
-    if output.is_dir():
+    if output.is_dir() and not folder:
         raise UsageError(f"--output {output} is a directory; give a file path ending in .parquet")
     return input_path, output, None
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.simulator import SimConfig, SimulatorThread
+from batchrun.sim import SimConfig, SimulatorThread
 
 RPM = 6000
 
@@ -44,6 +44,8 @@ class Result:
     billed_twice: int  # prompts the simulator billed more than once
     totals_exact: bool  # the output's usage metadata equals what the simulator billed
     wall: float
+    before: float  # start-up (Ray's included) until the first request arrives
+    sending: float  # first arrival to last arrival at the simulator
 
     def line(self, name: str, engine: str, rows: int, ideal: float | None) -> str:
         share = self.limited / self.requests if self.requests else 0.0
@@ -56,11 +58,12 @@ class Result:
         return (f"{name:<10} {engine:<6} {self.exit:>4} {self.failed:>6} {self.requests:>8} "
                 f"{self.limited:>5} {100 * share:>5.2f}% {self.billed_twice:>6} "
                 f"{'yes' if self.totals_exact else 'NO':>6} {self.wall:>7.2f} "
-                f"{rows / self.wall:>8.1f} {ratio}  {met}")
+                f"{rows / self.wall:>8.1f} {ratio} {self.before:>7.2f} {self.sending:>8.2f}  {met}")
 
 
 HEADER = (f"{'scenario':<10} {'engine':<6} {'exit':>4} {'failed':>6} {'requests':>8} {'429s':>5} "
-          f"{'429 %':>6} {'twice':>6} {'exact':>6} {'wall s':>7} {'rows/s':>8} {'/ideal':>6}  met")
+          f"{'429 %':>6} {'twice':>6} {'exact':>6} {'wall s':>7} {'rows/s':>8} {'/ideal':>6} "
+          f"{'start s':>7} {'sending':>8}  met")
 
 
 def run(src: Path, out: Path, sim: dict[str, object], flags: list[str]) -> Result:
@@ -72,6 +75,7 @@ def run(src: Path, out: Path, sim: dict[str, object], flags: list[str]) -> Resul
         result = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.monotonic() - start
         stats = server.stats
+        arrivals = sorted(stats.arrivals)
     failed = len(pq.read_table(src)) if src.suffix == ".parquet" else -1
     exact = False
     if out.exists():
@@ -83,7 +87,9 @@ def run(src: Path, out: Path, sim: dict[str, object], flags: list[str]) -> Resul
     if result.returncode != 0:
         print(f"  stderr: {result.stderr.strip()[-500:]}")
     return Result(result.returncode, failed, stats.requests, stats.rate_limited,
-                  sum(1 for n in stats.billed_by_prompt.values() if n > 1), exact, wall)
+                  sum(1 for n in stats.billed_by_prompt.values() if n > 1), exact, wall,
+                  arrivals[0] - start if arrivals else 0.0,
+                  arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0)
 
 
 def main() -> None:
@@ -91,8 +97,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=6000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["limit", "throughput"])
+    parser.add_argument("--engine", choices=["local", "ray"], help="run only this engine")
     args = parser.parse_args()
     engines = {"local": [], "ray": ["--engine", "ray", "--workers", str(args.workers)]}
+    if args.engine:
+        engines = {args.engine: engines[args.engine]}
     print(f"{args.rows} rows; Ray: {args.workers} workers, a local Ray started by each run")
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:

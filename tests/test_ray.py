@@ -14,28 +14,35 @@ import pytest
 
 from batchrun.write import usage_path
 
-from .conftest import clean_env, prompts_csv, read_output, run_cli
+from .helpers import TEST_KEY, clean_env, journal_count, journal_file, prompts_csv, read_output, run_cli
 
 # Columns that differ between two runs of the same rows by nature (timing, the server's ids).
 VARYING = {"latency_ms", "response_id"}
 
 
-def ray_run(src: Path, out: Path, base_url: str, address: str, *extra: object):
-    return run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
-                   "--model", "sim-1", "--no-progress", "--engine", "ray", "--workers", 2,
-                   "--ray-address", address, *extra, timeout=300)
+def ray_run(src: Path, out: Path, base_url: str, address: str, *extra: object,
+            env: dict[str, str] | None = None):
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", base_url,
+                     "--model", "sim-1", "--no-progress", "--engine", "ray", "--workers", 2,
+                     "--ray-address", address, *extra, env=env, timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
 def test_a_ray_run_writes_what_the_local_engine_writes(tmp_path: Path, sim, ray_address) -> None:
-    server = sim(latency=0.01)
+    server = sim(latency=0.01, api_key=TEST_KEY)  # the key reaches the workers, and no further
+    keyed = clean_env(BATCHRUN_API_KEY=TEST_KEY)
     src = prompts_csv(tmp_path / "in.csv", 120)
     local = run_cli("run", "--input", src, "--output", tmp_path / "local.parquet", "--base-url",
-                    server.base_url, "--model", "sim-1", "--no-progress")
+                    server.base_url, "--model", "sim-1", "--no-progress", env=keyed)
     assert local.returncode == 0, local.stderr
-    result = ray_run(src, tmp_path / "ray.parquet", server.base_url, ray_address)
+    result = ray_run(src, tmp_path / "ray.parquet", server.base_url, ray_address, env=keyed)
     assert result.returncode == 0, result.stderr
     assert "120 rows: 120 ok, 0 error" in result.stdout
+    assert "120 sent" in result.stdout  # the workers' counters reach the summary
     assert server.stats.requests == 240  # each run sent each row once
+    assert TEST_KEY not in result.stdout + result.stderr
+    assert TEST_KEY.encode() not in journal_file(tmp_path / "ray.parquet").read_bytes()
     mine, theirs = read_output(tmp_path / "ray.parquet"), read_output(tmp_path / "local.parquet")
     assert [r["id"] for r in mine] == [str(i) for i in range(120)]  # input order
     strip = [{k: v for k, v in r.items() if k not in VARYING} for r in mine]
@@ -77,10 +84,26 @@ def test_without_ray_the_engine_is_refused_with_how_to_install_it(tmp_path: Path
         "batchrun: --engine ray needs Ray: pip install 'batchrun[ray]'"]
 
 
+def test_a_job_wide_failure_on_a_worker_stops_the_cluster_and_keeps_rows_pending(
+        tmp_path: Path, sim, ray_address) -> None:
+    server = sim(api_key=TEST_KEY)
+    src = prompts_csv(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.parquet"
+    result = ray_run(src, out, server.base_url, ray_address, "--concurrency", 8,
+                     env=clean_env(BATCHRUN_API_KEY="sk-wrong-key-0000"))
+    assert result.returncode == 3, result.stderr
+    assert "401" in result.stderr + result.stdout
+    # What was in flight when the first 401 came back, and what the other worker had started
+    # before its next lease told it: at most twice the concurrency, far from the 200 rows.
+    assert server.stats.requests <= 16, server.stats.requests
+    assert journal_count(out, "1") == 0  # nothing failed for good: a rerun sends every row
+    assert not out.exists()
+
+
 def test_one_limit_for_the_cluster(tmp_path: Path, sim, ray_address) -> None:
     # Two workers under one --rpm, against a server enforcing it over 1-second windows: the
     # cluster keeps to the total, so no more than noise of 429s; each prompt billed once.
-    rpm, rows = 2400, 240
+    rpm, rows = 6000, 300  # 100 a second: the limit's 3% margin is 3 requests in any second
     server = sim(rpm=rpm, window_s=1.0, latency=0.02)
     src = prompts_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "out.parquet"
@@ -133,3 +156,30 @@ def test_process_keeps_a_journal_that_a_second_pipeline_resumes(
                                   model="sim-1", workers=workers, journal=journal)
     assert [r["status"] for r in second.take_all()] == ["ok"] * 12
     assert server.stats.requests == 12
+
+
+def test_an_output_folder_is_a_parquet_dataset_read_and_written_by_ray(
+        tmp_path: Path, sim, ray_address) -> None:
+    import pyarrow as pa
+
+    server = sim()
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for part in range(2):
+        ids = list(range(part * 30, part * 30 + 30))
+        pq.write_table(pa.table({"id": ids, "prompt": [f"Summarize review number {i}." for i in ids]}),
+                       lake / f"part-{part}.parquet")
+    out = tmp_path / "answers"
+    result = ray_run(lake, out, server.base_url, ray_address)
+    assert result.returncode == 0, result.stderr
+    assert "60 rows: 60 ok, 0 error" in result.stdout
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == list(range(60))
+    assert all(r["status"] == "ok" and r["response"] for r in rows)
+    usage = pq.read_table(usage_path(out)).to_pylist()
+    assert sum(u["total_tokens"] for u in usage) == server.stats.billed_total_tokens
+    assert sum(u["requests"] for u in usage) == server.stats.requests == 60
+    again = ray_run(lake, out, server.base_url, ray_address)  # the journal beside the folder
+    assert again.returncode == 0, again.stderr
+    assert server.stats.requests == 60
+    assert pq.read_table(out).num_rows == 60

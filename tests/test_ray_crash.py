@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import clean_env, journal_count, prompts_csv, read_output, run_cli, wait_until
+from .helpers import clean_env, journal_count, prompts_csv, read_output, run_cli, wait_until
 
 ROWS = 200
 CONCURRENCY = 8  # across both workers: at most this many requests are in flight

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ import pyarrow as pa
 
 from ..config import RunConfig, Secret
 from ..context import RunContext
-from ..errors import Interrupted
+from ..errors import Interrupted, UsageError
 from ..journal import journal_path
 from ..pending import Job
+from ..stats import Stats
+from ..stopping import Stopper
 from .ledger import COUNTED, Ledger, counters
 from .limits import LimiterCore, stop_error
 from .worker import JOB_COLUMNS, SenderWorker
@@ -94,45 +96,55 @@ async def _send_on_cluster(run: RunContext, blocks: list[Any], base: dict[str, A
 
     config = run.config
     ledger, limiter = start_actors(config, journal_path(config.output))
-    run.stopper.when_stopping(lambda: _tell_stop(limiter, run))
     ds = ray.data.from_arrow_refs(blocks)
     ds = sending(ds, config, run.key, run.base_url, limiter, ledger, columns=None, answers=False)
+
+    def consume() -> None:
+        for _ in ds.iter_batches(batch_size=None):
+            pass  # the answers are in the journal; the driver writes the output from it
+
+    try:
+        await drive(consume, ledger, limiter, run.stats, run.stopper, base)
+    finally:
+        _count(run.stats, base, await ledger.close.remote())
+
+
+async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stats,
+                stopper: Stopper, base: dict[str, Any]) -> None:
+    """Run `work` (Ray Data consuming the sending dataset) on a thread while the driver's loop
+    keeps the counters up to date and hears signals; then raise why the cluster stopped, if it
+    did, or what failed."""
+    stopper.when_stopping(lambda: _tell_stop(limiter, stopper))
     failure: list[BaseException] = []
     done = threading.Event()
 
-    def consume() -> None:
+    def target() -> None:
         try:
-            for _ in ds.iter_batches(batch_size=None):
-                pass
+            work()
         except BaseException as exc:  # judged on the loop: a stop, or a real failure
             failure.append(exc)
         finally:
             done.set()
 
-    thread = threading.Thread(target=consume, name="batchrun-ray", daemon=True)
-    thread.start()
-    try:
-        while not done.is_set():
-            await asyncio.sleep(POLL_EVERY)
-            _count(run, base, await ledger.totals.remote())
-    finally:
-        _count(run, base, await ledger.close.remote())
+    threading.Thread(target=target, name="batchrun-ray", daemon=True).start()
+    while not done.is_set():
+        await asyncio.sleep(POLL_EVERY)
+        _count(stats, base, await ledger.totals.remote())
     stop = await limiter.stopped.remote()
     if stop is not None:
-        run.stopper.stop(stop_error(stop))  # the first reason wins: a signal here stays one
+        stopper.stop(stop_error(stop))  # the first reason wins: a signal here stays one
     elif failure:
         raise failure[0]
 
 
-def _tell_stop(limiter: Any, run: RunContext) -> None:
-    error = run.stopper.error
+def _tell_stop(limiter: Any, stopper: Stopper) -> None:
+    error = stopper.error
     if error is not None:
         limiter.stop.remote(error.message, isinstance(error, Interrupted))
 
 
-def _count(run: RunContext, base: dict[str, Any], totals: dict[str, float]) -> None:
+def _count(stats: Stats, base: dict[str, Any], totals: dict[str, float]) -> None:
     """The run's counters: the driver's own (its plan) plus what the workers reported."""
-    stats = run.stats
     for name, value in counters(totals).items():
         setattr(stats, name, base.get(name, 0) + (value if name == "cost_usd" else int(value)))
 
@@ -144,8 +156,14 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet()
-    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's ways of saying "no"
+        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check --ray-address "
+                         "or RAY_ADDRESS, or leave both unset for a local Ray") from None
     return True
 
 
@@ -160,8 +178,10 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def start_actors(config: RunConfig, journal: Path | None) -> tuple[Any, Any]:
-    """The run's ledger actor (on this node: the journal is on its disk) and limiter actor."""
+def start_actors(config: RunConfig, journal: Path | None,
+                 track: bool = False) -> tuple[Any, Any]:
+    """The run's ledger actor (on this node: the journal is on its disk) and limiter actor;
+    `track`: the ledger keeps the keys it is asked about, for a dataset output's sidecar."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -169,7 +189,7 @@ def start_actors(config: RunConfig, journal: Path | None) -> tuple[Any, Any]:
     tag = actor_tag(journal)
     ledger = ray.remote(Ledger).options(
         num_cpus=0, scheduling_strategy=here, name=f"batchrun-ledger-{tag}", namespace=NAMESPACE,
-    ).remote(str(journal) if journal is not None else None)
+    ).remote(str(journal) if journal is not None else None, track)
     limiter = ray.remote(LimiterCore).options(
         num_cpus=0, name=f"batchrun-limiter-{tag}", namespace=NAMESPACE,
     ).remote(config.rpm, config.tpm)

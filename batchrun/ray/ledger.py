@@ -46,7 +46,8 @@ _SELECT = ", ".join(RESULT_COLUMNS)
 class Ledger:
     """The ledger actor: the run's journal, its group commit, and the counters of every worker."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, track: bool = False) -> None:
+        self._seen: set[bytes] | None = set() if track else None  # keys of a dataset output
         self._tmp: str | None = None
         if path is None:  # a dataset without a journal of its own: one for the actor's life
             self._tmp = tempfile.mkdtemp(prefix="batchrun-ray-")
@@ -67,6 +68,8 @@ class Ledger:
         """The committed results of `keys` (an earlier run's, or this run's), as Outcome tuples."""
         found: dict[bytes, tuple[Any, ...]] = {}
         unique = list(dict.fromkeys(keys))
+        if self._seen is not None:
+            self._seen.update(unique)
         for start in range(0, len(unique), 900):
             chunk = unique[start:start + 900]
             marks = ",".join("?" * len(chunk))
@@ -90,6 +93,22 @@ class Ledger:
 
     def _committed(self, n: int) -> None:
         self._totals["finished"] += n
+
+    async def usage(self) -> list[tuple[Any, ...]]:
+        """Per-model usage of every request the workers looked up (a dataset output's sidecar):
+        each result once, a request sent twice (by two blocks at once) twice, as it was billed."""
+        self._commits.flush()
+        db = self._reader
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key BLOB PRIMARY KEY) WITHOUT ROWID")
+        db.execute("DELETE FROM temp.seen")
+        db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)",
+                       ((key,) for key in self._seen or ()))
+        return [(model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0, tt or 0, cost)
+                for model, ok, err, attempts, pt, ct, tt, cost in db.execute(
+                    """SELECT COALESCE(model, ''), SUM(status = 'ok'), SUM(status = 'error'),
+                         SUM(attempts), SUM(prompt_tokens), SUM(completion_tokens),
+                         SUM(total_tokens), SUM(cost_usd)
+                       FROM all_results JOIN temp.seen USING (key) GROUP BY 1 ORDER BY 1""")]
 
     async def totals(self) -> dict[str, float]:
         """The counters of every worker so far, and the answers committed."""

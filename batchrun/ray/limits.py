@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,8 @@ from ..stopping import Stopper
 
 MIN_SPAN = 0.2  # seconds a lease reaches ahead at least
 MAX_LEASES_PER_SECOND = 1000.0  # what one actor serves with room to spare (~0.2 ms a call)
-LEAD = 0.05  # seconds before its last leased start a worker asks for the next lease
+LEAD = 0.1  # seconds before its last leased start a worker asks for the next lease
+SLIP = 0.01  # seconds a start may come late before the worker's later starts move with it
 MAX_LEASE = 256  # starts asked for in one lease at most
 ACTIVE_FOR = 2.0  # seconds after its last lease a worker still counts for the shares
 
@@ -159,7 +160,7 @@ class LeasedLimits:
         self._rpm = config.rpm
         self._sizes = Limiter(None, config.tpm)  # only for `oversize`: one home for its message
         self._waiting: deque[tuple[int, asyncio.Future[float]]] = deque()
-        self._leased: list[tuple[float, float, asyncio.Future[float], asyncio.TimerHandle]] = []
+        self._leased: list[_Start] = []
         self._report = Report()
         self._next_lease = 0.0  # wall clock: when the leased starts are nearly used
         self._wake = asyncio.Event()
@@ -213,10 +214,11 @@ class LeasedLimits:
             if not future.done():
                 future.set_result(0.0)
         self._waiting.clear()
-        for _, at, future, handle in self._leased:
-            handle.cancel()
-            if not future.done():
-                future.set_result(at)
+        for start in self._leased:
+            if start.handle is not None:
+                start.handle.cancel()
+            if not start.future.done():
+                start.future.set_result(start.at)
         self._leased.clear()
         if self._task is not None:
             self._task.cancel()
@@ -251,31 +253,50 @@ class LeasedLimits:
         if grant.stop is not None:
             self._stopper.stop(stop_error(grant.stop))
             return
-        loop = asyncio.get_running_loop()
-        now = time.time()
-        self._leased = [item for item in self._leased if not item[2].done()]
+        self._leased = [start for start in self._leased if not start.future.done()]
         for (_, future), (wall, at) in zip(head, grant.starts, strict=False):
             self._waiting.popleft()
-            start = max(wall, grant.paused_until)
-            handle = loop.call_later(max(0.0, start - now), _start, future, at)
-            self._leased.append((start, at, future, handle))
+            start = _Start(max(wall, grant.paused_until), at, future)
+            self._leased.append(start)
+            self._schedule(start)
         if grant.starts:
             self._next_lease = grant.starts[-1][0] - LEAD
-        if grant.paused_until > now:
-            self._hold(grant.paused_until)
+        if grant.paused_until > time.time():
+            self._shift(lambda start: max(start, grant.paused_until))  # a pause holds them too
+            self._next_lease = max(self._next_lease, grant.paused_until - LEAD)
 
-    def _hold(self, until: float) -> None:
-        """A pause holds the starts already leased too."""
-        loop = asyncio.get_running_loop()
-        now = time.time()
-        for i, (start, at, future, handle) in enumerate(self._leased):
-            if start < until and not future.done():
-                handle.cancel()
-                self._leased[i] = (until, at, future,
-                                   loop.call_later(until - now, _start, future, at))
-        self._next_lease = max(self._next_lease, until - LEAD)
+    def _schedule(self, start: _Start) -> None:
+        if start.handle is not None:
+            start.handle.cancel()
+        delay = max(0.0, start.wall - time.time())
+        start.handle = asyncio.get_running_loop().call_later(delay, self._fire, start)
+
+    def _fire(self, start: _Start) -> None:
+        """A leased start is due. One that comes late (a busy process, a slow lease) moves the
+        worker's later starts by as much: their spacing, not their times, is what keeps every
+        window of the cluster under the limit."""
+        start.handle = None  # fired: not moved by what follows
+        late = time.time() - start.wall
+        if late > SLIP:
+            self._shift(lambda wall: wall + late)
+            self._next_lease += late
+        if not start.future.done():
+            start.future.set_result(start.at)
+
+    def _shift(self, move: Callable[[float], float]) -> None:
+        for start in self._leased:
+            if not start.future.done() and start.handle is not None:
+                wall = move(start.wall)
+                if wall != start.wall:
+                    start.wall = wall
+                    self._schedule(start)
 
 
-def _start(future: asyncio.Future[float], at: float) -> None:
-    if not future.done():
-        future.set_result(at)
+@dataclass
+class _Start:
+    """A leased start waiting for its time."""
+
+    wall: float  # when to start, on the wall clock
+    at: float  # its booking on the limiter's clock (for `rate_limited_by_server`)
+    future: asyncio.Future[float]
+    handle: asyncio.TimerHandle | None = None

@@ -1,0 +1,170 @@
+"""An output folder on the Ray engine: a Parquet dataset, one file per block, and the sidecar.
+
+    batchrun run --input /lake/reviews/ --output /lake/summaries --engine ray --workers 8
+
+This is the lake's way: Ray Data reads the input (a Parquet or CSV file, or a folder of them),
+each sender actor renders its own block (`batchrun.ray.process`), and Ray Data writes the
+answered blocks, one Parquet file each, into a temporary folder that replaces OUTPUT when every
+block is written. No driver reads the rows: it only validates the job against the input's
+columns, then keeps the counters and the stop switch. The journal is beside the folder, as for a
+file (`OUTPUT.journal.sqlite`): a rerun sends only what is not answered, and `batchrun status`
+reads it. The usage sidecar (`OUTPUT.usage.parquet`) counts every request the run used once, as
+it was billed; in the rows, a request shared by rows of different blocks shows its usage in each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ..config import RunConfig, Secret, check_transport
+from ..cost import price_for
+from ..errors import BatchrunError, UsageError
+from ..journal import Journal, OutputLock, journal_path
+from ..progress import Reporter
+from ..read import CSV_SUFFIXES
+from ..render import Renderer
+from ..stats import Stats
+from ..stopping import Stopper
+from ..store import usage_path
+from ..summary import Summary, build_summary, output_metadata
+from ..write import RESULT_NAMES, _write_usage
+from .backend import connect, drive, sending, start_actors
+from .ledger import COUNTED
+
+
+async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) -> Summary:
+    """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
+    import ray
+
+    check_transport(config, key)
+    if config.provider == "simulator" and not config.base_url:
+        raise UsageError("--engine ray with an output folder needs --base-url for the simulator")
+    output = config.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(output)
+    lock.acquire()
+    started = False
+    try:
+        Journal(journal_path(output), fresh=config.fresh).close()  # --fresh: start over
+        started = await asyncio.to_thread(connect, config.ray_address)
+        ds = _read(config)
+        columns = list(ds.schema().names)
+        Renderer(config, columns)  # template and column mistakes: exit 2, nothing sent
+        clash = sorted(set(columns) & set(RESULT_NAMES))
+        if clash:
+            raise UsageError(f"input column '{clash[0]}' has the name of an output column; "
+                             "rename it in the input")
+        return await _send(config, key, reporter, ds, columns)
+    finally:
+        if started:
+            await asyncio.to_thread(ray.shutdown)
+        lock.release()
+
+
+async def _send(config: RunConfig, key: Secret | None, reporter: Reporter, ds: Any,
+                columns: list[str]) -> Summary:
+    output = config.output
+    began = time.time()
+    stats, stopper = Stats(), Stopper(reporter.event)
+    ledger, limiter = start_actors(config, journal_path(output), track=True)
+    answered = sending(ds, config, key, config.base_url, limiter, ledger, columns, answers=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    watcher = asyncio.create_task(reporter.watch(stats))
+    try:
+        with stopper.signals():
+            await drive(lambda: answered.write_parquet(str(tmp)), ledger, limiter, stats,
+                        stopper, dict.fromkeys((*COUNTED, "finished"), 0))
+        by_model = await ledger.usage.remote()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+        await ledger.close.remote()
+    counts = _counts(by_model, _rows(tmp))
+    stats.total_rows = counts["mapped"]
+    priced = price_for(config.model, config.price) is not None
+    if stopper.error is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error: BatchrunError = stopper.error
+        error.summary = build_summary(counts, stats, time.time() - began, config, None, None,
+                                      priced=priced, stopped=error.message)
+        reporter.finish(error.summary, error.exit_code)
+        raise error
+    _replace(tmp, output)
+    sidecar = usage_path(output)
+    finished = time.time()
+    summary = build_summary(counts, stats, finished - began, config, output, sidecar,
+                            priced=priced)
+    _write_usage(sidecar, by_model, output_metadata(summary, counts, config, began, finished))
+    reporter.finish(summary)
+    return summary
+
+
+def _read(config: RunConfig) -> Any:
+    """The input as a Ray Data dataset, read as the local engine reads it (CSV cells as text)."""
+    import ray.data
+
+    if not isinstance(config.input, Path):
+        raise UsageError(f"input {config.input}: an output folder reads a local input; "
+                         "write a .parquet output to read from object storage")
+    path = str(config.input)
+    if not config.input.exists():
+        raise UsageError(f"input {path} does not exist")
+    files = [config.input] if config.input.is_file() else sorted(
+        p for p in config.input.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    suffixes = {p.suffix.lower() for p in files}
+    if suffixes == {".parquet"}:
+        return ray.data.read_parquet(path)
+    if len(suffixes) == 1 and next(iter(suffixes)) in CSV_SUFFIXES:
+        delimiter = CSV_SUFFIXES[next(iter(suffixes))]
+        names = pacsv.open_csv(files[0], parse_options=pacsv.ParseOptions(
+            delimiter=delimiter)).schema.names
+        return ray.data.read_csv(
+            path, file_extensions=None,
+            read_options=pacsv.ReadOptions(encoding=config.encoding),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names}, strings_can_be_null=False))
+    raise UsageError(f"input {path}: an output folder needs Parquet or CSV input files, all of "
+                     f"one kind (found {', '.join(sorted(suffixes)) or 'none'})")
+
+
+def _rows(folder: Path) -> tuple[int, int, int]:
+    """(rows, ok, error) of the written dataset, from its files' status columns."""
+    total = ok = error = 0
+    for file in sorted(folder.glob("*.parquet")):
+        status = pq.read_table(file, columns=["status"]).column("status").to_pylist()
+        total += len(status)
+        ok += status.count("ok")
+        error += status.count("error")
+    return total, ok, error
+
+
+def _counts(by_model: list[tuple[Any, ...]], rows: tuple[int, int, int]) -> dict[str, Any]:
+    """The summary's totals: rows from the written files, usage as the sidecar bills it."""
+    total, ok, error = rows
+    sums = [sum(row[i] or 0 for row in by_model) for i in range(3, 8)]
+    distinct = sum((row[1] or 0) + (row[2] or 0) for row in by_model)
+    return {"mapped": total, "ok": ok, "error": error, "attempts": sums[0],
+            "prompt_tokens": sums[1], "completion_tokens": sums[2], "total_tokens": sums[3],
+            "cost_usd": sums[4], "copies": max(0, total - distinct)}
+
+
+def _replace(tmp: Path, output: Path) -> None:
+    """The new folder takes OUTPUT's place; an earlier one is removed only once it is whole."""
+    old = output.with_name(f".{output.name}.{os.getpid()}.old")
+    if output.exists():
+        os.replace(output, old)
+    os.replace(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)

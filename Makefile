@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/resume.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

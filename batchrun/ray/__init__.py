@@ -35,7 +35,7 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
     """
     import ray
 
-    from .backend import quiet, sending, start_actors
+    from .backend import sending, start_actors
 
     for name in ("input", "output"):
         if name in options:
@@ -52,7 +52,6 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
     check_transport(config, secret)
     if not ray.is_initialized():
         ray.init()
-    quiet()
     ledger, limiter = start_actors(config, Path(journal) if journal is not None else None)
     return sending(ds, config, secret, config.base_url, limiter, ledger,
                    columns=list(ds.schema().names), answers=True)

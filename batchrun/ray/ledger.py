@@ -22,6 +22,7 @@ sent again.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import shutil
 import sqlite3
@@ -51,6 +52,7 @@ class Ledger:
         self._tmp: str | None = None
         if path is None:  # a dataset without a journal of its own: one for the actor's life
             self._tmp = tempfile.mkdtemp(prefix="batchrun-ray-")
+            atexit.register(shutil.rmtree, self._tmp, True)  # Ray ends an unused actor's process
             path = str(Path(self._tmp) / "dataset.journal.sqlite")
         self.path = Path(path)
         self._journal = Journal(self.path)

@@ -54,6 +54,7 @@ class Report:
     replies: int = 0  # answers of any kind
     headers: dict[str, str] | None = None  # the newest `x-ratelimit-*` headers
     limited: list[tuple[float | None, float | None, bool]] = field(default_factory=list)
+    factor: float = 1.0  # the worker's token estimates changed by this much (calibration)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class LimiterCore:
 
     def _hear(self, report: Report) -> None:
         limiter = self.limiter
+        if report.factor != 1.0:
+            limiter.recalibrated(report.factor)
         for _ in range(report.replies - 1):
             limiter.observe({})
         if report.replies:
@@ -199,6 +202,10 @@ class LeasedLimits:
             limits = {k: v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
             if limits:
                 self._report.headers = limits
+
+    def recalibrated(self, factor: float) -> None:
+        """Token estimates changed: the limiter actor rebooks its recent starts with the next lease."""
+        self._report.factor *= factor
 
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
                                concurrent: bool = False) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,10 +85,14 @@ def check_page(page: Path, screenshot: bool = False, timeout: float = 60.0) -> P
 
 
 async def _check(page: Path, screenshot: bool) -> PageCheck:
-    with tempfile.TemporaryDirectory(prefix="batchrun-chromium-") as profile:
+    # Chromium's helper processes (zygote, crash handler) may still write to the profile for a
+    # moment after the browser exits: the whole process group is ended, and what they leave
+    # behind in the temporary profile does not fail the test.
+    with tempfile.TemporaryDirectory(prefix="batchrun-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [find_chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = await _port(Path(profile) / "DevToolsActivePort", proc)
             async with aiohttp.ClientSession() as http:
@@ -101,6 +108,8 @@ async def _check(page: Path, screenshot: bool) -> PageCheck:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def _port(path: Path, proc: subprocess.Popen[bytes]) -> int:

@@ -1,11 +1,16 @@
 """Throughput: batchrun vs a bare aiohttp loop, same rows, same local simulator, alternating.
 
     python benchmarks/throughput.py [--rows 20000] [--concurrency 64] [--rounds 3] [--latency S]
+                                    [--against CHECKOUT]
 
 The simulator runs in its own process (`batchrun simulate`, zero latency) so that it does not
 share an interpreter with the client being measured. Each round runs the bare loop and then
 batchrun, each as a fresh subprocess timed from start to exit (batchrun's time includes reading
 the CSV, the journal and writing the Parquet output). Prints rows/s and the ratio of wall times.
+
+--against runs a third contender each round: batchrun from another checkout (say a worktree of
+the commit before a change), so a before/after figure comes from the same rounds on the same
+machine rather than from two runs minutes apart.
 """
 
 from __future__ import annotations
@@ -52,15 +57,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 '''
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], pythonpath: Path | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of a subprocess; fails loudly if it fails.
+
+    `pythonpath` puts another checkout's package ahead of the installed one.
 
     CPU time (user + system, from the child's rusage) is reported beside wall time because it
     barely moves when other work shares the machine, while wall time does.
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -77,30 +85,43 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0,
                         help="simulator seconds per answer (0.04 at concurrency 64 is the ~1,600 "
                              "requests/s of the issue's reference server)")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another batchrun checkout to time in the same rounds (before/after)")
     args = parser.parse_args()
 
     # Bytecode for batchrun, as `pip install` compiles it: a source checkout run with
     # PYTHONDONTWRITEBYTECODE=1 would otherwise compile every edited module in every run.
     compileall.compile_dir(HERE.parent / "batchrun", quiet=1)
+    if args.against:
+        compileall.compile_dir(args.against / "batchrun", quiet=1)
     sim_flags = ("--latency", str(args.latency)) if args.latency else ()
     with tempfile.TemporaryDirectory() as tmp, simulator_process(*sim_flags) as base_url:
         src = Path(tmp) / "in.csv"
         write_prompts(src, args.rows)
         bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
+        other_times: list[float] = []
+        other = 0.0
         for round_no in range(1, args.rounds + 1):
             bare, bare_c = timed([sys.executable, "-c", BARE_LOOP, str(src), base_url + "/chat/completions",
                           str(args.concurrency)])
+            run = ["run", "--input", str(src), "--base-url", base_url, "--model", "sim-1",
+                   "--concurrency", str(args.concurrency), "--no-progress"]
             out = Path(tmp) / f"out{round_no}.parquet"
-            ours, ours_c = timed([sys.executable, "-m", "batchrun", "run", "--input", str(src),
-                          "--output", str(out), "--base-url", base_url, "--model", "sim-1",
-                          "--concurrency", str(args.concurrency), "--no-progress"])
+            ours, ours_c = timed([sys.executable, "-m", "batchrun", *run, "--output", str(out)])
+            if args.against:
+                out = Path(tmp) / f"other{round_no}.parquet"
+                other, _ = timed([sys.executable, "-m", "batchrun", *run, "--output", str(out)],
+                                 pythonpath=args.against)
+                other_times.append(other)
             bare_times.append(bare)
             batch_times.append(ours)
             bare_cpu.append(bare_c)
             batch_cpu.append(ours_c)
             print(f"round {round_no}: bare loop {bare:6.2f} s ({args.rows / bare:7.0f} rows/s, "
                   f"cpu {bare_c:5.2f} s)   batchrun {ours:6.2f} s ({args.rows / ours:7.0f} rows/s, "
-                  f"cpu {ours_c:5.2f} s)   ratio {ours / bare:.2f}x", flush=True)
+                  f"cpu {ours_c:5.2f} s)   ratio {ours / bare:.2f}x"
+                  + (f"   {args.against.name} {other:6.2f} s ratio {other / bare:.2f}x"
+                     if args.against else ""), flush=True)
         bare_m, ours_m = statistics.median(bare_times), statistics.median(batch_times)
         bare_cm, ours_cm = statistics.median(bare_cpu), statistics.median(batch_cpu)
         print(f"\n{args.rows} rows, concurrency {args.concurrency}, {os.cpu_count()} cores, "
@@ -115,6 +136,11 @@ def main() -> None:
               f"range {ratios[0]:.2f}x-{ratios[-1]:.2f}x")
         print(f"client CPU        : bare {bare_cm:.2f} s, batchrun {ours_cm:.2f} s, "
               f"ratio {ours_cm / bare_cm:.2f}x")
+        if other_times:
+            others = sorted(o / b for o, b in zip(other_times, bare_times, strict=True))
+            print(f"against {args.against}: median {statistics.median(other_times):.2f} s, "
+                  f"per-round ratio median {statistics.median(others):.2f}x "
+                  f"(range {others[0]:.2f}x-{others[-1]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class History(NamedTuple):
     elapsed: float  # seconds since the row's first start
     refused: int  # 403s in a row across the run, this one included
     stopping: bool = False  # the run is stopping: nothing more is sent
+    stray: bool = False  # the limiter judged this 429 noise: it paused no other start
 
 
 def decide(failure: Failure | None, history: History, policy: RetryPolicy,
@@ -90,9 +91,12 @@ def decide(failure: Failure | None, history: History, policy: RetryPolicy,
 
 def _wait_for_rate(failure: Failure, history: History, policy: RetryPolicy,
                    rng: random.Random) -> Action:
-    """A 429 about rate: wait at least its retry-after, backing off as they repeat for this row."""
+    """A 429 about rate: wait its retry-after. One the limiter took as evidence that the run is
+    too fast backs off further as they repeat for this row; a stray one (the provider's noise,
+    which it makes at any pace) waits just as long as the provider asked: backing off would only
+    lengthen the tail of a run whose unlucky rows draw two or three."""
     floor = failure.retry_after if failure.retry_after is not None else DEFAULT_RATE_WAIT
-    delay = policy.delay(history.limited, floor, rng)
+    delay = floor if history.stray else policy.delay(history.limited, floor, rng)
     if history.elapsed + delay >= policy.deadline:
         return _given_up(failure, history, policy)
     return Retry(delay, counted=False)

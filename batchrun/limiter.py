@@ -19,7 +19,8 @@ gateways answer 1-2% of requests with 429 at any pace; such a stray 429 delays o
 spiral the run down to a crawl.
 The evidence is (1) 429s that are more than noise among the recent answers, judged by a running
 score over answers, not over time (Page's CUSUM test: a pause, when few answers come back, neither
-makes one 429 look like a storm nor forgets a real one); (2) the 429's headers saying the window is
+makes one 429 look like a storm nor forgets a real one), and still so if every request in flight
+answers ok (429s come back before the answers of requests sent with them); (2) the 429's headers saying the window is
 spent; (3) a 429 while the pace probes above a rate that 429s taught before. Then every start
 pauses for the retry-after, and on (1) and (3) the pace is cut below what the server really took
 over the last seconds (the "wall"); it climbs back to the wall in a few seconds and then probes
@@ -394,7 +395,11 @@ class Limiter:
         self._slice += (LIMITED_WEIGHT if fresh else 0.0) - ANSWER_WEIGHT
         # Above a wall it learned before, the run was looking for room: one 429 is the answer.
         probing = fresh and (self.requests.probing or self.tokens.probing)
-        storm = self._floor + self._slice >= ALARM
+        # The evidence must stand even if every request still in flight answers ok: a 429 comes
+        # back at once while answers take their latency, so the first answers of a run (or of a
+        # burst) are its 429s. Four stray 429s among the first 64 requests are not a storm; in a
+        # real one the requests in flight come back 429 too and the score still gets there.
+        storm = self._floor + self._slice + self.in_flight * ANSWER_WEIGHT >= ALARM
         if not (storm or probing or self._spent):
             return False
         self._pause(retry_after, now)

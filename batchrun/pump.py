@@ -1,8 +1,11 @@
 """The pump: a fixed pool of workers settles the pending jobs, each answer committed before its
 worker sends again.
 
-One producer task feeds a bounded queue from the plan; `concurrency` workers take jobs from it and
-call `settle(job)`; the group commit makes each outcome durable, then wakes its worker. A stop
+One producer task feeds a bounded queue from the plan; workers take jobs from it and call
+`settle(job)`; the group commit makes each outcome durable, then wakes its worker. A worker holds
+one of `concurrency` seats while it settles a job; a row waiting to retry gives its seat up (see
+`JobSender`), so there are twice as many workers as seats: rows waiting out a stray 429's second
+do not idle the run, and no more than `concurrency` rows are ever sending or about to. A stop
 cancels the producer (it may wait on a full queue no worker drains) and lets the workers finish
 what they hold; queued jobs stay pending.
 """
@@ -26,11 +29,13 @@ Settle = Callable[[Job], Awaitable[Outcome | None]]
 class Pump:
     """Workers and the group commit of one run."""
 
-    def __init__(self, run: RunContext, settle: Settle, workers: int) -> None:
+    def __init__(self, run: RunContext, settle: Settle, seats: asyncio.Semaphore,
+                 concurrency: int) -> None:
         self._run = run
         self._settle = settle
-        self._workers = workers
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=workers * 2)
+        self._seats = seats
+        self._workers = 2 * concurrency
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self._workers)
         self._commits = GroupCommit(run.journal, FLUSH_EVERY, self._committed)
 
     async def drain(self, jobs: AsyncIterator[list[Job]]) -> None:
@@ -90,15 +95,18 @@ class Pump:
             job = await self._queue.get()
             if job is None or stopper.stopping:
                 return
-            outcome = await self._settle(job)
-            if outcome is not None:
-                # Durable before this worker sends again: a kill -9 pays twice only for requests
-                # in flight.
-                try:
-                    await self._commits.commit(outcome)
-                except JobStopped as exc:  # the journal cannot be written: start nothing more
-                    stopper.stop(exc)
+            async with self._seats:
+                if stopper.stopping:
                     return
+                outcome = await self._settle(job)
+                if outcome is not None:
+                    # Durable before this seat sends again: a kill -9 pays twice only for
+                    # requests in flight.
+                    try:
+                        await self._commits.commit(outcome)
+                    except JobStopped as exc:  # the journal cannot be written: start no more
+                        stopper.stop(exc)
+                        return
 
     @staticmethod
     async def _wait(workers: list[asyncio.Task[None]]) -> None:

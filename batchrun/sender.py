@@ -50,7 +50,7 @@ class Limits(Protocol):
     def observe(self, headers: Mapping[str, str]) -> None: ...
     def recalibrated(self, factor: float) -> None: ...
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
-                               concurrent: bool = False) -> Any: ...
+                               concurrent: bool = False) -> bool: ...
 
 
 class Wire(Protocol):
@@ -72,8 +72,10 @@ class JobSender:
     def __init__(self, config: RunConfig, wire: Wire, limiter: Limits, stats: Stats,
                  stopper: Stopper, price: Price | None,
                  emit: Callable[[str, dict[str, Any]], None],
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None,
+                 seats: asyncio.Semaphore | None = None) -> None:
         self._config = config
+        self._seats = seats  # the callers' seats: a row waiting to retry gives its seat up
         self._wire = wire
         self._limiter = limiter
         self._stats = stats
@@ -97,6 +99,7 @@ class JobSender:
         sent = failed = limited = 0
         usage: Usage | None = None
         while not self._stopper.stopping:
+            stray = False
             hold = self._hold(job)
             sent_at = await self._start(hold)
             if sent_at is None:
@@ -110,7 +113,7 @@ class JobSender:
             if failure is not None:
                 if failure.rate_limited:
                     limited += 1
-                    self._rate_limited(failure, sent_at)
+                    stray = not self._rate_limited(failure, sent_at)
                 else:
                     failed += 1
                     self._stats.transient += failure.kind is Kind.RETRY
@@ -119,11 +122,11 @@ class JobSender:
             else:
                 self._refused = 0
             history = History(sent, failed, limited, loop.time() - started, self._refused,
-                              self._stopper.stopping)
+                              self._stopper.stopping, stray)
             action = decide(failure, history, self._policy, self._rng)
             if isinstance(action, Retry):
                 log.debug("retrying after: %s", failure.message if failure else "")
-                await self._stopper.sleep(action.delay)
+                await self._wait(action.delay)
             elif isinstance(action, Finish):
                 return self._finish(job, action, answer, usage, sent, latency_ms, parsed)
             elif isinstance(action, Stop):
@@ -133,6 +136,19 @@ class JobSender:
                 assert isinstance(action, Pending)
                 return None
         return None
+
+    async def _wait(self, delay: float) -> None:
+        """Wait out a retry's delay. A waiting row is not in flight: its caller's seat goes to
+        another row meanwhile, so that stray 429s (each a second's wait) do not idle the run."""
+        seats = self._seats
+        if seats is None:
+            await self._stopper.sleep(delay)
+            return
+        seats.release()
+        try:
+            await self._stopper.sleep(delay)
+        finally:
+            await seats.acquire()  # cancelled here only when the whole run is torn down
 
     def _hold(self, job: Job) -> Hold:
         """The job's reservation with its prompt as the provider counts it (calibrated)."""
@@ -229,17 +245,19 @@ class JobSender:
                              default_model=self._config.model, parsed=parsed,
                              error=action.error, error_kind=action.error_kind)
 
-    def _rate_limited(self, failure: Failure, sent_at: float) -> None:
-        """Tell the limiter; report a pause of the whole run once per pause, not per 429."""
+    def _rate_limited(self, failure: Failure, sent_at: float) -> bool:
+        """Tell the limiter; report a pause of the whole run once per pause, not per 429.
+        Whether the limiter took the 429 as evidence (False: a stray one, only its row waits)."""
         self._stats.rate_limited += 1
         limiter = self._limiter
         pauses = limiter.pauses
-        limiter.rate_limited_by_server(failure.retry_after, sent_at, concurrent=failure.concurrency)
+        evidence = limiter.rate_limited_by_server(failure.retry_after, sent_at,
+                                                  concurrent=failure.concurrency)
         if limiter.pauses == pauses:
-            return
+            return evidence
         now = asyncio.get_running_loop().time()
         if now < self._quiet_until:
-            return
+            return evidence
         pause = failure.retry_after if failure.retry_after is not None else 1.0
         self._quiet_until = now + pause
         rpm = limiter.rpm
@@ -247,3 +265,4 @@ class JobSender:
             "pause_s": round(pause, 3), "status": failure.status,
             "rpm_now": round(rpm, 1) if rpm else None, "rate_limited": self._stats.rate_limited,
         })
+        return evidence

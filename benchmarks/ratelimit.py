@@ -19,7 +19,9 @@ writing) as measured from outside. Scenarios, each with its targets:
     allowance (1,000 tokens), as in a real run: one of a sixth of it would leave a 1-second
     window room for 6 where the pace allows 6.06, whatever the client knows of the tokenizer.
   stray (3,000 rows, no limit, 30 ms): 2% of requests answered 429 at any pace (retry-after 1, no
-    headers); the wall is within 1.5x of the same run without them, measured here too.
+    headers); the wall is within 1.5x of the same run without them, measured here too (the
+    median over 5 seeds of the simulator's dice; the floor is the retry-after itself: a row
+    refused near the end makes the run at least 1 s longer).
   soak (2,000 rows, --concurrency 64, no limit, 30 ms): 5% 5xx, 2% dropped connections, 1% garbage,
     1% hangs cut by --timeout 3, 1% stray 429s: every row ok, each prompt billed once, usage
     exact, in <= 20 s.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ MAX_TOKENS = 40
 RPM = 6000
 TOKENIZER_TPM = 60_000
 TOKENIZER_MAX_TOKENS = 5
+STRAY_SEEDS = 5
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,11 @@ def scenarios(rows: int) -> list[Scenario]:
         tokenizer(0.5, 2000),
         tokenizer(2.0, 750),
         Scenario("no-stray", fast, (), 3000, None),
-        Scenario("stray", {**fast, "stray_429_rate": 0.02}, (), 3000, None, max_429=1.0),
+        # Which requests draw a stray 429 is the simulator's seeded dice: a row refused twice
+        # near the end adds a second retry-after to the run, so the figure is the median of a
+        # few seeds, not the luck of one.
+        *(Scenario(f"stray/{seed}", {**fast, "stray_429_rate": 0.02, "seed": seed}, (), 3000,
+                   None, max_429=1.0) for seed in range(STRAY_SEEDS)),
         Scenario("soak", {**fast, "fail_rate": 0.05, "drop_rate": 0.02, "garbage_rate": 0.01,
                           "hang_rate": 0.01, "stray_429_rate": 0.01, "seed": 11},
                  ("--timeout", "3", "--max-attempts", "12"), 2000, None, max_429=1.0, max_wall=20.0),
@@ -150,9 +158,9 @@ class Result:
 
 
 def run(scenario: Scenario, concurrency: int, workdir: Path) -> Result:
-    src = workdir / f"{scenario.name}.csv"
+    src = workdir / f"{scenario.name.replace('/', '-')}.csv"
     src.write_text("prompt\n" + "\n".join(f'"{p}"' for p in prompts(scenario)) + "\n")
-    out = workdir / f"{scenario.name}.parquet"
+    out = workdir / f"{scenario.name.replace('/', '-')}.parquet"
     with SimulatorThread(SimConfig(**scenario.sim)) as sim:  # type: ignore[arg-type]
         cmd = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
                "--base-url", sim.base_url, "--model", "sim-1",
@@ -201,10 +209,8 @@ def line(r: Result, note: str = "") -> str:
 def notes(r: Result, results: dict[str, Result]) -> str:
     """What a scenario's line must add: the stray run against the one without, the soak's checks."""
     name = r.scenario.name
-    if name == "stray" and "no-stray" in results:
-        base = results["no-stray"].wall
-        return f"; {r.wall / base:.2f}x the run without stray 429s (target <= 1.5x: " \
-               f"{'yes' if r.wall <= 1.5 * base else 'NO'})"
+    if name.startswith("stray/") and "no-stray" in results:
+        return f"; {r.wall / results['no-stray'].wall:.2f}x the run without stray 429s"
     if name == "soak":
         return (f"; billed once: {'yes' if r.billed_once else 'NO'}, usage exact: "
                 f"{'yes' if r.usage_exact else 'NO'}, wall <= 20 s")
@@ -222,12 +228,17 @@ def main() -> None:
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios(args.rows):
-            if args.only and scenario.name not in args.only:
+            if args.only and scenario.name.split("/")[0] not in args.only:
                 continue
             r = results[scenario.name] = run(scenario, args.concurrency, Path(tmp))
             print(line(r, notes(r, results)), flush=True)
             if r.exit != 0:
                 print(f"  stderr: {r.stderr}")
+    stray = sorted(r.wall for name, r in results.items() if name.startswith("stray/"))
+    if stray and "no-stray" in results:
+        ratio = statistics.median(stray) / results["no-stray"].wall
+        print(f"stray 429s: median of {len(stray)} seeds {ratio:.2f}x the run without them "
+              f"(target <= 1.5x: {'yes' if ratio <= 1.5 else 'NO'})")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ RATE = Failure(Kind.RETRY, "HTTP 429 Too Many Requests", 429, retry_after=2.0, r
 
 
 def history(sent: int = 1, failed: int = 0, limited: int = 0, elapsed: float = 0.0,
-            refused: int = 0, stopping: bool = False) -> History:
-    return History(sent, failed, limited, elapsed, refused, stopping)
+            refused: int = 0, stopping: bool = False, stray: bool = False) -> History:
+    return History(sent, failed, limited, elapsed, refused, stopping, stray)
 
 
 def test_a_success_finishes_the_row_ok() -> None:
@@ -54,6 +54,18 @@ def test_a_429_without_retry_after_waits_a_second() -> None:
     failure = Failure(Kind.RETRY, "HTTP 429", 429, rate_limited=True)
     action = decide(failure, history(limited=1), POLICY, random.Random(1))
     assert isinstance(action, Retry) and action.delay >= 1.0 and not action.counted
+
+
+def test_repeated_429s_that_are_evidence_back_off_but_stray_ones_wait_just_the_retry_after() -> None:
+    # The fourth 429 for this row: as evidence that the run is too fast, the backoff grows past
+    # the retry-after (full jitter up to 0.5 * 2**3 = 4 s, drawn above 2 s with this seed); as
+    # the provider's noise, the row waits exactly what the provider asked.
+    backed_off = [decide(RATE, history(sent=4, limited=4), POLICY, random.Random(seed))
+                  for seed in range(20)]
+    assert all(isinstance(a, Retry) and 2.0 <= a.delay <= 4.0 for a in backed_off)
+    assert any(isinstance(a, Retry) and a.delay > 2.0 for a in backed_off)
+    stray = decide(RATE, history(sent=4, limited=4, stray=True), POLICY, random.Random(1))
+    assert stray == Retry(2.0, counted=False)
 
 
 def test_the_row_deadline_bounds_waiting_for_rate() -> None:

@@ -35,11 +35,12 @@ class OnlineBackend:
             # An earlier run on this output may have learned how the provider counts tokens.
             calibration = Calibration(None if config.fresh else
                                       run.journal.meta().get(CALIBRATION_META))
+            seats = asyncio.Semaphore(config.concurrency)  # rows sending, or about to
             sender = JobSender(config, wire, limiter, run.stats, run.stopper, run.price, run.emit,
-                               calibration)
+                               calibration, seats)
             keeper = asyncio.create_task(_keep_calibration(run.journal, calibration))
             try:
-                await Pump(run, sender.settle, config.concurrency).drain(jobs)
+                await Pump(run, sender.settle, seats, config.concurrency).drain(jobs)
             finally:
                 keeper.cancel()
                 _save(run.journal, calibration)

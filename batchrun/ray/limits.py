@@ -208,11 +208,14 @@ class LeasedLimits:
         self._report.factor *= factor
 
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
-                               concurrent: bool = False) -> None:
-        """A 429 about rate: told to the limiter actor now, so that every worker slows."""
+                               concurrent: bool = False) -> bool:
+        """A 429 about rate: told to the limiter actor now, so that every worker slows.
+        Taken as evidence (True): whether the actor judges it stray is known only there, so
+        the row backs off as for a 429 that is not."""
         self._report.limited.append((retry_after, sent_at, concurrent))
         self.pauses += 1
         self._kick()
+        return True
 
     def close(self) -> None:
         """The run is stopping: let every waiting start through at once (it will not send)."""

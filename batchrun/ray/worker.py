@@ -95,7 +95,7 @@ class SenderWorker:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._commits = RemoteCommit(self._ledger, self._stats)
         return JobSender(config, wire, limits, self._stats, stopper, self._price,
-                         lambda name, data: None)
+                         lambda name, data: None, seats=self._slots)
 
     def _tell_stop(self) -> None:
         error = self._stopper.error

@@ -20,12 +20,13 @@ spiral the run down to a crawl.
 The evidence is (1) 429s that are more than noise among the recent answers, judged by a running
 score over answers, not over time (Page's CUSUM test: a pause, when few answers come back, neither
 makes one 429 look like a storm nor forgets a real one), and still so if every request in flight
-answers ok (429s come back before the answers of requests sent with them); (2) the 429's headers saying the window is
-spent; (3) a 429 while the pace probes above a rate that 429s taught before. Then every start
-pauses for the retry-after, and on (1) and (3) the pace is cut below what the server really took
-over the last seconds (the "wall"); it climbs back to the wall in a few seconds and then probes
-slowly above it, so a run with no headers and no configured limit finds the real one. A 429 about
-concurrent requests lowers the cap on requests in flight to what the server allowed instead.
+answers ok (429s come back before the answers of requests sent with them); (2) the 429's headers
+saying the window is spent; (3) a 429 while the pace probes above a rate that 429s taught before.
+Then every start pauses for the retry-after, and on (1) and (3) the pace is cut below what the
+server really took over the last seconds (the "wall"); it climbs back to the wall in a few seconds
+and then probes slowly above it, so a run with no headers and no configured limit finds the real
+one. A 429 about concurrent requests lowers the cap on requests in flight to what the server
+allowed instead.
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ class Limiter:
         self._freed = asyncio.Event()
         self._paused_until = -math.inf
         self._last_cut = -math.inf
+        self._scale = 1.0  # token estimates now against the run's first ones (recalibrated)
         self._sent: deque[tuple[float, int]] = deque()  # (start, tokens) of recent starts
         self._refused: deque[float] = deque()  # starts of recent requests refused with 429
         self._tokens = 0  # the tokens of the latest start: what "room left" must hold
@@ -257,10 +259,22 @@ class Limiter:
         started = self.start_now(tokens)
         if started is not None:
             return started
+        return await self.wait_turn(tokens)
+
+    async def wait_turn(self, tokens: int) -> float:
+        """`acquire` after `start_now` said no: wait at the gate for this request's turn.
+
+        A start may wait here for seconds while answers recalibrate the token estimates: it is
+        booked at the estimate as of its start, not as of when it began to wait (a run's first
+        answers often show the provider counting twice what we thought, and every start waiting
+        then would otherwise go at the old pace)."""
+        scale = self._scale
         async with self._gate:
             # One worker waits at a time, and re-reads the state when it wakes: a 429 that came
             # in meanwhile holds this start too.
             while not self._closed:
+                tokens = round(tokens * self._scale / scale)
+                scale = self._scale
                 if self._full():
                     self._freed.clear()
                     self._waiting += 1
@@ -323,6 +337,7 @@ class Limiter:
         the token clock now, and measure them at the new one."""
         now = self._clock()
         self._forget(now)
+        self._scale *= factor  # and the starts waiting at the gate are booked at the new one
         sent = self._sent
         extra = sum(t for _, t in sent) * (factor - 1)
         self._sent = deque((at, round(t * factor)) for at, t in sent)

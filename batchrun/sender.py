@@ -45,7 +45,7 @@ class Limits(Protocol):
     def rpm(self) -> float | None: ...
     def oversize(self, tokens: int) -> str | None: ...
     def start_now(self, tokens: int) -> float | None: ...
-    async def acquire(self, tokens: int) -> float: ...
+    async def wait_turn(self, tokens: int) -> float: ...
     def release(self) -> None: ...
     def observe(self, headers: Mapping[str, str]) -> None: ...
     def recalibrated(self, factor: float) -> None: ...
@@ -102,8 +102,10 @@ class JobSender:
             stray = False
             hold = self._hold(job)
             sent_at = await self._start(hold)
-            if sent_at is None:
+            held = self._rehold(job, hold) if sent_at is not None else None
+            if sent_at is None or held is None:
                 return None
+            hold = held
             sent += 1
             reply, latency_ms = await self._send(job, sent > 1)
             answer = reply.answer
@@ -159,6 +161,23 @@ class JobSender:
         cost = self._price.cost(tokens - self._reserve, self._reserve) if self._price else 0.0
         return Hold(tokens, cost)
 
+    def _rehold(self, job: Job, hold: Hold) -> Hold | None:
+        """The budget holds the estimate as of the send: answers that came in while this start
+        waited may have shown the provider counting more than we thought (None: it no longer
+        fits, and the run stops as at admission)."""
+        if not self._budget.active:
+            return hold
+        fresh = self._hold(job)
+        if fresh.tokens <= hold.tokens and fresh.cost <= hold.cost:
+            return hold
+        self._budget.settle(hold.tokens, hold.cost, 0, 0.0)
+        refusal = self._budget.admit(fresh.tokens, fresh.cost)
+        if refusal:
+            self._limiter.release()
+            self._stopper.stop(JobStopped(refusal))
+            return None
+        return fresh
+
     def _recalibrate(self, job: Job) -> None:
         """When the calibration moved much (the first answers, a change of tokenizer), the
         starts of the last seconds were booked at the old estimate: the limiter books the rest,
@@ -186,7 +205,7 @@ class JobSender:
                 return None
         sent_at = self._limiter.start_now(hold.tokens)  # no coroutine when none must wait
         if sent_at is None:
-            sent_at = await self._limiter.acquire(hold.tokens)
+            sent_at = await self._limiter.wait_turn(hold.tokens)
         if self._stopper.stopping:
             self._limiter.release()
             if budget is not None:

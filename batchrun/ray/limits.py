@@ -183,7 +183,7 @@ class LeasedLimits:
         """Never at once: every start is leased (the cluster's limit counts it)."""
         return None
 
-    async def acquire(self, tokens: int) -> float:
+    async def wait_turn(self, tokens: int) -> float:
         """Wait for a leased start; returns it on the limiter actor's clock."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if self._closed:
@@ -204,8 +204,11 @@ class LeasedLimits:
                 self._report.headers = limits
 
     def recalibrated(self, factor: float) -> None:
-        """Token estimates changed: the limiter actor rebooks its recent starts with the next lease."""
+        """Token estimates changed: the limiter actor rebooks its recent starts with the next
+        lease, and the starts still waiting for one ask for their tokens at the new estimate."""
         self._report.factor *= factor
+        self._waiting = deque((max(1, round(tokens * factor)), future)
+                              for tokens, future in self._waiting)
 
     def rate_limited_by_server(self, retry_after: float | None, sent_at: float | None = None,
                                concurrent: bool = False) -> bool:

@@ -100,6 +100,7 @@ def main() -> None:
         write_prompts(src, args.rows)
         bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
         other_times: list[float] = []
+        other_cpu: list[float] = []
         other = 0.0
         for round_no in range(1, args.rounds + 1):
             bare, bare_c = timed([sys.executable, "-c", BARE_LOOP, str(src), base_url + "/chat/completions",
@@ -110,9 +111,10 @@ def main() -> None:
             ours, ours_c = timed([sys.executable, "-m", "batchrun", *run, "--output", str(out)])
             if args.against:
                 out = Path(tmp) / f"other{round_no}.parquet"
-                other, _ = timed([sys.executable, "-m", "batchrun", *run, "--output", str(out)],
-                                 pythonpath=args.against)
+                other, other_c = timed([sys.executable, "-m", "batchrun", *run, "--output",
+                                        str(out)], pythonpath=args.against)
                 other_times.append(other)
+                other_cpu.append(other_c)
             bare_times.append(bare)
             batch_times.append(ours)
             bare_cpu.append(bare_c)
@@ -140,7 +142,9 @@ def main() -> None:
             others = sorted(o / b for o, b in zip(other_times, bare_times, strict=True))
             print(f"against {args.against}: median {statistics.median(other_times):.2f} s, "
                   f"per-round ratio median {statistics.median(others):.2f}x "
-                  f"(range {others[0]:.2f}x-{others[-1]:.2f}x)")
+                  f"(range {others[0]:.2f}x-{others[-1]:.2f}x), client CPU "
+                  f"{statistics.median(other_cpu):.2f} s (batchrun/against "
+                  f"{ours_cm / statistics.median(other_cpu):.3f}x)")
 
 
 if __name__ == "__main__":

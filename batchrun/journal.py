@@ -25,7 +25,6 @@ import fcntl
 import functools
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .checkpoint import Checkpointer
 from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
 from .store import sibling
@@ -73,9 +73,6 @@ _INDEX_LOG = "CREATE INDEX IF NOT EXISTS log_key ON log (key)"
 # Key order makes the inserts into `results` walk its pages once; seq order lets a later result
 # of the same key (a crashed run's, then a resumed one's) win.
 _FOLD = (f"INSERT OR REPLACE INTO results ({_NAMES}) SELECT {_NAMES} FROM log ORDER BY key, seq")
-# The WAL is copied into the database (a checkpoint, with its fsyncs) on a thread of the journal's
-# own after about this many rows are written, never by the event loop's commits.
-CHECKPOINT_EVERY = 2_000
 
 
 def journal_path(output: Path) -> Path:
@@ -134,46 +131,6 @@ class OutputLock:
         return None
 
 
-class Checkpointer:
-    """Copies the journal's WAL into the database file on a thread with its own connection.
-
-    SQLite lets go of the GIL while it works, so the copy and its fsyncs run beside the event loop
-    instead of inside a commit that workers wait for. When a copy is done, the writer starts the
-    WAL file over (`Journal._restart_wal`), which keeps it a few MB however long the run. A
-    checkpoint that fails (disk full) is left to the next one, or to the close, which checkpoints
-    the rest.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._wanted = threading.Event()
-        self.caught_up = False  # a copy has just finished (set here, cleared by the writer)
-        self._closing = False
-        self._thread = threading.Thread(target=self._work, name="batchrun-checkpoint", daemon=True)
-        self._thread.start()
-
-    def nudge(self) -> None:
-        """There is enough new in the WAL to copy."""
-        self._wanted.set()
-
-    def close(self) -> None:
-        """Finish the copy under way, then stop."""
-        self._closing = True
-        self._wanted.set()
-        self._thread.join()
-        self._db.close()
-
-    def _work(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._closing:
-                return
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.caught_up = True
-
-
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
     """Journal writes that fail (disk full, I/O error) stop the run with a line, not a traceback."""
 
@@ -219,12 +176,10 @@ class Journal:
             self._logged = 1  # results in `log` not yet folded: unknown until the first fold
             self._overlay: str | None = None  # readonly: what lays `log` over `results`
             self._checkpointer: Checkpointer | None = None
-            self._unchecked = 0  # rows written since the checkpointer was last asked
             self._log_indexed = False  # `log_key` made for reading back (dropped by a fold)
             if not readonly:
-                if self.fold():  # what a crashed run committed
-                    self._unchecked = CHECKPOINT_EVERY  # copied with the first commits
-                self._checkpointer = Checkpointer(path)  # once the journal opened cleanly
+                folded = self.fold()  # what a crashed run committed: copied with the first commits
+                self._checkpointer = Checkpointer(path, self._db, due=folded)  # opened cleanly
             elif not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone():
                 self._logged = 0  # written before `log` existed: `results` is everything
             self._batched = self._has_held()  # rows wait in Batch API batches: the plan skips them
@@ -282,29 +237,8 @@ class Journal:
 
     def _written(self, rows: int) -> None:
         self._tally = None
-        checkpointer = self._checkpointer
-        if checkpointer is None:
-            return
-        if checkpointer.caught_up:
-            checkpointer.caught_up = False
-            self._restart_wal()
-        self._unchecked += rows
-        if self._unchecked >= CHECKPOINT_EVERY:
-            self._unchecked = 0
-            checkpointer.nudge()
-
-    def _restart_wal(self) -> None:
-        """Start the WAL file over from its beginning, so that it stays a few MB however long
-        the run. The checkpoint thread has just copied nearly all of it; what this copies is only
-        what the last few commits wrote. A WAL the writer never restarts grows by ~1 KB a row
-        (850 MB for a million rows). If anything else is using the WAL (a `status` reading), it
-        is left for the next time instead of waited for."""
-        self._db.execute("PRAGMA busy_timeout=0")
-        try:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-        finally:
-            self._db.execute("PRAGMA busy_timeout=5000")
+        if self._checkpointer is not None:
+            self._checkpointer.written(rows)
 
     @_writes
     def discard_all(self) -> None:

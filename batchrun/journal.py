@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from . import readback
 from .checkpoint import Checkpointer
 from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
@@ -431,67 +432,27 @@ class Journal:
     # --- reading back -----------------------------------------------------------------------
 
     def output_rows(self, start: int, stop: int) -> list[tuple[Any, ...]]:
-        """The result columns of the output for rows start <= idx < stop, in order.
-
-        A row with no result yet is `pending`; a dedup copy shows the shared answer but none of
-        its usage (0 tokens, cost and attempts), so the output's totals are what was billed.
-        """
-        return self._db.execute(
-            f"""SELECT res.response, COALESCE(res.finish_reason, 'error'),
-                 CASE WHEN r.copy THEN 0 * res.prompt_tokens ELSE res.prompt_tokens END,
-                 CASE WHEN r.copy THEN 0 * res.completion_tokens ELSE res.completion_tokens END,
-                 CASE WHEN r.copy THEN 0 * res.total_tokens ELSE res.total_tokens END,
-                 COALESCE(res.status, 'pending'), res.error,
-                 CASE WHEN r.copy THEN 0 ELSE COALESCE(res.attempts, 0) END,
-                 res.latency_ms, res.model, res.response_id,
-                 CASE WHEN r.copy THEN 0 * res.cost_usd ELSE res.cost_usd END, res.parsed
-               FROM rows r LEFT JOIN {self._results()} res ON res.key = r.key
-               WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx""",
-            (start, stop),
-        ).fetchall()
+        """The result columns of the output for rows start <= idx < stop, in order (a row with no
+        result yet is `pending`; a dedup copy carries none of the usage: `readback`)."""
+        return readback.output_rows(self._db, self._results(), start, stop)
 
     def parsed_texts(self) -> Iterator[str | None]:
         """The parsed structured answer (JSON text) of every mapped row, in input order."""
-        yield from (parsed for (parsed,) in self._db.execute(
-            f"SELECT res.parsed FROM rows r LEFT JOIN {self._results()} res ON res.key = r.key "
-            "ORDER BY r.idx"
-        ))
+        yield from readback.parsed_texts(self._db, self._results())
 
     def counts(self) -> dict[str, Any]:
         """Rows by state and usage over the rows mapped now (copies carry no usage)."""
-        total = [0] * 9
-        for row in self._tallies():
-            for i, value in enumerate(row[2:]):
-                total[i] += value or 0
-        mapped, ok, err, attempts, pt, ct, tt, cost, copies = total
-        return {
-            "mapped": mapped, "ok": ok, "error": err, "prompt_tokens": pt,
-            "completion_tokens": ct, "total_tokens": tt, "cost_usd": cost,
-            "attempts": attempts, "copies": copies,
-        }
+        return readback.counts(self._tallies())
 
     def by_model(self) -> list[tuple[Any, ...]]:
         """Per-model usage for the sidecar: model, ok, error, requests, tokens, cost."""
-        return [(model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0, tt or 0, cost)
-                for pending, model, _, ok, err, attempts, pt, ct, tt, cost, _ in self._tallies()
-                if not pending]
+        return readback.by_model(self._tallies())
 
     def _tallies(self) -> list[tuple[Any, ...]]:
-        """One pass over the mapped rows, grouped by (no result yet, model): counts() and
-        by_model() both read it; a writer keeps it until it writes again (a reader cannot know)."""
+        """`readback.tallies`, which counts() and by_model() both read: a writer keeps it until
+        it writes again (a reader cannot know)."""
         if self._tally is None or self._readonly:
-            self._tally = self._db.execute(
-                f"""SELECT res.status IS NULL, COALESCE(res.model, ''), COUNT(*),
-                     SUM(res.status = 'ok'), SUM(res.status = 'error'),
-                     SUM(CASE WHEN r.copy = 0 THEN res.attempts END),
-                     SUM(CASE WHEN r.copy = 0 THEN res.prompt_tokens END),
-                     SUM(CASE WHEN r.copy = 0 THEN res.completion_tokens END),
-                     SUM(CASE WHEN r.copy = 0 THEN res.total_tokens END),
-                     SUM(CASE WHEN r.copy = 0 THEN res.cost_usd END),
-                     SUM(r.copy)
-                   FROM rows r LEFT JOIN {self._results()} res ON res.key = r.key
-                   GROUP BY 1, 2 ORDER BY 1, 2"""
-            ).fetchall()
+            self._tally = readback.tallies(self._db, self._results())
         return self._tally
 
     def _results(self) -> str:

@@ -15,6 +15,9 @@ before that worker sends again, and answers that arrive together share one trans
 run that began with no earlier result reads its results back from `log` through an index. WAL with
 synchronous=NORMAL: a committed row survives `kill -9` and any crash of the process; only a power
 cut may lose the last commits (never corrupting the file).
+
+Beside it: `checkpoint` copies the WAL into the file on a thread of its own and keeps it small;
+`lookups` holds the queries planning asks, `readback` those that read results back by input row.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from . import readback
+from . import lookups, readback
 from .checkpoint import Checkpointer
 from .errors import JobStopped, LockedError, UsageError
 from .outcome import ERROR, EXHAUSTED, OK, Outcome
@@ -183,7 +186,7 @@ class Journal:
                 self._checkpointer = Checkpointer(path, self._db, due=folded)  # opened cleanly
             elif not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone():
                 self._logged = 0  # written before `log` existed: `results` is everything
-            self._batched = self._has_held()  # rows wait in Batch API batches: the plan skips them
+            self._batched = lookups.any_held(self._db)  # rows wait in Batch API batches: the plan skips them
             # Does any earlier result exist? A fresh journal answers every lookup with nothing.
             self._earlier = bool(self._db.execute(
                 "SELECT EXISTS (SELECT 1 FROM results)" + (
@@ -292,14 +295,7 @@ class Journal:
     def prior_counts(self, bases: Sequence[bytes]) -> dict[bytes, int]:
         """How many rows already mapped in this run share each base hash (dedup, occurrences)."""
         self._write_rows()
-        found: dict[bytes, int] = {}
-        for chunk in _chunks(list(set(bases)), 900):
-            marks = ",".join("?" * len(chunk))
-            for base, n in self._db.execute(
-                f"SELECT base, COUNT(*) FROM rows WHERE base IN ({marks}) GROUP BY base", chunk
-            ):
-                found[base] = n
-        return found
+        return lookups.prior_counts(self._db, bases)
 
     def map_rows(self, rows: Iterable[tuple[int, bytes, bytes, int]]) -> None:
         """Buffer (idx, base, key, copy) for this run's input rows."""
@@ -312,71 +308,28 @@ class Journal:
         # over `results`, later states of a key over earlier ones.
         if not self._earlier:
             return {}
-        tables = ["results"]
+        overlay = None
         if self._readonly and self._logged:
-            overlay = self._log_overlay()
-            if overlay is not None:
-                tables.append(overlay)
-        found: dict[bytes, tuple[str, str | None]] = {}
-        for chunk in _chunks(list(set(keys)), 900):
-            marks = ",".join("?" * len(chunk))
-            for table in tables:
-                order = " ORDER BY seq" if table == "log" else ""
-                for key, status, kind in self._db.execute(
-                    f"SELECT key, status, error_kind FROM {table} WHERE key IN ({marks}){order}",
-                    chunk,
-                ):
-                    found[key] = (status, kind)
-        return found
+            if self._overlay is None:
+                self._overlay = lookups.log_overlay(self._db)
+            overlay = self._overlay
+        return lookups.finished(self._db, keys, overlay)
 
     @property
     def db(self) -> sqlite3.Connection:
         """The connection, for the batch book's own tables (`backends.batch_book`)."""
         return self._db
 
-    def _has_held(self) -> bool:
-        try:
-            return bool(self._db.execute(
-                "SELECT EXISTS (SELECT 1 FROM batch_rows WHERE sub IS NOT NULL)").fetchone()[0])
-        except sqlite3.OperationalError:  # a journal from before the Batch API backend
-            return False
-
     def held(self, keys: Sequence[bytes]) -> set[bytes]:
         """The keys among `keys` that a live Batch API batch holds (never sent again meanwhile)."""
-        if not self._batched:
-            return set()
-        found: set[bytes] = set()
-        for chunk in _chunks(list(set(keys)), 900):
-            marks = ",".join("?" * len(chunk))
-            found.update(key for (key,) in self._db.execute(
-                f"SELECT key FROM batch_rows WHERE sub IS NOT NULL AND key IN ({marks})", chunk))
-        return found
+        return lookups.held(self._db, keys) if self._batched else set()
 
     def held_count(self) -> int:
         """Distinct requests of this run's rows that live Batch API batches hold (exit 75)."""
-        if not self._has_held():
+        if not lookups.any_held(self._db):
             return 0
         self._write_rows()
-        return int(self._db.execute(
-            "SELECT COUNT(DISTINCT r.key) FROM rows r JOIN batch_rows b ON b.key = r.key "
-            "WHERE b.sub IS NOT NULL").fetchone()[0])
-
-    def _log_overlay(self) -> str | None:
-        """`log` itself where a finished run indexed it by key; else (a run under way or killed)
-        the newest state of each key in it, indexed once in a temporary table; None: empty."""
-        if self._overlay is None:
-            if self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'log_key'"
-            ).fetchone():
-                self._overlay = "log"
-            elif self._db.execute("SELECT EXISTS (SELECT 1 FROM log)").fetchone()[0]:
-                self._db.executescript(
-                    "CREATE TEMP TABLE logged (key BLOB PRIMARY KEY, status TEXT, "
-                    "error_kind TEXT) WITHOUT ROWID; INSERT OR REPLACE INTO temp.logged "
-                    "SELECT key, status, error_kind FROM log ORDER BY seq;"
-                )
-                self._overlay = "temp.logged"
-        return self._overlay
+        return lookups.held_count(self._db)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -556,8 +509,3 @@ def resend(status: str, error_kind: str | None, retry_failed: bool) -> bool:
         return False
     assert status == ERROR
     return retry_failed or error_kind == EXHAUSTED
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

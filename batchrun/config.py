@@ -74,7 +74,7 @@ _TOOL_CHOICES = ("none", "auto", "required")
 
 def _tools(v: Any) -> str | None:
     if isinstance(v, str):
-        return None  # a JSON file holding the list; loaded and checked in _finish
+        return None  # a JSON file holding the list; loaded and checked in _load_tools
     for i, tool in enumerate(v):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not (
@@ -353,38 +353,14 @@ def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConf
 
 
 def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
+    """Check what only the settings together can tell, and build the RunConfig from them."""
     if not s.get("input"):
         raise UsageError("no input: give --input PATH or [input] path in the job file")
     # With the Ray engine, an output that is no file format is a folder: a Parquet dataset.
     input_path, output, output_url = _locations(s.pop("input"), s.pop("output", None),
                                                 folders=s.get("engine") == "ray")
-
-    provider = s.pop("provider", None)
-    preset = PRESETS.get(provider) if provider else None
-    base_url = s.pop("base_url", None) or (preset.base_url if preset else None)
-    if base_url is None:
-        provider, preset, base_url = "openai", PRESETS["openai"], PRESETS["openai"].base_url
-    base_url = base_url.rstrip("/")
-    if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--base-url {base_url!r} must be an http(s) URL such as https://host/v1")
-    model = s.pop("model", None) or (preset.default_model if preset else None)
-    # A batch JSONL input's bodies name their model; a body that does not needs --model (render).
-    if model is None and not (preset and preset.model_optional) and not is_requests(input_path):
-        raise UsageError("no model: give --model NAME or [request] model in the job file")
-    if model and preset and preset.model_needs_org_prefix and "/" not in model:
-        raise UsageError(
-            f"{preset.name} model ids carry an organization prefix: use e.g. 'openai/{model}'"
-        )
-    tools = _load_tools(s.pop("tools", ()))
-    if s.get("tool_choice") is not None:
-        choice = s["tool_choice"]
-        if not tools:
-            raise UsageError("tool_choice needs tools: add [request] tools to the job file")
-        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-        if named is not None and named not in {t["function"]["name"] for t in tools}:
-            raise UsageError(f"tool_choice names tool '{named}', which is not in [request] tools")
+    provider, base_url, model = _endpoint(s, input_path)
+    tools = _request_tools(s)
     if s.get("template") is not None and s.get("messages_column") is not None:
         raise UsageError("--template and --messages-column cannot be used together; choose one")
 
@@ -393,11 +369,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     _checked(FIELDS_BY_NAME["stop"], stop, "--stop")
     response_format = s.pop("response_format", "text")
     schema = _load_schema(response_format)
-    price = None
-    if "input_per_million" in s or "output_per_million" in s:
-        if "input_per_million" not in s or "output_per_million" not in s:
-            raise UsageError("[pricing] needs both input_per_million and output_per_million")
-        price = Price(float(s.pop("input_per_million")), float(s.pop("output_per_million")))
+    price = _price(s)
     batch_price = _batch_price(s)
     if s.get("no_wait") and s.get("backend", "online") != "batch":
         raise UsageError("--no-wait applies to --backend batch; add --backend batch or drop it")
@@ -430,6 +402,51 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         output_url=output_url,
         **s,
     )
+
+
+def _endpoint(s: dict[str, Any], input_path: Path | str) -> tuple[str | None, str, str | None]:
+    """Provider, base URL and model: a preset fills what is not given (OpenAI, if nothing is)."""
+    provider = s.pop("provider", None)
+    preset = PRESETS.get(provider) if provider else None
+    base_url = s.pop("base_url", None) or (preset.base_url if preset else None)
+    if base_url is None:
+        provider, preset, base_url = "openai", PRESETS["openai"], PRESETS["openai"].base_url
+    base_url = base_url.rstrip("/")
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--base-url {base_url!r} must be an http(s) URL such as https://host/v1")
+    model = s.pop("model", None) or (preset.default_model if preset else None)
+    # A batch JSONL input's bodies name their model; a body that does not needs --model (render).
+    if model is None and not (preset and preset.model_optional) and not is_requests(input_path):
+        raise UsageError("no model: give --model NAME or [request] model in the job file")
+    if model and preset and preset.model_needs_org_prefix and "/" not in model:
+        raise UsageError(
+            f"{preset.name} model ids carry an organization prefix: use e.g. 'openai/{model}'"
+        )
+    return provider, base_url, model
+
+
+def _request_tools(s: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """[request] tools (inline or a JSON file), and a tool_choice that names one of them."""
+    tools = _load_tools(s.pop("tools", ()))
+    if s.get("tool_choice") is not None:
+        choice = s["tool_choice"]
+        if not tools:
+            raise UsageError("tool_choice needs tools: add [request] tools to the job file")
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if named is not None and named not in {t["function"]["name"] for t in tools}:
+            raise UsageError(f"tool_choice names tool '{named}', which is not in [request] tools")
+    return tools
+
+
+def _price(s: dict[str, Any]) -> Price | None:
+    """[pricing] input_per_million and output_per_million, given together or not."""
+    if "input_per_million" not in s and "output_per_million" not in s:
+        return None
+    if "input_per_million" not in s or "output_per_million" not in s:
+        raise UsageError("[pricing] needs both input_per_million and output_per_million")
+    return Price(float(s.pop("input_per_million")), float(s.pop("output_per_million")))
 
 
 def _batch_price(s: dict[str, Any]) -> Price | None:

@@ -203,22 +203,8 @@ def provider_tokens(ours: int, ratio: float) -> int:
     return ours if ratio == 1.0 else max(1, round(ours * ratio))
 
 
-def parse(
-    body: Any, models: tuple[str, ...] | None, tokenizer_ratio: float = 1.0
-) -> tuple[ChatRequest, int, int]:
-    """Validate a request body like a strict provider; returns it with its image counts.
-
-    Prompt tokens are counted as the provider's tokenizer would: `tokenizer_ratio` x our count.
-    """
-    if not isinstance(body, dict):
-        raise Invalid("The request body must be a JSON object.")
-    for name in body:
-        if name not in _KNOWN_PARAMS:
-            raise Invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
-    model = body.get("model", "sim-1")  # LLMost falls back to the account's default model
-    if not isinstance(model, str) or not model:
-        raise Invalid("Invalid 'model': expected a non-empty string.", "model")
-    images = _check_messages(body.get("messages"))
+def _check_options(body: dict[str, Any]) -> int | None:
+    """Sampling, length and choice options in range; returns the answer's cap (max_tokens)."""
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1, open_low=True)
     _check_range(body, "frequency_penalty", -2, 2)
@@ -247,6 +233,26 @@ def parse(
         raise Invalid("streaming not supported by the simulator", "stream")
     if body.get("seed") is not None and not isinstance(body["seed"], int):
         raise Invalid("Invalid type for 'seed': expected an integer.", "seed")
+    return max_tokens
+
+
+def parse(
+    body: Any, models: tuple[str, ...] | None, tokenizer_ratio: float = 1.0
+) -> tuple[ChatRequest, int, int]:
+    """Validate a request body like a strict provider; returns it with its image counts.
+
+    Prompt tokens are counted as the provider's tokenizer would: `tokenizer_ratio` x our count.
+    """
+    if not isinstance(body, dict):
+        raise Invalid("The request body must be a JSON object.")
+    for name in body:
+        if name not in _KNOWN_PARAMS:
+            raise Invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
+    model = body.get("model", "sim-1")  # LLMost falls back to the account's default model
+    if not isinstance(model, str) or not model:
+        raise Invalid("Invalid 'model': expected a non-empty string.", "model")
+    images = _check_messages(body.get("messages"))
+    max_tokens = _check_options(body)
     _check_response_format(body.get("response_format"))
     _check_tools(body)
     if models is not None and model not in models:

@@ -3,14 +3,16 @@ helpers is `tests/helpers.py`)."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread
 
-from .helpers import KEY_VARS
+from .helpers import BUCKET, KEY_VARS, S3
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +36,37 @@ def sim() -> Iterator[Callable[..., SimulatorHandle]]:
     yield start
     for thread in threads:
         thread.__exit__(None, None, None)
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+    """moto's S3 server on 127.0.0.1 (a free port), a bucket, and AWS variables pointing at it."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
+        "BATCHRUN_STATE_DIR": str(tmp_path / "state"),
+    }
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # Servers in one process share moto's state: start each test from an empty store.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"),
+                           timeout=10).close()
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    try:
+        yield S3(fs, env, tmp_path / "state")
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

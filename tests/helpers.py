@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +20,7 @@ from batchrun.journal import journal_path
 KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
             "OPENROUTER_API_KEY", "VLLM_API_KEY")
 TEST_KEY = "sk-test-DO-NOT-LEAK-4f9a2c"
+BUCKET = "batchrun-test"  # the bucket of the `s3` fixture (tests/conftest.py)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -164,3 +167,28 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
         code = exit_.code if isinstance(exit_.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@dataclass
+class S3:
+    """A bucket on a local S3-compatible server, and the environment that points at it."""
+
+    fs: pafs.S3FileSystem
+    env: dict[str, str]
+    state: Path
+
+    def url(self, key: str) -> str:
+        return f"s3://{BUCKET}/{key}"
+
+    def put(self, key: str, local: Path) -> str:
+        pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+        return self.url(key)
+
+    def get(self, key: str) -> bytes:
+        with self.fs.open_input_stream(f"{BUCKET}/{key}") as f:
+            return bytes(f.read())
+
+    def keys(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
+        return sorted(i.path.removeprefix(f"{BUCKET}/") for i in infos if i.type == pafs.FileType.File)

@@ -3,79 +3,18 @@
 from __future__ import annotations
 
 import json
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from batchrun.sim import expected_answer
 from batchrun.store import state_dir
 
-from .helpers import clean_env, prompts_csv, run_cli
+from .helpers import S3, clean_env, prompts_csv, run_cli
 from .test_jsonl_input import _line, _user, write_requests
-
-BUCKET = "batchrun-test"
-
-
-@dataclass
-class S3:
-    """A bucket on a local S3-compatible server, and the environment that points at it."""
-
-    fs: pafs.S3FileSystem
-    env: dict[str, str]
-    state: Path
-
-    def url(self, key: str) -> str:
-        return f"s3://{BUCKET}/{key}"
-
-    def put(self, key: str, local: Path) -> str:
-        pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-        return self.url(key)
-
-    def get(self, key: str) -> bytes:
-        with self.fs.open_input_stream(f"{BUCKET}/{key}") as f:
-            return bytes(f.read())
-
-    def keys(self) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
-        return sorted(i.path.removeprefix(f"{BUCKET}/") for i in infos if i.type == pafs.FileType.File)
-
-
-@pytest.fixture
-def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
-    """moto's S3 server on 127.0.0.1 (a free port), a bucket, and AWS variables pointing at it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
-        "BATCHRUN_STATE_DIR": str(tmp_path / "state"),
-    }
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    # Servers in one process share moto's state: start each test from an empty store.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"),
-                           timeout=10).close()
-    fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    try:
-        yield S3(fs, env, tmp_path / "state")
-    finally:
-        server.stop()
 
 
 def test_csv_in_and_parquet_out_on_s3_resume_and_status(tmp_path: Path, sim, s3: S3) -> None:

@@ -64,3 +64,21 @@ def test_a_ray_run_reads_and_writes_s3_and_resumes(tmp_path: Path, sim, s3: S3,
     rows = pq.read_table(pa.BufferReader(s3.get("out/answers.parquet"))).to_pylist()
     assert [(r["id"], r["status"]) for r in rows] == [(i, "ok") for i in range(46)]
 
+
+def test_output_folders_on_s3_are_refused_before_ray_is_joined(
+        tmp_path: Path, sim, s3: S3, ray_address: str) -> None:
+    # An output folder (a Parquet dataset written by Ray Data) is local only, and reads a local
+    # input: either side on s3 is one line, exit 2, before Ray is joined or anything is written.
+    server = sim()
+    src = s3.put("in/reviews.csv", prompts_csv(tmp_path / "reviews.csv", 3))
+    keys, files = s3.keys(), sorted(tmp_path.rglob("*"))
+    cases = [(src, s3.url("out/answers"), "must end in .parquet"),
+             (src, tmp_path / "lake" / "answers", "an output folder reads a local input")]
+    for source, target, needle in cases:
+        refused = ray_run(source, target, server.base_url, ray_address, env=clean_env())
+        assert refused.returncode == 2, (refused.stdout, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], refused.stderr
+    assert server.stats.requests == 0
+    assert s3.keys() == keys
+    assert sorted(tmp_path.rglob("*")) == files  # no folder, journal or lock made

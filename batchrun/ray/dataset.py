@@ -46,6 +46,11 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) 
     """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
     import ray
 
+    if not isinstance(config.input, Path):
+        # Ray Data's read tasks would open the URL in worker processes, whose environment need
+        # not hold the driver's AWS settings; refused before the lock, the journal or Ray.
+        raise UsageError(f"input {config.input}: an output folder reads a local input; "
+                         "write a .parquet output to read from object storage")
     check_transport(config, key)
     if config.provider == "simulator" and not config.base_url:
         raise UsageError("--engine ray with an output folder needs --base-url for the simulator")
@@ -115,9 +120,7 @@ def _read(config: RunConfig) -> Any:
     """The input as a Ray Data dataset, read as the local engine reads it (CSV cells as text)."""
     import ray.data
 
-    if not isinstance(config.input, Path):
-        raise UsageError(f"input {config.input}: an output folder reads a local input; "
-                         "write a .parquet output to read from object storage")
+    assert isinstance(config.input, Path)  # run_folder refused a URL
     path = str(config.input)
     if not config.input.exists():
         raise UsageError(f"input {path} does not exist")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import lookups
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, run_price
 from .errors import JobStopped, UsageError
@@ -67,6 +68,8 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
     lock = OutputLock(config.output)
     lock.acquire()
     try:
+        if config.fresh:
+            _refuse_forgetting_live_batches(config)
         journal = Journal(journal_path(config.output), fresh=config.fresh)
         try:
             _begin(journal, config, stats)
@@ -78,6 +81,19 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
             _close(journal)
     finally:
         lock.release()
+
+
+def _refuse_forgetting_live_batches(config: RunConfig) -> None:
+    """--fresh deletes the journal: batches still live at the provider would be paid for and
+    their rows sent (and paid for) again, with nothing left that knows of them."""
+    live = lookups.live_batches(journal_path(config.output))
+    if live:
+        shown = ", ".join(live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
+        raise UsageError(
+            f"--fresh would forget {len(live)} Batch API batch(es) still live at the provider "
+            f"({shown}): cancel them first (batchrun cancel {config.output_name}), or run without "
+            "--fresh to collect them"
+        )
 
 
 def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:

@@ -133,3 +133,28 @@ def test_rows_in_a_live_batch_are_not_sent_online_and_cancel_gives_them_back(
     assert finished.returncode == 0, finished.stderr
     assert server.stats.ok - server.stats.batch_lines_billed == n - in_batch
     check_billed_once(server, [r["prompt"] for r in check_complete(out, n)])
+
+
+def test_fresh_refuses_to_forget_a_live_batch_and_sends_nothing(tmp_path: Path, sim) -> None:
+    # The journal is all that knows of a live batch: --fresh would delete it, and the provider
+    # would bill the batch and the rows sent again alike.
+    server = sim(batch_lines_per_s=5)
+    n = 30
+    src = prompts_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.parquet"
+    args = batch_args(src, out, server.base_url, "--no-wait")
+    assert run_cli(*args, env=env()).returncode == 75
+    refused = run_cli(*args, "--fresh", env=env())
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "--fresh would forget 1 Batch API batch(es)" in line and "batch_" in line
+    assert f"batchrun cancel {out}" in line
+    assert server.stats.batches_created == 1 and server.stats.files_uploaded == 1
+    assert server.stats.requests == 0  # no row went online either
+    status = run_cli("status", out, env=env())
+    assert "1 live" in status.stdout  # the journal still holds it
+    assert run_cli("cancel", out, env=env()).returncode == 0
+    again = run_cli(*batch_args(src, out, server.base_url), "--fresh", env=env())
+    assert again.returncode == 0, again.stderr
+    check_complete(out, n)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from batchrun.journal import journal_path
+from batchrun.store import state_dir
 
 KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
             "OPENROUTER_API_KEY", "VLLM_API_KEY")
@@ -169,6 +171,17 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     return code, out, err
 
 
+def refused(result: Any, *needles: str) -> str:
+    """The one stderr line of a run refused with exit 2 (no traceback), checked to name `needles`."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 @dataclass
 class S3:
     """A bucket on a local S3-compatible server, and the environment that points at it."""
@@ -188,6 +201,17 @@ class S3:
     def get(self, key: str) -> bytes:
         with self.fs.open_input_stream(f"{BUCKET}/{key}") as f:
             return bytes(f.read())
+
+    def table(self, key: str) -> pa.Table:
+        """A Parquet object of the bucket, read whole."""
+        return pq.read_table(pa.BufferReader(self.get(key)))
+
+    def state_files(self, url: str) -> list[str]:
+        """The files an s3:// output keeps in its local state folder (the WAL's aside), which
+        must be under this server's state home."""
+        home = state_dir(url)
+        assert home.parent == self.state, (home, self.state)
+        return sorted(p.name for p in home.iterdir() if not p.name.endswith(("-wal", "-shm")))
 
     def keys(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))

@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.sim import expected_answer
 
-from .helpers import prompts_csv, read_output, run_cli
+from .helpers import prompts_csv, read_output, refused, run_cli
 
 URL = "/v1/chat/completions"
 
@@ -85,16 +85,6 @@ def test_a_jsonl_body_and_an_equal_csv_row_are_one_request_so_nothing_is_paid_tw
     assert "4 answered by earlier runs" in second.stdout
 
 
-def _refused(result: Any, *needles: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 GOOD = _line("ok-1", {"model": "sim-1", "messages": _user("Hello.")})
 BAD_LINES = [
     ("not json", "{\"custom_id\": \"x\", ", ("line 3", "not valid JSON")),
@@ -125,7 +115,7 @@ def test_a_bad_request_line_exits_2_naming_its_line_and_nothing_is_sent(
         _line(f"more-{i}", {"messages": _user(f"More {i}.")}) for i in range(3000)])
     result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet",
                      "--base-url", server.base_url, "--model", "sim-1", "--no-progress")
-    line = _refused(result, *needles)
+    line = refused(result, *needles)
     assert str(src) in line
     assert server.stats.requests == 0
     assert not (tmp_path / "out.parquet").exists()
@@ -140,7 +130,7 @@ def test_a_repeated_custom_id_far_down_the_file_is_found_before_anything_is_sent
     src = write_requests(tmp_path / "requests.jsonl", lines)
     result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet",
                      "--base-url", server.base_url, "--model", "sim-1", "--no-progress")
-    _refused(result, "line 12001", '"id-17" repeats line 18')
+    refused(result, "line 12001", '"id-17" repeats line 18')
     assert server.stats.requests == 0
 
 
@@ -150,7 +140,7 @@ def test_a_body_without_a_model_needs_model_or_exits_2(tmp_path: Path, sim) -> N
         GOOD, _line("two", {"messages": _user("No model here.")})])
     result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet",
                      "--base-url", server.base_url, "--no-progress")
-    _refused(result, "line 2", "no model", "--model")
+    refused(result, "line 2", "no model", "--model")
     assert server.stats.requests == 0
     # With every body naming its model, no --model is needed.
     src = write_requests(tmp_path / "requests.jsonl", [GOOD])
@@ -167,7 +157,7 @@ def test_options_that_shape_rows_into_prompts_are_refused_for_a_jsonl_input(
     src = write_requests(tmp_path / "requests.jsonl", [GOOD])
     result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet",
                      "--base-url", server.base_url, "--template", "Say {prompt}", "--no-progress")
-    _refused(result, "--template does not apply to a .jsonl input")
+    refused(result, "--template does not apply to a .jsonl input")
     assert server.stats.requests == 0
 
 

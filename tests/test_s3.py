@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batchrun.sim import expected_answer
-from batchrun.store import state_dir
 
-from .helpers import S3, clean_env, prompts_csv, run_cli
+from .helpers import S3, clean_env, prompts_csv, refused, run_cli
 from .test_jsonl_input import _line, _user, write_requests
 
 
@@ -29,7 +27,7 @@ def test_csv_in_and_parquet_out_on_s3_resume_and_status(tmp_path: Path, sim, s3:
     assert f"usage     {s3.url('out/answers.usage.parquet')}" in first.stdout
     # The output and its sidecar are in the bucket; no temporary or probe key is left behind.
     assert s3.keys() == ["in/reviews.csv", "out/answers.parquet", "out/answers.usage.parquet"]
-    table = pq.read_table(pa.BufferReader(s3.get("out/answers.parquet")))
+    table = s3.table("out/answers.parquet")
     rows = table.to_pylist()
     assert [r["id"] for r in rows] == [str(i) for i in range(30)]
     for row in rows:
@@ -37,10 +35,7 @@ def test_csv_in_and_parquet_out_on_s3_resume_and_status(tmp_path: Path, sim, s3:
     meta = json.loads(table.schema.metadata[b"batchrun"])
     assert meta["rows"] == {"total": 30, "ok": 30, "error": 0}
     # The journal and lock live in the local state folder of the URL; no staging copy is kept.
-    home = state_dir(out)
-    assert home.parent == s3.state
-    assert sorted(p.name for p in home.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
-        "answers.journal.lock", "answers.journal.sqlite"]
+    assert s3.state_files(out) == ["answers.journal.lock", "answers.journal.sqlite"]
     status = run_cli("status", out, env=clean_env())
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith(f"{out}: finished")
@@ -49,7 +44,7 @@ def test_csv_in_and_parquet_out_on_s3_resume_and_status(tmp_path: Path, sim, s3:
     again = run_cli(*args, env=clean_env())
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 30
-    assert pq.read_table(pa.BufferReader(s3.get("out/answers.parquet"))).num_rows == 30
+    assert s3.table("out/answers.parquet").num_rows == 30
 
 
 def test_parquet_and_jsonl_inputs_from_s3_and_a_jsonl_output_to_s3(
@@ -79,16 +74,6 @@ def test_parquet_and_jsonl_inputs_from_s3_and_a_jsonl_output_to_s3(
     assert "out/answers.usage.parquet" in s3.keys()
 
 
-def _refused(result: Any, *needles: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def test_missing_objects_buckets_and_malformed_urls_exit_2_and_send_nothing(
     tmp_path: Path, sim, s3: S3
 ) -> None:
@@ -105,10 +90,10 @@ def test_missing_objects_buckets_and_malformed_urls_exit_2_and_send_nothing(
         (["--input", src, "--output", s3.url("out/answers.csv")], ("must end in .parquet",)),
     ]
     for args, needles in cases:
-        _refused(run_cli("run", *args, *base, env=clean_env()), *needles)
+        refused(run_cli("run", *args, *base, env=clean_env()), *needles)
     assert server.stats.requests == 0
     assert s3.keys() == ["in/reviews.csv"]
-    _refused(run_cli("status", s3.url("out/never.parquet"), env=clean_env()), "no run found")
+    refused(run_cli("status", s3.url("out/never.parquet"), env=clean_env()), "no run found")
 
 
 def test_publishing_replaces_the_object_whole_through_a_temporary_key(
@@ -137,12 +122,12 @@ def test_credentials_the_store_refuses_exit_2_with_one_line_and_send_nothing(
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
     result = run_cli("run", "--input", src, "--base-url", server.base_url, "--model", "sim-1",
                      "--no-progress", env=clean_env())
-    line = _refused(result, f"cannot read {src}", "AWS_ACCESS_KEY_ID")
+    line = refused(result, f"cannot read {src}", "AWS_ACCESS_KEY_ID")
     assert "testing" not in line.replace("batchrun-test", "")  # no key material echoed
     # A local input and an output the store refuses: the probe write finds it before any send.
     local = prompts_csv(tmp_path / "local.csv", 3)
     result = run_cli("run", "--input", local, "--output", s3.url("out/x.parquet"),
                      "--base-url", server.base_url, "--model", "sim-1", "--no-progress",
                      env=clean_env())
-    _refused(result, "cannot write s3://batchrun-test/out/x.parquet")
+    refused(result, "cannot write s3://batchrun-test/out/x.parquet")
     assert server.stats.requests == 0

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import lookups
 from .config import RunConfig, Secret, check_transport
 from .cost import Price, run_price
 from .errors import JobStopped, UsageError
@@ -86,7 +85,19 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
 def _refuse_forgetting_live_batches(config: RunConfig) -> None:
     """--fresh deletes the journal: batches still live at the provider would be paid for and
     their rows sent (and paid for) again, with nothing left that knows of them."""
-    live = lookups.live_batches(journal_path(config.output))
+    from .backends.batch_book import BatchBook  # (the backends import this module)
+
+    path = journal_path(config.output)
+    if not path.exists():
+        return
+    try:
+        journal = Journal(path, readonly=True)
+    except UsageError:  # unreadable, or older than batches: it knows of none, and --fresh is
+        return  # how to start over from it
+    try:
+        live = [sub.batch_id or sub.sub for sub in BatchBook(journal).live()]
+    finally:
+        journal.close()
     if live:
         shown = ", ".join(live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
         raise UsageError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 _CHUNK = 900  # keys bound to one statement: under the 999 values SQLite before 3.32 allows
@@ -91,19 +90,3 @@ def _chunked(keys: Sequence[bytes]) -> Iterator[tuple[str, list[Any]]]:
         chunk = items[start : start + _CHUNK]
         yield ",".join("?" * len(chunk)), chunk
 
-
-def live_batches(path: Path) -> list[str]:
-    """The Batch API batches a journal file knows to be live at the provider (their ids, or the
-    submission's name where the id never came back), read before --fresh deletes the file. A
-    journal that is missing, unreadable or older than batches has none that it can tell of."""
-    if not path.exists():
-        return []
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return [batch_id or sub for sub, batch_id in db.execute(
-                "SELECT sub, batch_id FROM batches WHERE live = 1 ORDER BY created_at")]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return []

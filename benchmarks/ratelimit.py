@@ -158,9 +158,10 @@ class Result:
 
 
 def run(scenario: Scenario, concurrency: int, workdir: Path) -> Result:
-    src = workdir / f"{scenario.name.replace('/', '-')}.csv"
+    stem = scenario.name.replace("/", "-")  # stray/3: one of a scenario's seeds
+    src = workdir / f"{stem}.csv"
     src.write_text("prompt\n" + "\n".join(f'"{p}"' for p in prompts(scenario)) + "\n")
-    out = workdir / f"{scenario.name.replace('/', '-')}.parquet"
+    out = workdir / f"{stem}.parquet"
     with SimulatorThread(SimConfig(**scenario.sim)) as sim:  # type: ignore[arg-type]
         cmd = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
                "--base-url", sim.base_url, "--model", "sim-1",

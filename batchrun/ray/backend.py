@@ -19,6 +19,7 @@ else a local Ray started for the run and shut down after it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import math
@@ -72,7 +73,7 @@ class RayBackend:
             run.journal.flush()
             if tables:
                 started = await joining
-                blocks = [ray.put(block) for block in _blocks(tables, run.config.workers)]
+                blocks = list(_blocks(tables, run.config.workers))
                 await _send_on_cluster(run, blocks, base)
         finally:
             if connected:
@@ -91,12 +92,12 @@ def _blocks(tables: list[pa.Table], workers: int) -> Iterator[pa.Table]:
         yield jobs.slice(start, size)
 
 
-async def _send_on_cluster(run: RunContext, blocks: list[Any], base: dict[str, Any]) -> None:
+async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: dict[str, Any]) -> None:
     import ray
 
     config = run.config
     ledger, limiter = start_actors(config, journal_path(config.output))
-    ds = ray.data.from_arrow_refs(blocks)
+    ds = ray.data.from_blocks(blocks)  # the metadata is read here: no tasks to start
     ds = sending(ds, config, run.key, run.base_url, limiter, ledger, columns=None, answers=False)
 
     def consume() -> None:
@@ -155,15 +156,18 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet()
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's ways of saying "no"
-        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check --ray-address "
-                         "or RAY_ADDRESS, or leave both unset for a local Ray") from None
+    with concurrent.futures.ThreadPoolExecutor(1, "batchrun-ray-data") as pool:
+        importing = pool.submit(quiet)  # Ray Data's import (~1 s) overlaps Ray's start
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's ways of saying "no"
+            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
+                             "--ray-address or RAY_ADDRESS, or leave both unset for a local "
+                             "Ray") from None
+        importing.result()
     return True
 
 

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from .api import run, run_async, run_dataframe
+from typing import TYPE_CHECKING, Any
+
 from .config import RunConfig, build_config
 from .errors import BatchrunError, Interrupted, JobStopped, UsageError
 from .report import build_report as report  # batchrun.report(output): the page of a run
 from .summary import Summary
+
+if TYPE_CHECKING:
+    from .api import run, run_async, run_dataframe
 
 __all__ = [
     "BatchrunError", "Interrupted", "JobStopped", "RunConfig", "Summary", "UsageError",
     "build_config", "report", "run", "run_async", "run_dataframe",
 ]
 __version__ = "0.1.0"
+# The running API loads on first use: a process that needs one part of the package (a Ray actor
+# of a run: the limiter, the ledger, a sender) then imports that part, not pandas and aiohttp.
+_API = ("run", "run_async", "run_dataframe")
+
+
+def __getattr__(name: str) -> Any:
+    """`run`, `run_async` and `run_dataframe`, imported on first use (PEP 562)."""
+    if name not in _API:
+        raise AttributeError(f"module 'batchrun' has no attribute {name!r}")
+    from . import api
+
+    return getattr(api, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

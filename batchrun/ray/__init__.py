@@ -20,6 +20,18 @@ from typing import Any
 from ..config import Secret, build_config, check_transport, resolve_key
 from ..errors import UsageError
 
+NO_RAY = "--engine ray needs Ray: pip install 'batchrun[ray]'"
+
+
+def import_ray() -> Any:
+    """The `ray` module, with Ray Data; exit 2 with how to install them when either is missing."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (a Ray without its Data library cannot run the engine)
+    except ImportError:
+        raise UsageError(NO_RAY) from None
+    return ray
+
 
 def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | None = None,
             **options: Any) -> Any:

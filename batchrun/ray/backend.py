@@ -38,6 +38,7 @@ from ..journal import journal_path
 from ..pending import Job
 from ..stats import Stats
 from ..stopping import Stopper
+from . import NO_RAY
 from .ledger import COUNTED, Ledger, counters
 from .limits import LimiterCore, stop_error
 from .worker import JOB_COLUMNS, SenderWorker
@@ -57,8 +58,6 @@ class RayBackend:
 
     async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
         """Send every pending job from the cluster; answers are in the journal when it returns."""
-        import ray
-
         connected = started = False
         tables: list[pa.Table] = []
         base = {name: getattr(run.stats, name) for name in (*COUNTED, "finished")}
@@ -81,6 +80,8 @@ class RayBackend:
                     started = await joining  # (a stop while joining: leave Ray as we found it)
                 run.journal.reload()  # the ledger actor wrote it meanwhile
             if started:
+                import ray
+
                 await asyncio.to_thread(ray.shutdown)
 
 
@@ -151,13 +152,16 @@ def _count(stats: Stats, base: dict[str, Any], totals: dict[str, float]) -> None
 
 
 def connect(address: str | None) -> bool:
-    """Join Ray (`address`, else RAY_ADDRESS, else a local Ray); True if this call started it."""
-    import ray
-
+    """Join Ray (`address`, else RAY_ADDRESS, else a local Ray); True if this call started it.
+    Ray Data's import (~1 s) overlaps Ray's start, which mostly waits for its processes."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(NO_RAY) from None
     if ray.is_initialized():
         return False
     with concurrent.futures.ThreadPoolExecutor(1, "batchrun-ray-data") as pool:
-        importing = pool.submit(quiet)  # Ray Data's import (~1 s) overlaps Ray's start
+        importing = pool.submit(quiet)
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, configure_logging=False)
@@ -167,7 +171,11 @@ def connect(address: str | None) -> bool:
             raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
                              "--ray-address or RAY_ADDRESS, or leave both unset for a local "
                              "Ray") from None
-        importing.result()
+        try:
+            importing.result()
+        except ImportError:
+            ray.shutdown()
+            raise UsageError(NO_RAY) from None
     return True
 
 

@@ -38,13 +38,14 @@ from ..stopping import Stopper
 from ..store import usage_path
 from ..summary import Summary, build_summary, output_metadata
 from ..write import RESULT_NAMES, _write_usage
+from . import import_ray
 from .backend import connect, drive, sending, start_actors
 from .ledger import COUNTED
 
 
 async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) -> Summary:
     """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
-    import ray
+    ray = import_ray()
 
     if not isinstance(config.input, Path):
         # Ray Data's read tasks would open the URL in worker processes, whose environment need

@@ -36,13 +36,17 @@ from multidict import CIMultiDict
 
 from ..config import RunConfig
 from ..errors import BatchrunError, Interrupted, JobStopped
-from ..limiter import DEFAULT_PAUSE, Limiter
+from ..limiter import DEFAULT_PAUSE, LATE, Limiter
 from ..stopping import Stopper
 
 MIN_SPAN = 0.2  # seconds a lease reaches ahead at least
 MAX_LEASES_PER_SECOND = 1000.0  # what one actor serves with room to spare (~0.2 ms a call)
 LEAD = 0.1  # seconds before its last leased start a worker asks for the next lease
 SLIP = 0.01  # seconds a start may come late before the worker's later starts move with it
+# A worker running behind its bookings (a late start moved its later ones) catches up by starting
+# each newly leased request at most this fraction sooner after the one before than booked: the
+# limiter's own allowance for late starts (half of what its safety margin holds back).
+CATCH_UP = LATE
 MAX_LEASE = 256  # starts asked for in one lease at most
 ACTIVE_FOR = 2.0  # seconds after its last lease a worker still counts for the shares
 
@@ -267,16 +271,33 @@ class LeasedLimits:
             self._stopper.stop(stop_error(grant.stop))
             return
         self._leased = [start for start in self._leased if not start.future.done()]
+        if self._leased and grant.paused_until > self._leased[0].wall:
+            # A pause holds the starts leased before it too, spaced as they were: all at its
+            # end would be a burst the provider's window counts.
+            delay = grant.paused_until - self._leased[0].wall
+            self._shift(lambda wall: wall + delay)
         for (_, future), (wall, at) in zip(head, grant.starts, strict=False):
             self._waiting.popleft()
-            start = _Start(max(wall, grant.paused_until), at, future)
+            start = _Start(self._place(wall, grant.paused_until), at, future, booked=wall)
             self._leased.append(start)
             self._schedule(start)
-        if grant.starts:
-            self._next_lease = grant.starts[-1][0] - LEAD
+        if self._leased:
+            # On the limiter's schedule, not the worker's moved one: asked later, the lease would
+            # be booked from then, and the slots in between would go unused.
+            self._next_lease = self._leased[-1].booked - LEAD
         if grant.paused_until > time.time():
-            self._shift(lambda start: max(start, grant.paused_until))  # a pause holds them too
             self._next_lease = max(self._next_lease, grant.paused_until - LEAD)
+
+    def _place(self, booked: float, paused_until: float) -> float:
+        """When a newly leased start goes: at its booking, after any pause, and while this
+        worker's earlier starts still wait (moved later by a late start or a pause), no closer
+        after the last of them than CATCH_UP less than their booked gap. Without that, the new
+        lease's starts, booked from now, would go together with the moved ones: a burst."""
+        wall = max(booked, paused_until)
+        last = self._leased[-1] if self._leased else None
+        if last is not None and not last.future.done():
+            wall = max(wall, last.wall + (booked - last.booked) * (1 - CATCH_UP))
+        return wall
 
     def _schedule(self, start: _Start) -> None:
         if start.handle is not None:
@@ -287,12 +308,11 @@ class LeasedLimits:
     def _fire(self, start: _Start) -> None:
         """A leased start is due. One that comes late (a busy process, a slow lease) moves the
         worker's later starts by as much: their spacing, not their times, is what keeps every
-        window of the cluster under the limit."""
+        window of the cluster under the limit (`_place` lets the worker catch up, slowly)."""
         start.handle = None  # fired: not moved by what follows
         late = time.time() - start.wall
         if late > SLIP:
             self._shift(lambda wall: wall + late)
-            self._next_lease += late
         if not start.future.done():
             start.future.set_result(start.at)
 
@@ -312,4 +332,5 @@ class _Start:
     wall: float  # when to start, on the wall clock
     at: float  # its booking on the limiter's clock (for `rate_limited_by_server`)
     future: asyncio.Future[float]
+    booked: float = 0.0  # its booking on the wall clock (`wall` moves when the worker runs late)
     handle: asyncio.TimerHandle | None = None

@@ -292,7 +292,8 @@ class LeasedLimits:
         """When a newly leased start goes: at its booking, after any pause, and while this
         worker's earlier starts still wait (moved later by a late start or a pause), no closer
         after the last of them than CATCH_UP less than their booked gap. Without that, the new
-        lease's starts, booked from now, would go together with the moved ones: a burst."""
+        lease's starts, booked right after the earlier ones, would go with the moved ones: a
+        burst."""
         wall = max(booked, paused_until)
         last = self._leased[-1] if self._leased else None
         if last is not None and not last.future.done():

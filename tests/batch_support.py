@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import SimulatorHandle, expected_answer
 
-from .helpers import clean_env, read_output
+from .helpers import clean_env, prompts_csv, read_output, run_cli
 
 # Polls every 50 ms and plain progress lines every 100 ms: a batch test waits on the simulator,
 # never on batchrun's backoff.
@@ -27,6 +27,17 @@ def batch_args(src: Path, out: Path, base_url: str, *more: Any,
     """`batchrun run` over the Batch API of a simulator."""
     return ("run", "--input", src, "--output", out, "--base-url", base_url, "--model", "sim-1",
             "--backend", "batch", *(() if progress else ("--no-progress",)), *more)
+
+
+def submitted(tmp_path: Path, server: SimulatorHandle, n: int) -> tuple[Path, Path, tuple[Any, ...]]:
+    """`n` prompts submitted to the simulator's Batch API with --no-wait (exit 75: the batch is
+    live); their input, the output, and the command's arguments for running it again."""
+    src = prompts_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out.parquet"
+    args = batch_args(src, out, server.base_url, "--no-wait")
+    first = run_cli(*args, env=env())
+    assert first.returncode == 75, first.stderr
+    return src, out, args
 
 
 def check_complete(out: Path, n: int, skip: frozenset[int] = frozenset()) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from .batch_support import (
     check_billed_once,
     check_complete,
     env,
+    submitted,
 )
 from .helpers import journal_file, prompts_csv, refused, run_cli, start_cli, wait_until
 
@@ -70,10 +71,7 @@ def test_a_batch_the_journal_never_heard_of_is_found_by_its_metadata(
     as that kill leaves it (keys held, file uploaded, no batch id)."""
     server = sim(batch_duration_s=0.5)
     n = 20
-    src = prompts_csv(tmp_path / "in.csv", n)
-    out = tmp_path / "out.parquet"
-    args = batch_args(src, out, server.base_url, "--no-wait")
-    assert run_cli(*args, env=env()).returncode == 75
+    src, out, args = submitted(tmp_path, server, n)
     db = sqlite3.connect(journal_file(out))
     with db:
         db.execute("UPDATE batches SET batch_id = NULL, status = 'submitting'")
@@ -113,9 +111,7 @@ def test_rows_in_a_live_batch_are_not_sent_online_and_cancel_gives_them_back(
         tmp_path: Path, sim) -> None:
     server = sim(batch_lines_per_s=5)  # 12 s for the batch: cancelled well before
     n = 60
-    src = prompts_csv(tmp_path / "in.csv", n)
-    out = tmp_path / "out.parquet"
-    assert run_cli(*batch_args(src, out, server.base_url, "--no-wait"), env=env()).returncode == 75
+    src, out, _ = submitted(tmp_path, server, n)
     online = ("run", "--input", src, "--output", out, "--base-url", server.base_url, "--model",
               "sim-1", "--no-progress")
     blocked = run_cli(*online, env=env())
@@ -140,10 +136,7 @@ def test_fresh_refuses_to_forget_a_live_batch_and_sends_nothing(tmp_path: Path, 
     # would bill the batch and the rows sent again alike.
     server = sim(batch_lines_per_s=5)
     n = 30
-    src = prompts_csv(tmp_path / "in.csv", n)
-    out = tmp_path / "out.parquet"
-    args = batch_args(src, out, server.base_url, "--no-wait")
-    assert run_cli(*args, env=env()).returncode == 75
+    src, out, args = submitted(tmp_path, server, n)
     refused(run_cli(*args, "--fresh", env=env()), "--fresh would forget 1 Batch API batch(es)",
             "batch_", f"batchrun cancel {out}")
     assert server.stats.batches_created == 1 and server.stats.files_uploaded == 1

@@ -370,7 +370,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     response_format = s.pop("response_format", "text")
     schema = _load_schema(response_format)
     price = _price(s)
-    batch_price = _batch_price(s)
+    batch_price = _price(s, "batch_")
     if s.get("no_wait") and s.get("backend", "online") != "batch":
         raise UsageError("--no-wait applies to --backend batch; add --backend batch or drop it")
     if s.get("max_cost") is not None and run_price(
@@ -440,23 +440,14 @@ def _request_tools(s: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
     return tools
 
 
-def _price(s: dict[str, Any]) -> Price | None:
-    """[pricing] input_per_million and output_per_million, given together or not."""
-    if "input_per_million" not in s and "output_per_million" not in s:
-        return None
-    if "input_per_million" not in s or "output_per_million" not in s:
-        raise UsageError("[pricing] needs both input_per_million and output_per_million")
-    return Price(float(s.pop("input_per_million")), float(s.pop("output_per_million")))
-
-
-def _batch_price(s: dict[str, Any]) -> Price | None:
-    """[pricing] batch_input_per_million and batch_output_per_million, given together or not."""
-    names = ("batch_input_per_million", "batch_output_per_million")
+def _price(s: dict[str, Any], prefix: str = "") -> Price | None:
+    """[pricing] {prefix}input_per_million and {prefix}output_per_million, given together or not."""
+    names = (f"{prefix}input_per_million", f"{prefix}output_per_million")
     given = [name for name in names if name in s]
     if not given:
         return None
     if len(given) == 1:
-        raise UsageError("[pricing] needs both batch_input_per_million and batch_output_per_million")
+        raise UsageError(f"[pricing] needs both {names[0]} and {names[1]}")
     return Price(float(s.pop(names[0])), float(s.pop(names[1])))
 
 

@@ -7,6 +7,8 @@ take a minute or two on two shared cores.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -159,3 +161,38 @@ def test_an_output_folder_is_a_parquet_dataset_read_and_written_by_ray(
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 60
     assert pq.read_table(out).num_rows == 60
+
+
+def _ray_processes() -> set[tuple[int, str]]:
+    """Every live process run from Ray's package (GCS, raylet, monitor, agents, workers)."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "/ray/" in cmd or cmd.startswith("ray::"):
+            found.add((int(pid), cmd))
+    return found
+
+
+def test_with_no_address_a_run_starts_its_own_ray_and_leaves_none_of_it(
+        tmp_path: Path, sim, ray_address) -> None:
+    # A user with no cluster: the run starts a local Ray and stops all of it at its end, the
+    # autoscaler monitor it stops early too (without a word on stderr).
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 20)
+    before = _ray_processes()  # the session's own Ray
+    env = clean_env()
+    env.pop("RAY_ADDRESS", None)
+    result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet", "--base-url",
+                     server.base_url, "--model", "sim-1", "--no-progress", "--engine", "ray",
+                     "--workers", 1, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "20 rows: 20 ok, 0 error" in result.stdout
+    assert server.stats.requests == 20
+    assert "Traceback" not in result.stderr and "autoscaler" not in result.stderr.lower()
+    deadline = time.monotonic() + 10  # the raylet's workers may take a moment to go
+    while (left := _ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left

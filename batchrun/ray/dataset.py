@@ -39,13 +39,13 @@ from ..store import usage_path
 from ..summary import Summary, build_summary, output_metadata
 from ..write import RESULT_NAMES, _write_usage
 from . import import_ray
-from .backend import connect, drive, sending, start_actors
+from .backend import connect, drive, sending, shut_down, start_actors
 from .ledger import COUNTED
 
 
 async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) -> Summary:
     """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
-    ray = import_ray()
+    import_ray()  # exit 2 now if Ray or Ray Data is missing
 
     if not isinstance(config.input, Path):
         # Ray Data's read tasks would open the URL in worker processes, whose environment need
@@ -73,7 +73,7 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) 
         return await _send(config, key, reporter, ds, columns)
     finally:
         if started:
-            await asyncio.to_thread(ray.shutdown)
+            await asyncio.to_thread(shut_down)
         lock.release()
 
 

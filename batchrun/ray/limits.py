@@ -42,10 +42,10 @@ from ..stopping import Stopper
 MIN_SPAN = 0.2  # seconds a lease reaches ahead at least
 MAX_LEASES_PER_SECOND = 1000.0  # what one actor serves with room to spare (~0.2 ms a call)
 LEAD = 0.1  # seconds before its last leased start a worker asks for the next lease
-SLIP = 0.01  # seconds a start may come late before the worker's later starts move with it
-# A worker running behind its bookings (a late start moved its later ones) catches up by starting
-# each newly leased request at most this fraction sooner after the one before than booked: the
-# limiter's own allowance for late starts (half of what its safety margin holds back).
+SLIP = 0.01  # seconds a start may come late; later, its slot is lost and it is leased again
+# A worker whose starts were moved later (a pause, or a lease slower than its whole span) catches
+# up by starting each newly leased request at most this fraction sooner after the one before than
+# booked: the limiter's own allowance for late starts (half of what its safety margin holds back).
 CATCH_UP = LATE
 MAX_LEASE = 256  # starts asked for in one lease at most
 ACTIVE_FOR = 2.0  # seconds after its last lease a worker still counts for the shares
@@ -160,6 +160,7 @@ class LeasedLimits:
 
     def __init__(self, actor: Any, config: RunConfig, stopper: Stopper, worker: str) -> None:
         self.pauses = 0
+        self.forfeited = 0  # leased starts whose slot went by while the worker was busy
         self._actor = actor
         self._stopper = stopper
         self._worker = worker
@@ -276,11 +277,27 @@ class LeasedLimits:
             # end would be a burst the provider's window counts.
             delay = grant.paused_until - self._leased[0].wall
             self._shift(lambda wall: wall + delay)
-        for (_, future), (wall, at) in zip(head, grant.starts, strict=False):
-            self._waiting.popleft()
-            start = _Start(self._place(wall, grant.paused_until), at, future, booked=wall)
+        # Starts whose slot went by before the lease came back (a slow call) are asked for
+        # again, as a late start is (`_fire`); unless every one did, a call slower than a whole
+        # span: then they go from now, spaced as booked, so that the worker still gets on.
+        now = time.time()
+        granted = list(zip(head, grant.starts, strict=False))
+        gone = [now - wall > SLIP for _, (wall, _) in granted]
+        shift = now - granted[0][1][0] if granted and all(gone) else 0.0
+        again: list[tuple[int, asyncio.Future[float]]] = []
+        # By identity, not position: a start that lost its slot meanwhile went back to the head.
+        leased = {id(future) for (_, future), _ in granted}
+        self._waiting = deque(w for w in self._waiting if id(w[1]) not in leased)
+        for ((tokens, future), (wall, at)), late in zip(granted, gone, strict=True):
+            if late and not shift:
+                again.append((tokens, future))
+                continue
+            start = _Start(self._place(wall + shift, grant.paused_until), at, future,
+                           booked=wall, tokens=tokens)
             self._leased.append(start)
             self._schedule(start)
+        self._waiting.extendleft(reversed(again))
+        self.forfeited += len(again)
         if self._leased:
             # On the limiter's schedule, not the worker's moved one: asked later, the lease would
             # be booked from then, and the slots in between would go unused.
@@ -290,7 +307,7 @@ class LeasedLimits:
 
     def _place(self, booked: float, paused_until: float) -> float:
         """When a newly leased start goes: at its booking, after any pause, and while this
-        worker's earlier starts still wait (moved later by a late start or a pause), no closer
+        worker's earlier starts still wait (moved later by a pause or a slow lease), no closer
         after the last of them than CATCH_UP less than their booked gap. Without that, the new
         lease's starts, booked right after the earlier ones, would go with the moved ones: a
         burst."""
@@ -307,15 +324,22 @@ class LeasedLimits:
         start.handle = asyncio.get_running_loop().call_later(delay, self._fire, start)
 
     def _fire(self, start: _Start) -> None:
-        """A leased start is due. One that comes late (a busy process, a slow lease) moves the
-        worker's later starts by as much: their spacing, not their times, is what keeps every
-        window of the cluster under the limit (`_place` lets the worker catch up, slowly)."""
+        """A leased start is due. One that comes late (a busy process) has lost its slot: sent
+        now, it would go in a slot the limiter gave another worker, and moving this worker's
+        later starts with it would send them in other workers' slots too, for as long as this
+        one runs behind: bunches that push a provider's window over. It goes back to the head
+        of the queue, for a slot of its own with the next lease; the lost slot is what the
+        busy loop costs."""
         start.handle = None  # fired: not moved by what follows
-        late = time.time() - start.wall
-        if late > SLIP:
-            self._shift(lambda wall: wall + late)
-        if not start.future.done():
-            start.future.set_result(start.at)
+        if start.future.done():
+            return
+        if time.time() - start.wall > SLIP:
+            self._leased.remove(start)
+            self._waiting.appendleft((start.tokens, start.future))
+            self.forfeited += 1
+            self._kick()
+            return
+        start.future.set_result(start.at)
 
     def _shift(self, move: Callable[[float], float]) -> None:
         for start in self._leased:
@@ -333,5 +357,6 @@ class _Start:
     wall: float  # when to start, on the wall clock
     at: float  # its booking on the limiter's clock (for `rate_limited_by_server`)
     future: asyncio.Future[float]
-    booked: float = 0.0  # its booking on the wall clock (`wall` moves when the worker runs late)
+    booked: float = 0.0  # its booking on the wall clock (`wall` moves with a pause or a slow lease)
+    tokens: int = 0  # what it asked for: asked again if its slot is lost
     handle: asyncio.TimerHandle | None = None

@@ -42,7 +42,7 @@ from ..stopping import Stopper
 MIN_SPAN = 0.2  # seconds a lease reaches ahead at least
 MAX_LEASES_PER_SECOND = 1000.0  # what one actor serves with room to spare (~0.2 ms a call)
 LEAD = 0.1  # seconds before its last leased start a worker asks for the next lease
-SLIP = 0.01  # seconds a start may come late; later, its slot is lost and it is leased again
+SLIP = LATE  # seconds a start may come late (the limiter's allowance); later, it is leased again
 # A worker whose starts were moved later (a pause, or a lease slower than its whole span) catches
 # up by starting each newly leased request at most this fraction sooner after the one before than
 # booked: the limiter's own allowance for late starts (half of what its safety margin holds back).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import batchrun
 from batchrun.limiter import SAFETY
@@ -19,45 +20,57 @@ from batchrun.stopping import Stopper
 RPM = 6000  # 100 a second: the provider refuses the 101st request of any one second
 
 
-def most_in_one_second(times: list[float]) -> int:
+def most_in(times: list[float], span: float) -> int:
+    """The most starts in any `span` seconds."""
     times = sorted(times)
     most, first = 0, 0
     for last, at in enumerate(times):
-        while at - times[first] >= 1.0:
+        while at - times[first] >= span:
             first += 1
         most = max(most, last - first + 1)
     return most
+
+
+def limiter(tmp_path: Path, workers: int = 1) -> tuple[Any, Any]:
+    """A run's config at RPM, and a limiter actor for it on the session's Ray."""
+    import ray
+
+    config = batchrun.build_config(None, {"input": str(tmp_path / "in.csv"),
+                                          "output": str(tmp_path / "out.parquet"),
+                                          "model": "m", "rpm": RPM, "workers": workers})
+    return config, ray.remote(LimiterCore).options(num_cpus=0).remote(config.rpm, config.tpm)
+
+
+async def lease(actor: Any, config: Any, worker: str, n: int, fired: list[float],
+                busy_after: tuple[int, ...]) -> LeasedLimits:
+    """`n` starts leased by one worker, each noted in `fired` when it goes; after the starts
+    counted in `busy_after` the worker's loop is busy for 0.25 s, so the ones due meanwhile
+    are late."""
+    limits = LeasedLimits(actor, config, Stopper(lambda name, data: None), worker)
+
+    async def one() -> None:
+        await limits.wait_turn(10)
+        fired.append(time.time())
+        if len(fired) in busy_after:
+            time.sleep(0.25)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return limits
 
 
 def test_a_worker_that_ran_late_does_not_burst_when_its_next_lease_comes(
         tmp_path: Path, ray_address: str) -> None:
     import ray
 
-    config = batchrun.build_config(None, {"input": str(tmp_path / "in.csv"),
-                                          "output": str(tmp_path / "out.parquet"),
-                                          "model": "m", "rpm": RPM})
-    actor = ray.remote(LimiterCore).options(num_cpus=0).remote(config.rpm, config.tpm)
-
-    async def starts() -> list[float]:
-        limits = LeasedLimits(actor, config, Stopper(lambda name, data: None), "worker")
-        fired: list[float] = []
-
-        async def one() -> None:
-            await limits.wait_turn(10)
-            fired.append(time.time())
-            if len(fired) == 5:
-                time.sleep(0.25)  # the worker's loop is busy: the starts due meanwhile are late
-
-        await asyncio.gather(*(one() for _ in range(250)))
-        return fired
-
+    config, actor = limiter(tmp_path)
+    fired: list[float] = []
     try:
-        fired = asyncio.run(starts())
+        asyncio.run(lease(actor, config, "worker", 250, fired, busy_after=(5,)))
     finally:
         ray.kill(actor)
     assert len(fired) == 250
     # Paced a little under the limit, late starts and all: no second holds more than it allows.
-    assert most_in_one_second(fired) <= RPM / 60
+    assert most_in(fired, 1.0) <= RPM / 60
     # And the lateness costs about what it lasted (the pace alone takes 2.6 s): the slots that
     # went by meanwhile, not those of every later lease.
     assert fired[-1] - fired[0] < 249 / (RPM / 60 * SAFETY) + 0.25 + 0.5
@@ -67,30 +80,20 @@ def test_a_worker_that_ran_late_does_not_send_in_the_other_workers_slots(
         tmp_path: Path, ray_address: str) -> None:
     # Two workers, each on its own process's loop (threads here), leasing from one limiter
     # actor: their leases are runs of consecutive slots, taken in turns. One worker's loop is
-    # busy for 0.25 s: the starts whose slots went by meanwhile must not go in the other's.
+    # busy for 0.25 s, twice: the starts whose slots went by meanwhile must not go in the other's.
     import threading
 
     import ray
 
-    config = batchrun.build_config(None, {"input": str(tmp_path / "in.csv"),
-                                          "output": str(tmp_path / "out.parquet"),
-                                          "model": "m", "rpm": RPM, "workers": 2})
-    actor = ray.remote(LimiterCore).options(num_cpus=0).remote(config.rpm, config.tpm)
+    config, actor = limiter(tmp_path, workers=2)
     fired: dict[str, list[float]] = {"busy": [], "steady": []}
     leases: dict[str, LeasedLimits] = {}
 
-    async def starts(worker: str) -> None:
-        limits = leases[worker] = LeasedLimits(actor, config, Stopper(lambda n, d: None), worker)
+    def worker(name: str, busy_after: tuple[int, ...]) -> None:
+        leases[name] = asyncio.run(lease(actor, config, name, 200, fired[name], busy_after))
 
-        async def one() -> None:
-            await limits.wait_turn(10)
-            fired[worker].append(time.time())
-            if worker == "busy" and len(fired[worker]) in (40, 120):
-                time.sleep(0.25)  # a busy loop, twice: the starts due meanwhile are late
-
-        await asyncio.gather(*(one() for _ in range(200)))
-
-    threads = [threading.Thread(target=asyncio.run, args=(starts(w),), daemon=True) for w in fired]
+    threads = [threading.Thread(target=worker, args=("busy", (40, 120)), daemon=True),
+               threading.Thread(target=worker, args=("steady", ()), daemon=True)]
     try:
         for thread in threads:
             thread.start()
@@ -100,17 +103,7 @@ def test_a_worker_that_ran_late_does_not_send_in_the_other_workers_slots(
         ray.kill(actor)
     both = fired["busy"] + fired["steady"]
     assert len(both) == 400, {w: len(f) for w, f in fired.items()}
-    assert most_in_one_second(both) <= RPM / 60
+    assert most_in(both, 1.0) <= RPM / 60
     # Nor bunched within the second: no tenth of a second holds much more than its tenth.
     assert most_in(both, 0.1) <= RPM / 600 + 3, most_in(both, 0.1)
     assert leases["busy"].forfeited >= 10  # the slots that went by while its loop was busy
-
-
-def most_in(times: list[float], span: float) -> int:
-    times = sorted(times)
-    most, first = 0, 0
-    for last, at in enumerate(times):
-        while at - times[first] >= span:
-            first += 1
-        most = max(most, last - first + 1)
-    return most

@@ -161,6 +161,7 @@ class LeasedLimits:
     def __init__(self, actor: Any, config: RunConfig, stopper: Stopper, worker: str) -> None:
         self.pauses = 0
         self.forfeited = 0  # leased starts whose slot went by while the worker was busy
+        self._again: set[int] = set()  # (ids of) the waiting requests that lost a slot once
         self._actor = actor
         self._stopper = stopper
         self._worker = worker
@@ -238,6 +239,7 @@ class LeasedLimits:
             if not start.future.done():
                 start.future.set_result(start.at)
         self._leased.clear()
+        self._again.clear()
         if self._task is not None:
             self._task.cancel()
 
@@ -289,8 +291,9 @@ class LeasedLimits:
         leased = {id(future) for (_, future), _ in granted}
         self._waiting = deque(w for w in self._waiting if id(w[1]) not in leased)
         for ((tokens, future), (wall, at)), late in zip(granted, gone, strict=True):
-            if late and not shift:
+            if late and not shift and id(future) not in self._again:
                 again.append((tokens, future))
+                self._again.add(id(future))
                 continue
             start = _Start(self._place(wall + shift, grant.paused_until), at, future,
                            booked=wall, tokens=tokens)
@@ -329,16 +332,20 @@ class LeasedLimits:
         later starts with it would send them in other workers' slots too, for as long as this
         one runs behind: bunches that push a provider's window over. It goes back to the head
         of the queue, for a slot of its own with the next lease; the lost slot is what the
-        busy loop costs."""
+        busy loop costs. Once: late again, it goes, or a worker too busy for any slot would
+        never send."""
         start.handle = None  # fired: not moved by what follows
         if start.future.done():
             return
-        if time.time() - start.wall > SLIP:
+        if time.time() - start.wall > SLIP and id(start.future) not in self._again:
             self._leased.remove(start)
             self._waiting.appendleft((start.tokens, start.future))
+            self._again.add(id(start.future))
             self.forfeited += 1
             self._kick()
             return
+        # Late a second time, it goes: a process too busy for any slot still gets on.
+        self._again.discard(id(start.future))
         start.future.set_result(start.at)
 
     def _shift(self, move: Callable[[float], float]) -> None:

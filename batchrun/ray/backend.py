@@ -158,6 +158,13 @@ def connect(address: str | None) -> bool:
         raise UsageError(NO_RAY) from None
     if ray.is_initialized():
         return False
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A local Ray for this run. Its raylet connects to its own object store as both start:
+        # missed once, it tries again after raylet_client_connect_timeout_milliseconds (1 s),
+        # a second added to half the starts measured. The same ten-second budget, tried every
+        # 50 ms; the raylet and its workers inherit it, and a user's own setting wins.
+        os.environ.setdefault("RAY_raylet_client_connect_timeout_milliseconds", "50")
+        os.environ.setdefault("RAY_raylet_client_num_connect_attempts", "200")
     with concurrent.futures.ThreadPoolExecutor(1, "batchrun-ray-data") as pool:
         importing = pool.submit(quiet)
         try:

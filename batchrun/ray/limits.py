@@ -291,16 +291,14 @@ class LeasedLimits:
         leased = {id(future) for (_, future), _ in granted}
         self._waiting = deque(w for w in self._waiting if id(w[1]) not in leased)
         for ((tokens, future), (wall, at)), late in zip(granted, gone, strict=True):
-            if late and not shift and id(future) not in self._again:
+            if late and not shift and self._lease_again(future):
                 again.append((tokens, future))
-                self._again.add(id(future))
                 continue
             start = _Start(self._place(wall + shift, grant.paused_until), at, future,
                            booked=wall, tokens=tokens)
             self._leased.append(start)
             self._schedule(start)
         self._waiting.extendleft(reversed(again))
-        self.forfeited += len(again)
         if self._leased:
             # On the limiter's schedule, not the worker's moved one: asked later, the lease would
             # be booked from then, and the slots in between would go unused.
@@ -332,21 +330,26 @@ class LeasedLimits:
         later starts with it would send them in other workers' slots too, for as long as this
         one runs behind: bunches that push a provider's window over. It goes back to the head
         of the queue, for a slot of its own with the next lease; the lost slot is what the
-        busy loop costs. Once: late again, it goes, or a worker too busy for any slot would
-        never send."""
+        busy loop costs (`_lease_again`)."""
         start.handle = None  # fired: not moved by what follows
         if start.future.done():
             return
-        if time.time() - start.wall > SLIP and id(start.future) not in self._again:
+        if time.time() - start.wall > SLIP and self._lease_again(start.future):
             self._leased.remove(start)
             self._waiting.appendleft((start.tokens, start.future))
-            self._again.add(id(start.future))
-            self.forfeited += 1
             self._kick()
             return
-        # Late a second time, it goes: a process too busy for any slot still gets on.
         self._again.discard(id(start.future))
         start.future.set_result(start.at)
+
+    def _lease_again(self, future: asyncio.Future[float]) -> bool:
+        """Whether a request whose slot went by is leased again: once. Late a second time, it
+        goes, or a process too busy for any slot would never send."""
+        if id(future) in self._again:
+            return False
+        self._again.add(id(future))
+        self.forfeited += 1
+        return True
 
     def _shift(self, move: Callable[[float], float]) -> None:
         for start in self._leased:

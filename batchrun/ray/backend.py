@@ -158,7 +158,8 @@ def connect(address: str | None) -> bool:
         raise UsageError(NO_RAY) from None
     if ray.is_initialized():
         return False
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if not cluster:
         # A local Ray for this run. Its raylet connects to its own object store as both start:
         # missed once, it tries again after raylet_client_connect_timeout_milliseconds (1 s),
         # a second added to half the starts measured. The same ten-second budget, tried every
@@ -171,7 +172,7 @@ def connect(address: str | None) -> bool:
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's ways of saying "no"
-            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            where = cluster or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
                              "--ray-address or RAY_ADDRESS, or leave both unset for a local "

@@ -15,9 +15,10 @@ writing) as measured from outside. Scenarios, each with its targets:
     unlimited    no --rpm at all, with headers
   tokenizer-0.5, tokenizer-2 (TPM-bound, 60,000 TPM, --tpm 60000, --max-tokens 5): the server
     counts prompt tokens as 0.5x and 2x our estimate (14-15 tokens, rounded); the ideal is what
-    its own count allows. 0 failed, <= 2% 429s, <= 1.1x the ideal. The requests are small against a second's
-    allowance (1,000 tokens), as in a real run: one of a sixth of it would leave a 1-second
-    window room for 6 where the pace allows 6.06, whatever the client knows of the tokenizer.
+    its own count allows. 0 failed, <= 2% 429s, <= 1.1x the ideal. The requests are small
+    against a second's allowance (1,000 tokens), as in a real run: one of a sixth of it would
+    leave a 1-second window room for 6 where the pace allows 6.06, whatever the client knows
+    of the tokenizer.
   stray (3,000 rows, no limit, 30 ms): 2% of requests answered 429 at any pace (retry-after 1, no
     headers); the wall is within 1.5x of the same run without them, measured here too (the
     median over 5 seeds of the simulator's dice). The issue names no concurrency: `stray` runs

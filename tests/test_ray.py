@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,7 +15,16 @@ import pyarrow.parquet as pq
 from batchrun.limiter import NOISE
 from batchrun.write import usage_path
 
-from .helpers import TEST_KEY, clean_env, journal_count, journal_file, prompts_csv, read_output, run_cli
+from .helpers import (
+    TEST_KEY,
+    clean_env,
+    journal_count,
+    journal_file,
+    prompts_csv,
+    read_output,
+    run_cli,
+    wait_until,
+)
 
 # Columns that differ between two runs of the same rows by nature (timing, the server's ids).
 VARYING = {"latency_ms", "response_id"}
@@ -192,7 +200,5 @@ def test_with_no_address_a_run_starts_its_own_ray_and_leaves_none_of_it(
     assert "20 rows: 20 ok, 0 error" in result.stdout
     assert server.stats.requests == 20
     assert "Traceback" not in result.stderr and "autoscaler" not in result.stderr.lower()
-    deadline = time.monotonic() + 10  # the raylet's workers may take a moment to go
-    while (left := _ray_processes() - before) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, left
+    # The raylet's workers may take a moment to go.
+    wait_until(lambda: not _ray_processes() - before, timeout=10, interval=0.2)

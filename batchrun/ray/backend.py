@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import math
@@ -116,7 +117,8 @@ async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stat
     did, or what failed."""
     stopper.when_stopping(lambda: _tell_stop(limiter, stopper))
     failure: list[BaseException] = []
-    done = threading.Event()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     def target() -> None:
         try:
@@ -124,11 +126,13 @@ async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stat
         except BaseException as exc:  # judged on the loop: a stop, or a real failure
             failure.append(exc)
         finally:
-            done.set()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the run was cancelled
+                loop.call_soon_threadsafe(done.set)
 
     threading.Thread(target=target, name="batchrun-ray", daemon=True).start()
-    while not done.is_set():
-        await asyncio.sleep(POLL_EVERY)
+    while not done.is_set():  # the counters every POLL_EVERY, and on at once when work ends
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), POLL_EVERY)
         _count(stats, base, await ledger.totals.remote())
     stop = await limiter.stopped.remote()
     if stop is not None:

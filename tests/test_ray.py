@@ -202,3 +202,22 @@ def test_with_no_address_a_run_starts_its_own_ray_and_leaves_none_of_it(
     assert "Traceback" not in result.stderr and "autoscaler" not in result.stderr.lower()
     # The raylet's workers may take a moment to go.
     wait_until(lambda: not _ray_processes() - before, timeout=10, interval=0.2)
+
+
+def test_a_starting_local_ray_is_found_through_the_gcs_node_table(ray_address) -> None:
+    # While a run's own Ray starts, ray.init looks its raylet up with tries a second apart; the
+    # run reads the GCS's node table every 20 ms first. Against the session's Ray: Ray's lookup,
+    # wrapped, still answers with the node, and is Ray's own again afterwards.
+    import ray
+    from ray._private import services
+
+    from batchrun.ray.backend import _prompt_node_lookup
+
+    node = ray.get_runtime_context().get_node_id()
+    rays_own = services.get_node
+    with _prompt_node_lookup():
+        assert services.get_node is not rays_own
+        found = services.get_node(ray_address, node)
+    assert services.get_node is rays_own
+    assert found["node_id"] == node
+    assert found == rays_own(ray_address, node)

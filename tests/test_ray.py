@@ -206,14 +206,23 @@ def test_with_no_address_a_run_starts_its_own_ray_and_leaves_none_of_it(
 
 def test_a_starting_local_ray_is_found_through_the_gcs_node_table(ray_address) -> None:
     # While a run's own Ray starts, ray.init looks its raylet up with tries a second apart; the
-    # run reads the GCS's node table every 20 ms first. Against the session's Ray: Ray's lookup,
-    # wrapped, still answers with the node, and is Ray's own again afterwards.
-    import ray
-    from ray._private import services
+    # run reads the GCS's node table every 20 ms first. Against the session's Ray: a live node is
+    # found at once, one that never registers is given up on when the wait is over (Ray's own
+    # lookup decides then), and Ray's lookup, wrapped, still answers with the node and is Ray's
+    # own again afterwards.
+    import time
 
-    from batchrun.ray.backend import _prompt_node_lookup
+    import ray
+    from ray._private import services, state
+
+    from batchrun.ray.backend import _await_node, _prompt_node_lookup
 
     node = ray.get_runtime_context().get_node_id()
+    options = services._get_gcs_client_options(ray_address)
+    assert _await_node(state.GlobalState(), options, node, wait=0)
+    began = time.monotonic()
+    assert not _await_node(state.GlobalState(), options, "ab" * 28, wait=0.3)
+    assert time.monotonic() - began >= 0.3
     rays_own = services.get_node
     with _prompt_node_lookup():
         assert services.get_node is not rays_own

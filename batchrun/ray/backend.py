@@ -214,18 +214,10 @@ def _prompt_node_lookup() -> Iterator[None]:
         return
 
     def get_node(gcs_address: str, node_id: str) -> Any:
-        table = state.GlobalState()
         try:
-            table._initialize_global_state(services._get_gcs_client_options(gcs_address))
-            deadline = time.monotonic() + NODE_WAIT
-            while time.monotonic() < deadline and not any(
-                    node.get("NodeID") == node_id and node.get("Alive")
-                    for node in table.node_table()):
-                time.sleep(NODE_POLL)
+            _await_node(state.GlobalState(), services._get_gcs_client_options(gcs_address), node_id)
         except Exception:  # noqa: BLE001  (Ray's own lookup below decides, as before)
             log.debug("could not look the new raylet up early", exc_info=True)
-        finally:
-            table.disconnect()
         return original(gcs_address, node_id)
 
     services.get_node = get_node
@@ -233,6 +225,25 @@ def _prompt_node_lookup() -> Iterator[None]:
         yield
     finally:
         services.get_node = original
+
+
+def _await_node(table: Any, options: Any, node_id: str, wait: float = NODE_WAIT) -> bool:
+    """Whether the GCS's node table shows `node_id` alive within `wait` (read NODE_POLL apart)."""
+    table._initialize_global_state(options)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            nodes = table.node_table()
+            odd = next((node for node in nodes if "NodeID" not in node), None)
+            if odd is not None:
+                raise LookupError(f"a node table unlike Ray's: {sorted(odd)}")
+            if any(node["NodeID"] == node_id and node.get("Alive") for node in nodes):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(NODE_POLL)
+    finally:
+        table.disconnect()
 
 
 def shut_down() -> None:

@@ -3,18 +3,19 @@
     async with open_run(config, key, emit) as run:
         ...  # run.journal, run.stats, run.stopper, run.base_url
 
-Leaving it closes the journal (committing what is buffered) and lets the next run take the output,
-in that order, whatever happened inside.
+Leaving it waits for what a backend left finishing, closes the journal (committing what is
+buffered) and lets the next run take the output, in that order, whatever happened inside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunConfig, Secret, check_transport
@@ -45,6 +46,9 @@ class RunContext:
     stopper: Stopper
     price: Price | None
     emit: Emit
+    # What a backend left running when it delivered (a local Ray stopping while the output is
+    # written): the run waits for it before it closes.
+    finishing: list[asyncio.Task[None]] = field(default_factory=list)
 
     def event(self, name: str, **data: Any) -> None:
         """Tell the progress display and the JSON log something happened."""
@@ -73,9 +77,14 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
         try:
             _begin(journal, config, stats)
             async with _endpoint(config) as base_url:
-                yield RunContext(config, key, table, renderer, journal, base_url, stats,
+                run = RunContext(config, key, table, renderer, journal, base_url, stats,
                                  Stopper(emit), run_price(config.model, config.price, config.backend,
                                                         config.batch_price), emit)
+                try:
+                    yield run
+                finally:
+                    for task in run.finishing:
+                        await task
         finally:
             _close(journal)
     finally:

@@ -83,8 +83,8 @@ class RayBackend:
                 if not started:
                     started = await joining  # (a stop while joining: leave Ray as we found it)
                 run.journal.reload()  # the ledger actor wrote it meanwhile
-            if started:
-                await asyncio.to_thread(shut_down)
+            if started:  # Ray stops while the driver writes the output; the run waits for it
+                run.finishing.append(asyncio.create_task(asyncio.to_thread(shut_down)))
 
 
 def _blocks(tables: list[pa.Table], workers: int) -> Iterator[pa.Table]:

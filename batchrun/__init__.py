@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig, build_config
-from .errors import BatchrunError, Interrupted, JobStopped, UsageError
-from .report import build_report as report  # batchrun.report(output): the page of a run
-from .summary import Summary
+from batchrun.errors import BatchrunError, Interrupted, JobStopped, UsageError
+from batchrun.running.summary import Summary
+from batchrun.settings.config import RunConfig, build_config
+from batchrun.views.report import build_report as report  # batchrun.report(output): the page of a run
 
 if TYPE_CHECKING:
-    from .api import run, run_async, run_dataframe
+    from batchrun.api import run, run_async, run_dataframe
 
 __all__ = [
     "BatchrunError", "Interrupted", "JobStopped", "RunConfig", "Summary", "UsageError",
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
     """`run`, `run_async` and `run_dataframe`, imported on first use (PEP 562)."""
     if name not in _API:
         raise AttributeError(f"module 'batchrun' has no attribute {name!r}")
-    from . import api
+    from batchrun import api
 
     return getattr(api, name)
 

@@ -1,5 +1,5 @@
 """`python -m batchrun`."""
 
-from .cli import console
+from batchrun.cli import console
 
 console()

@@ -19,16 +19,16 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .backends import choose_backend
-from .config import RunConfig, Secret, build_config, resolve_key
-from .context import RunContext, open_run
-from .engine import execute
-from .errors import BatchrunError, UsageError
-from .progress import Reporter
-from .store import OUTPUT_SUFFIXES, open_location
-from .summary import Summary, build_summary, output_metadata
-from .timeline import Sampler
-from .write import RESULT_NAMES, write_output
+from batchrun.backends import choose_backend
+from batchrun.data.locations import OUTPUT_SUFFIXES, open_location
+from batchrun.errors import BatchrunError, UsageError
+from batchrun.running.context import RunContext, open_run
+from batchrun.running.execute import execute
+from batchrun.running.output import RESULT_NAMES, write_output
+from batchrun.running.summary import Summary, build_summary, output_metadata
+from batchrun.running.timeline import Sampler
+from batchrun.settings.config import RunConfig, Secret, build_config, resolve_key
+from batchrun.views.progress import Reporter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,13 +44,13 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     if key is None:
         key = resolve_key(config)
     if config.report:
-        from .report import require_plotting
+        from batchrun.views.report import require_plotting
 
         require_plotting()
     reporter = reporter or Reporter.for_config(config)
     backend = choose_backend(config)
     if config.engine == "ray" and config.output.suffix not in OUTPUT_SUFFIXES:
-        from .ray.dataset import run_folder  # a Parquet dataset: read and written by Ray Data
+        from batchrun.ray.dataset import run_folder  # a Parquet dataset: read and written by Ray Data
 
         return await run_folder(config, key, reporter)
     started = time.time()
@@ -131,7 +131,7 @@ def _write_report(config: RunConfig) -> Path | None:
     """--report: the HTML report beside the output; a report that fails costs a warning only."""
     if not config.report:
         return None
-    from .report import build_report
+    from batchrun.views.report import build_report
 
     try:
         return build_report(config.output).save()

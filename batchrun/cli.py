@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .errors import BatchrunError, UsageError
-from .providers import PRESETS
+from batchrun.errors import BatchrunError, UsageError
+from batchrun.settings.providers import PRESETS
 
 RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--input", "input", metavar="PATH",
@@ -113,8 +113,8 @@ def cli() -> None:
 @run_options
 def run(job: Path | None, **options: Any) -> None:
     """Send every row of the input and write OUTPUT (resumes an interrupted run)."""
-    from .api import run as run_job
-    from .config import build_config
+    from batchrun.api import run as run_job
+    from batchrun.settings.config import build_config
 
     config = build_config(job, options)
     _setup_logging(config.log_format, _log_level(job, options, config))
@@ -135,8 +135,8 @@ def run(job: Path | None, **options: Any) -> None:
               show_default=True, help="Print the plan for people, or as one JSON object.")
 def plan(job: Path | None, plan_format: str, **options: Any) -> None:
     """Dry run: rows to send, a sample request, token, cost and time estimates. Sends nothing."""
-    from .config import build_config, check_transport, resolve_key
-    from .plan import make_plan, plan_json, render_plan
+    from batchrun.settings.config import build_config, check_transport, resolve_key
+    from batchrun.views.plan import make_plan, plan_json, render_plan
 
     config = build_config(job, options)
     key = resolve_key(config)
@@ -154,7 +154,7 @@ def plan(job: Path | None, plan_format: str, **options: Any) -> None:
 @click.argument("output")  # a path or an s3:// URL: click.Path would fold its "//"
 def status(output: str) -> None:
     """Progress and usage of a finished, running or interrupted run."""
-    from .status import describe
+    from batchrun.views.status import describe
 
     click.echo(describe(output))
 
@@ -165,7 +165,7 @@ def status(output: str) -> None:
               help="Where to write the page (default: OUTPUT with .report.html).")
 def report(output: Path, html: Path | None) -> None:
     """A self-contained HTML report of a finished, stopped or running run."""
-    from .report import build_report
+    from batchrun.views.report import build_report
 
     click.echo(build_report(output).save(html))
 
@@ -178,7 +178,7 @@ def report(output: Path, html: Path | None) -> None:
               help="File holding the API key.")
 def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> None:
     """Cancel OUTPUT's live Batch API batches; what they finished is kept, the rest is pending."""
-    from .backends.batch_cancel import cancel_batches
+    from batchrun.backends.batch_cancel import cancel_batches
 
     click.echo(cancel_batches(output, api_key_env, api_key_file))
 
@@ -220,7 +220,7 @@ def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> 
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault dice.")
 def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
     """Serve a local OpenAI-compatible simulator to rehearse a job for free."""
-    from .sim import SimConfig, serve
+    from batchrun.sim import SimConfig, serve
 
     key = os.environ.get(api_key_env, "") if api_key_env else None
     if api_key_env and not key:
@@ -233,7 +233,7 @@ def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> N
 
 
 def _setup_logging(log_format: str, level: str) -> None:
-    from .logs import configure
+    from batchrun.views.logs import configure
 
     configure(log_format, level)
 
@@ -243,7 +243,7 @@ def _log_level(job: Path | None, options: dict[str, Any], config: Any) -> str:
     if config.log_format != "json" or options.get("log_level") is not None:
         return str(config.log_level)
     if job is not None:
-        from .config import load_job_file
+        from batchrun.settings.config import load_job_file
 
         if "log_level" in load_job_file(job):
             return str(config.log_level)
@@ -258,7 +258,7 @@ def _json_requested(argv: list[str]) -> bool:
 
 def main() -> None:
     """Console entry point: run click, turn BatchrunError into one line and its exit code."""
-    from .logs import error_line
+    from batchrun.views.logs import error_line
 
     if sys.platform == "linux":
         # Arrow's default allocator (mimalloc) keeps what the CSV reader and the Parquet writer

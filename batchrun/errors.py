@@ -13,10 +13,7 @@ Row-level failures are not exceptions: they become an ``Outcome`` with ``status 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .summary import Summary
+from typing import Protocol
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -24,6 +21,14 @@ EXIT_USAGE = 2
 EXIT_STOPPED = 3
 EXIT_PENDING = 75  # EX_TEMPFAIL: try again later
 EXIT_INTERRUPTED = 130
+
+
+class RunReport(Protocol):
+    """What a run that stopped had done, as a person reads it (a `run.summary.Summary`)."""
+
+    def render(self) -> str:
+        """The one-screen report."""
+        ...
 
 
 class BatchrunError(Exception):
@@ -34,7 +39,7 @@ class BatchrunError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.summary: Summary | None = None  # what a run that stopped had done, when it ran
+        self.summary: RunReport | None = None  # what a run that stopped had done, when it ran
 
 
 class UsageError(BatchrunError):

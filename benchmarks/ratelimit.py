@@ -45,9 +45,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import SimConfig, SimulatorThread
 from batchrun.sim.validate import provider_tokens
-from batchrun.tokens import count_prompt_tokens
 
 MAX_TOKENS = 40
 RPM = 6000

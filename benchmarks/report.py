@@ -19,10 +19,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun.journal import Journal, journal_path
-from batchrun.report import build_report
-from batchrun.timeline import Sample
-from batchrun.write import RESULT_FIELDS
+from batchrun.journal.database import Journal, Sample, journal_path
+from batchrun.running.output import RESULT_FIELDS
+from batchrun.views.report import build_report
 
 ERRORS = (
     "HTTP 429 Too Many Requests (rate_limit_exceeded): Rate limit reached (gave up after 6 attempts)",

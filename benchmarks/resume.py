@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import simulator_process, write_prompts  # noqa: E402
 
-from batchrun.journal import GroupCommit, Journal, journal_path  # noqa: E402
-from batchrun.outcome import OK, Outcome  # noqa: E402
+from batchrun.journal.database import GroupCommit, Journal, journal_path  # noqa: E402
+from batchrun.protocol.outcome import OK, Outcome  # noqa: E402
 
 
 def sim_get(base_url: str, path: str, post: bool = False) -> dict:

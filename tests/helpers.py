@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.journal import journal_path
-from batchrun.store import state_dir
+from batchrun.data.locations import state_dir
+from batchrun.journal.database import journal_path
 
 KEY_VARS = ("BATCHRUN_API_KEY", "OPENAI_API_KEY", "MEGALLM_API_KEY", "LLMOST_API_KEY",
             "OPENROUTER_API_KEY", "VLLM_API_KEY")

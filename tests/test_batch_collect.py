@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from batchrun.backends.batch_book import Carried
 from batchrun.backends.batch_collect import Rules, collect
 from batchrun.backends.batch_files import FileSplitter, batch_line, count_files
-from batchrun.cost import Price
-from batchrun.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL
-from batchrun.pending import Job
+from batchrun.journal.batches import Carried
+from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL
+from batchrun.running.rows import Job
+from batchrun.settings.prices import Price
 
 PRICE = Price(0.5, 1.0)  # sim-1's online price, halved
 RULES = Rules("text", None, "sim-1", PRICE, max_attempts=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.cost import BUILTIN_PRICES
+from batchrun.settings.prices import BUILTIN_PRICES
 
 from .batch_support import (
     batch_args,

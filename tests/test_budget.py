@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.cost import BUILTIN_PRICES
-from batchrun.write import usage_path
+from batchrun.running.output import usage_path
+from batchrun.settings.prices import BUILTIN_PRICES
 
 from .helpers import journal_count, prompts_csv, read_output, run_cli
 

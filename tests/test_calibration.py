@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from batchrun.tokens import count_prompt_tokens
+from batchrun.protocol.tokens import count_prompt_tokens
 
 from .helpers import journal_file, prompts_csv, read_output, run_cli, run_job
 

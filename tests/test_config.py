@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.config import FIELDS, build_config
-from batchrun.cost import Price
 from batchrun.errors import UsageError
+from batchrun.settings.config import FIELDS, build_config
+from batchrun.settings.prices import Price
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, write_csv
 

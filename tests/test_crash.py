@@ -174,8 +174,8 @@ def test_group_commit_wakes_each_worker_after_its_commit_and_a_failure_reaches_a
     import asyncio
     import sqlite3
 
-    from batchrun.journal import GroupCommit, Journal
-    from batchrun.outcome import OK, Outcome
+    from batchrun.journal.database import GroupCommit, Journal
+    from batchrun.protocol.outcome import OK, Outcome
 
     journal = Journal(tmp_path / "j.sqlite")
     commits: list[int] = []

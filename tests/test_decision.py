@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from batchrun.answers import Answer, Usage, add_usage, build_outcome, judge
-from batchrun.decision import FORBIDDEN_STORM, Finish, History, Pending, Retry, Stop, decide
-from batchrun.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL
-from batchrun.retry import Failure, Kind, RetryPolicy
+from batchrun.protocol.answers import Answer, Usage, add_usage, build_outcome, judge
+from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL
+from batchrun.protocol.retry import Failure, Kind, RetryPolicy
+from batchrun.sending.decision import FORBIDDEN_STORM, Finish, History, Pending, Retry, Stop, decide
 
 POLICY = RetryPolicy(max_attempts=3, base=0.5, cap=30.0, deadline=100.0)
 SERVER = Failure(Kind.RETRY, "HTTP 500 Internal Server Error", 500)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.journal import journal_path
+from batchrun.journal.database import journal_path
 from batchrun.sim import Step, expected_answer
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli

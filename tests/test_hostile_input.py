@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.data.read import open_input
 from batchrun.errors import InputError
-from batchrun.read import open_input
 from batchrun.sim import expected_answer
 
 from .helpers import read_output, run_job, write_csv

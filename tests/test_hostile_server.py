@@ -11,9 +11,9 @@ import orjson
 import pyarrow.parquet as pq
 from aiohttp import web
 
-from batchrun.config import Secret
-from batchrun.retry import Kind
-from batchrun.send import MAX_BODY_BYTES, Sender, new_session
+from batchrun.protocol.retry import Kind
+from batchrun.sending.http import MAX_BODY_BYTES, Sender, new_session
+from batchrun.settings.config import Secret
 from batchrun.sim import Step, expected_answer
 
 from .helpers import read_output, run_cli, write_csv

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.providers import PRESETS
+from batchrun.settings.providers import PRESETS
 
 from .helpers import (
     TEST_KEY,

@@ -6,8 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from batchrun.journal import Journal
-from batchrun.outcome import OK, Outcome
+from batchrun.journal.database import Journal
+from batchrun.protocol.outcome import OK, Outcome
 
 
 def _outcome(i: int) -> Outcome:

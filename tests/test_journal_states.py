@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from batchrun.journal import Journal
-from batchrun.outcome import ERROR, EXHAUSTED, OK, Outcome
+from batchrun.journal.database import Journal
+from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
 
 
 def _keys(n: int, tag: str = "k") -> list[bytes]:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.errors import UsageError
-from batchrun.journal import journal_path
+from batchrun.journal.database import journal_path
 from batchrun.sim import Step, expected_answer
 
 from .helpers import prompts_csv, run_cli

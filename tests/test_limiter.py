@@ -8,7 +8,7 @@ from collections import deque
 
 import pytest
 
-from batchrun.limiter import SAFETY, SLICE, Limiter
+from batchrun.sending.limiter import SAFETY, SLICE, Limiter
 
 
 class FakeClock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from batchrun.journal import OutputLock
+from batchrun.journal.database import OutputLock
 
 from .helpers import journal_count, prompts_csv, read_output, run_cli, start_cli, wait_until
 

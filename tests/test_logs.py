@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from batchrun.logs import JsonFormatter, TextFormatter
 from batchrun.sim import Step
+from batchrun.views.logs import JsonFormatter, TextFormatter
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, run_cli, start_cli
 

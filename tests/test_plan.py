@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.cost import BUILTIN_PRICES
+from batchrun.settings.prices import BUILTIN_PRICES
 
 from .helpers import (
     TEST_KEY,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import UsageError
-from batchrun.progress import Rates, Reporter, progress_every, snapshot
+from batchrun.running.stats import Stats
 from batchrun.sim import Step
-from batchrun.stats import Stats
+from batchrun.views.progress import Rates, Reporter, progress_every, snapshot
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, run_cli
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from batchrun.config import RunConfig
-from batchrun.read import open_input
-from batchrun.render import Invalid, Renderer, Request
+from batchrun.data.read import open_input
+from batchrun.protocol.render import Invalid, Renderer, Request
+from batchrun.settings.config import RunConfig
 
 # Any Unicode text a UTF-8 file can hold (lone surrogates cannot be encoded, so they are out).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
@@ -119,7 +119,7 @@ def test_rendering_never_raises_and_keeps_text_exactly(literals, values, extra) 
 @given(st.text(max_size=40))
 def test_any_template_is_compiled_or_refused_cleanly(template: str) -> None:
     from batchrun.errors import UsageError
-    from batchrun.render import compile_template
+    from batchrun.protocol.render import compile_template
 
     try:
         pieces = compile_template(template, ["prompt"])
@@ -190,6 +190,6 @@ def _answer(**changes: object) -> dict[str, object]:
 def test_the_quick_reading_of_an_answer_agrees_with_the_careful_one(body: object) -> None:
     """The hot path takes the usual answer in one look; whatever it accepts, the careful reading
     accepts the same way, and whatever it passes on gets the careful reading's verdict."""
-    from batchrun.answers import parse_answer, read_answer
+    from batchrun.protocol.answers import parse_answer, read_answer
 
     assert parse_answer(orjson.dumps(body)) == read_answer(body)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import Step
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import prompts_csv, read_output, run_cli
 

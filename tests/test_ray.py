@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batchrun.limiter import NOISE
-from batchrun.write import usage_path
+from batchrun.running.output import usage_path
+from batchrun.sending.limiter import NOISE
 
 from .helpers import (
     TEST_KEY,

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import batchrun
-from batchrun.limiter import SAFETY
 from batchrun.ray.limits import LeasedLimits, LimiterCore
-from batchrun.stopping import Stopper
+from batchrun.running.stopping import Stopper
+from batchrun.sending.limiter import SAFETY
 
 RPM = 6000  # 100 a second: the provider refuses the 101st request of any one second
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from batchrun.cli import cli
-from batchrun.config import FIELDS
-from batchrun.write import RESULT_NAMES
+from batchrun.running.output import RESULT_NAMES
+from batchrun.settings.config import FIELDS
 
 from .helpers import run_cli
 

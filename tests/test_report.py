@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import batchrun
-from batchrun.journal import Journal
+from batchrun.journal.database import Journal
 from batchrun.sim import Step
 
 from .chromium import check_page

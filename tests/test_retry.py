@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from batchrun.retry import Failure, Kind, RetryPolicy, classify_http, parse_duration, parse_retry_after
+from batchrun.protocol.retry import (
+    Failure,
+    Kind,
+    RetryPolicy,
+    classify_http,
+    parse_duration,
+    parse_retry_after,
+)
 
 # --- backoff ----------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import expected_answer
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import read_output, run_cli, write_csv
 

@@ -99,7 +99,7 @@ def test_missing_objects_buckets_and_malformed_urls_exit_2_and_send_nothing(
 def test_publishing_replaces_the_object_whole_through_a_temporary_key(
     tmp_path: Path, s3: S3
 ) -> None:
-    from batchrun.store import publish
+    from batchrun.data.locations import publish
 
     url = s3.url("out/x.parquet")
     first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.config import RunConfig, Secret, check_transport, is_loopback
 from batchrun.errors import UsageError
+from batchrun.settings.config import RunConfig, Secret, check_transport, is_loopback
 from batchrun.sim import Step
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli

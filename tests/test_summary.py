@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from batchrun.running.summary import Summary
 from batchrun.sim import Step
-from batchrun.summary import Summary
 
 from .helpers import clean_env, run_cli, write_csv
 

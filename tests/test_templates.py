@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import UsageError
-from batchrun.render import compile_template
+from batchrun.protocol.render import compile_template
 from batchrun.sim import expected_answer
 
 from .helpers import clean_env, read_output, run_cli, start_cli, write_csv

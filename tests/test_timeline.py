@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import batchrun
-from batchrun.journal import Journal, journal_path
-from batchrun.progress import Reporter
+from batchrun.journal.database import Journal, Sample, journal_path
+from batchrun.running.stats import Stats
+from batchrun.running.timeline import Sampler, coarsen
 from batchrun.sim import Step
-from batchrun.stats import Stats
-from batchrun.timeline import Sample, Sampler, coarsen
+from batchrun.views.progress import Reporter
 
 from .helpers import prompts_csv
 

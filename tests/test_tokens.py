@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.tokens import RATIO_BOUNDS, RECENT, Calibration, count_prompt_tokens, count_text_tokens
+from batchrun.protocol.tokens import RATIO_BOUNDS, RECENT, Calibration, count_prompt_tokens, count_text_tokens
 
 
 def test_ascii_counts_four_bytes_a_token() -> None:

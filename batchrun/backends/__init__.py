@@ -11,21 +11,10 @@ can be finished by another without paying twice.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator
-from typing import Protocol
 
-from ..config import RunConfig
-from ..context import RunContext
-from ..errors import UsageError
-from ..pending import Job
-
-
-class Backend(Protocol):
-    """Turns the run's pending jobs into committed outcomes."""
-
-    async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
-        """Settle `jobs` (or as many as the run allows before it stops) into `run.journal`."""
-        ...
+from batchrun.errors import UsageError
+from batchrun.running.execute import Backend
+from batchrun.settings.config import RunConfig
 
 
 def choose_backend(config: RunConfig) -> Backend:
@@ -34,12 +23,12 @@ def choose_backend(config: RunConfig) -> Backend:
         if config.engine == "ray":
             raise UsageError("--backend batch runs on the provider's Batch API, --engine ray sends "
                              "online from a Ray cluster: choose one")
-        from .batch import BatchBackend
+        from batchrun.backends.batch import BatchBackend
 
         return BatchBackend()
     if config.engine == "ray":
         return _ray_backend()
-    from .online import OnlineBackend
+    from batchrun.backends.online import OnlineBackend
 
     return OnlineBackend()
 
@@ -47,10 +36,10 @@ def choose_backend(config: RunConfig) -> Backend:
 def _ray_backend() -> Backend:
     """The Ray engine, or exit 2 with how to install it (Ray is an optional extra). Only whether
     Ray is there is asked here: importing Ray and Ray Data (~1.5 s) overlaps the run's start."""
-    from ..ray import NO_RAY
+    from batchrun.ray import NO_RAY
 
     if importlib.util.find_spec("ray") is None:
         raise UsageError(NO_RAY)
-    from ..ray.backend import RayBackend
+    from batchrun.ray.backend import RayBackend
 
     return RayBackend()

@@ -26,20 +26,19 @@ from typing import Any
 
 import orjson
 
-from ..budget import Budget
-from ..config import RunConfig
-from ..context import RunContext
-from ..cost import price_for
-from ..errors import JobStopped, UsageError
-from ..journal import Journal
-from ..pending import Job, job_of
-from ..plan import place, rendered_batches
-from ..render import Request, completion_reserve
-from ..send import new_session
-from .batch_api import BatchApi, BatchGone, BatchInfo
-from .batch_book import BatchBook, Returned, Submission
-from .batch_collect import Collected, Rules, collect
-from .batch_files import FileSplitter, InputFile
+from batchrun.backends.batch_api import BatchApi, BatchGone, BatchInfo
+from batchrun.backends.batch_collect import Collected, Rules, collect
+from batchrun.backends.batch_files import FileSplitter, InputFile
+from batchrun.errors import JobStopped, UsageError
+from batchrun.journal.batches import BatchBook, Returned, Submission
+from batchrun.journal.database import Journal
+from batchrun.protocol.render import Request, completion_reserve
+from batchrun.running.context import RunContext
+from batchrun.running.rows import Job, job_of, place, rendered_batches
+from batchrun.sending.budget import Budget
+from batchrun.sending.http import new_session
+from batchrun.settings.config import RunConfig
+from batchrun.settings.prices import price_for
 
 log = logging.getLogger("batchrun")
 
@@ -236,7 +235,7 @@ class BatchFlow:
 
     async def _online(self, jobs: list[Job]) -> None:
         """The fallback: these jobs go through the online backend, at the online price."""
-        from .online import OnlineBackend
+        from batchrun.backends.online import OnlineBackend
 
         online_price = price_for(self.config.model, self.config.price)
         reserve = completion_reserve(self.config)

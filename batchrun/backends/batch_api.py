@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..config import Secret
-from ..errors import JobStopped, UsageError
-from ..retry import Failure, Kind, RetryPolicy, classify_http, parse_retry_after
-from ..send import request_headers
+from batchrun.errors import JobStopped, UsageError
+from batchrun.protocol.retry import Failure, Kind, RetryPolicy, classify_http, parse_retry_after
+from batchrun.sending.http import request_headers
+from batchrun.settings.config import Secret
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 ATTEMPTS = 6  # tries of one Batch API call before the run stops (it resumes where it was)

@@ -14,15 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, resolve_key
-from ..cost import Price
-from ..errors import UsageError
-from ..journal import Journal, OutputLock, journal_path
-from ..send import new_session
-from .batch import CLOCK_SLACK, META_OUTPUT, META_SUB, SETTINGS_META, gather, output_name, poll_delays, settle
-from .batch_api import BatchApi, BatchInfo
-from .batch_book import BatchBook, Submission
-from .batch_collect import Rules
+from batchrun.backends.batch import (
+    CLOCK_SLACK,
+    META_OUTPUT,
+    META_SUB,
+    SETTINGS_META,
+    gather,
+    output_name,
+    poll_delays,
+    settle,
+)
+from batchrun.backends.batch_api import BatchApi, BatchInfo
+from batchrun.backends.batch_collect import Rules
+from batchrun.errors import UsageError
+from batchrun.journal.batches import BatchBook, Submission
+from batchrun.journal.database import Journal, OutputLock, journal_path
+from batchrun.sending.http import new_session
+from batchrun.settings.config import RunConfig, resolve_key
+from batchrun.settings.prices import Price
 
 CANCEL_WAIT = 300.0  # seconds to wait for batches to end cancelling before leaving it to a run
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from ..answers import Answer, Usage, build_outcome, judge, read_answer
-from ..cost import Price
-from ..outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
-from ..retry import Failure, Kind, classify_http
-from .batch_book import Carried, Returned
+from batchrun.journal.batches import Carried, Returned
+from batchrun.protocol.answers import Answer, Usage, build_outcome, judge, read_answer
+from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL, Outcome
+from batchrun.protocol.retry import Failure, Kind, classify_http
+from batchrun.settings.prices import Price
 
 NOTHING_CARRIED = Carried(0, 0, 0, None)
 MISSING = {

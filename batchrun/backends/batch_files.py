@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pending import Job
+    from batchrun.running.rows import Job
 
 ENDPOINT = "/v1/chat/completions"
 MAX_FILE_BYTES = 200 * 1000 * 1000  # OpenAI: an input file may be up to 200 MB

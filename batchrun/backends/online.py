@@ -6,15 +6,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from ..context import RunContext
-from ..errors import JobStopped
-from ..journal import Journal
-from ..limiter import Limiter
-from ..pending import Job
-from ..pump import Pump
-from ..send import Sender, new_session
-from ..sender import JobSender
-from ..tokens import CALIBRATION_META, Calibration
+from batchrun.errors import JobStopped
+from batchrun.journal.database import Journal
+from batchrun.protocol.tokens import CALIBRATION_META, Calibration
+from batchrun.running.context import RunContext
+from batchrun.running.rows import Job
+from batchrun.sending.attempts import JobSender
+from batchrun.sending.http import Sender, new_session
+from batchrun.sending.limiter import Limiter
+from batchrun.sending.workers import Pump
 
 KEEP_CALIBRATION_EVERY = 10.0  # seconds between saving the learned token ratio to the journal
 

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import Secret, build_config, check_transport, resolve_key
-from ..errors import UsageError
+from batchrun.errors import UsageError
+from batchrun.settings.config import Secret, build_config, check_transport, resolve_key
 
 NO_RAY = "--engine ray needs Ray: pip install 'batchrun[ray]'"
 
@@ -47,7 +47,7 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
     """
     import ray
 
-    from .backend import sending, start_actors
+    from batchrun.ray.backend import sending, start_actors
 
     for name in ("input", "output"):
         if name in options:

@@ -33,17 +33,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import RunConfig, Secret
-from ..context import RunContext
-from ..errors import Interrupted, UsageError
-from ..journal import journal_path
-from ..pending import Job
-from ..stats import Stats
-from ..stopping import Stopper
-from . import NO_RAY
-from .ledger import COUNTED, Ledger, counters
-from .limits import LimiterCore, stop_error
-from .worker import JOB_COLUMNS, SenderWorker
+from batchrun.errors import Interrupted, UsageError
+from batchrun.journal.database import journal_path
+from batchrun.ray import NO_RAY
+from batchrun.ray.ledger import COUNTED, Ledger, counters
+from batchrun.ray.limits import LimiterCore, stop_error
+from batchrun.ray.worker import JOB_COLUMNS, SenderWorker
+from batchrun.running.context import RunContext
+from batchrun.running.rows import Job
+from batchrun.running.stats import Stats
+from batchrun.running.stopping import Stopper
+from batchrun.settings.config import RunConfig, Secret
 
 BLOCK_ROWS = 256  # jobs per block at most: what a dead worker's block redoes is checked, not re-sent
 BLOCKS_PER_WORKER = 4  # at least: a worker never waits for a block while another has several

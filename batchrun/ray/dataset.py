@@ -26,24 +26,23 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..config import RunConfig, Secret, check_transport
-from ..cost import price_for
-from ..errors import BatchrunError, UsageError
-from ..journal import Journal, OutputLock, journal_path
-from ..progress import Reporter
-from ..read import CSV_SUFFIXES
-from ..render import Renderer
-from ..stats import Stats
-from ..stopping import Stopper
-from ..store import usage_path
-from ..summary import Summary, build_summary, output_metadata
-from ..write import RESULT_NAMES, _write_usage
-from . import import_ray
-from .backend import connect, drive, sending, shut_down, start_actors
-from .ledger import COUNTED
+from batchrun.data.locations import usage_path
+from batchrun.data.read import CSV_SUFFIXES
+from batchrun.errors import BatchrunError, UsageError
+from batchrun.journal.database import Journal, OutputLock, journal_path
+from batchrun.protocol.render import Renderer
+from batchrun.ray import import_ray
+from batchrun.ray.backend import connect, drive, sending, shut_down, start_actors
+from batchrun.ray.ledger import COUNTED
+from batchrun.running.output import RESULT_NAMES, _write_usage
+from batchrun.running.stats import Stats
+from batchrun.running.stopping import Stopper
+from batchrun.running.summary import Display, Summary, build_summary, output_metadata
+from batchrun.settings.config import RunConfig, Secret, check_transport
+from batchrun.settings.prices import price_for
 
 
-async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) -> Summary:
+async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -> Summary:
     """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
     import_ray()  # exit 2 now if Ray or Ray Data is missing
 
@@ -77,7 +76,7 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Reporter) 
         lock.release()
 
 
-async def _send(config: RunConfig, key: Secret | None, reporter: Reporter, ds: Any,
+async def _send(config: RunConfig, key: Secret | None, reporter: Display, ds: Any,
                 columns: list[str]) -> Summary:
     output = config.output
     began = time.time()
@@ -103,9 +102,10 @@ async def _send(config: RunConfig, key: Secret | None, reporter: Reporter, ds: A
     if stopper.error is not None:
         shutil.rmtree(tmp, ignore_errors=True)
         error: BatchrunError = stopper.error
-        error.summary = build_summary(counts, stats, time.time() - began, config, None, None,
-                                      priced=priced, stopped=error.message)
-        reporter.finish(error.summary, error.exit_code)
+        partial = build_summary(counts, stats, time.time() - began, config, None, None,
+                                priced=priced, stopped=error.message)
+        error.summary = partial
+        reporter.finish(partial, error.exit_code)
         raise error
     _replace(tmp, output)
     sidecar = usage_path(output)

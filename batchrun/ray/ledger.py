@@ -33,9 +33,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..journal import RESULT_COLUMNS, GroupCommit, Journal
-from ..outcome import Outcome
-from ..stats import Stats
+from batchrun.journal.database import RESULT_COLUMNS, GroupCommit, Journal
+from batchrun.protocol.outcome import Outcome
+from batchrun.running.stats import Stats
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered answer waits for its commit
 # The counters a worker adds to the run's: what its sending did, for the progress and summary.

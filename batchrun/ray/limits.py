@@ -34,10 +34,10 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from ..config import RunConfig
-from ..errors import BatchrunError, Interrupted, JobStopped
-from ..limiter import DEFAULT_PAUSE, LATE, Limiter
-from ..stopping import Stopper
+from batchrun.errors import BatchrunError, Interrupted, JobStopped
+from batchrun.running.stopping import Stopper
+from batchrun.sending.limiter import DEFAULT_PAUSE, LATE, Limiter
+from batchrun.settings.config import RunConfig
 
 MIN_SPAN = 0.2  # seconds a lease reaches ahead at least
 MAX_LEASES_PER_SECOND = 1000.0  # what one actor serves with room to spare (~0.2 ms a call)

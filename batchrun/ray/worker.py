@@ -22,22 +22,21 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import RunConfig, Secret
-from ..cost import price_for
-from ..errors import Interrupted
-from ..journal import resend
-from ..outcome import ERROR, ROW_FATAL, Outcome
-from ..pending import Job, job_of
-from ..plan import render_batch
-from ..render import Invalid, Renderer, completion_reserve
-from ..send import Sender, new_session
-from ..sender import JobSender
-from ..stats import Stats
-from ..stopping import Stopper
-from ..structured import arrow_type, conform
-from ..write import RESULT_FIELDS, _column
-from .ledger import RemoteCommit
-from .limits import LeasedLimits
+from batchrun.errors import Interrupted
+from batchrun.journal.database import resend
+from batchrun.protocol.outcome import ERROR, ROW_FATAL, Outcome
+from batchrun.protocol.render import Invalid, Renderer, completion_reserve
+from batchrun.protocol.structured import arrow_type, conform
+from batchrun.ray.ledger import RemoteCommit
+from batchrun.ray.limits import LeasedLimits
+from batchrun.running.output import RESULT_FIELDS, _column
+from batchrun.running.rows import Job, job_of, render_batch
+from batchrun.running.stats import Stats
+from batchrun.running.stopping import Stopper
+from batchrun.sending.attempts import JobSender
+from batchrun.sending.http import Sender, new_session
+from batchrun.settings.config import RunConfig, Secret
+from batchrun.settings.prices import price_for
 
 JOB_COLUMNS = ("key", "body", "tokens", "cost_estimate")
 # Where each result column is in an Outcome tuple (the journal's column order).

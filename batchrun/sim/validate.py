@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.render import ROLES
-from batchrun.tokens import count_prompt_tokens
+from batchrun.protocol.render import ROLES
+from batchrun.protocol.tokens import count_prompt_tokens
 
 CONTEXT_LIMIT = 128_000
 # Parameters OpenAI-compatible servers accept; anything else is a typo worth a 400, as on OpenAI.

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import (
     SimConfig,
     Simulator,
     answer_text,
     expected_answer,
 )
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     OTHER_TOOL,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import SimConfig, expected_answer
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import BatchAPI, batch_api, chat, jsonl, request_line, user
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import aiohttp
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import (
     SimConfig,
     SimulatorThread,
     Step,
     answer_text,
 )
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     ROOT,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import (
     CONTEXT_LIMIT,
     SimConfig,
@@ -18,7 +19,6 @@ from batchrun.sim import (
     SimulatorThread,
     answer_text,
 )
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     PNG_1PX,

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
+from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import (
     SimConfig,
     Simulator,
     format_duration,
 )
-from batchrun.tokens import count_prompt_tokens
 
 from .helpers import (
     GO_DURATION,

@@ -1,0 +1,147 @@
+"""The run's resources as one async context manager: output lock, journal, endpoint, stop switch.
+
+    async with open_run(config, key, emit) as run:
+        ...  # run.journal, run.stats, run.stopper, run.base_url
+
+Leaving it waits for what a backend left finishing, closes the journal (committing what is
+buffered) and lets the next run take the output, in that order, whatever happened inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrun.data.locations import check_writable
+from batchrun.data.read import InputTable
+from batchrun.errors import JobStopped, UsageError
+from batchrun.journal.database import Journal, OutputLock, journal_path
+from batchrun.protocol.render import Renderer
+from batchrun.running.rows import open_job
+from batchrun.running.stats import Stats
+from batchrun.running.stopping import Emit, Stopper
+from batchrun.settings.config import RunConfig, Secret, check_transport
+from batchrun.settings.prices import Price, run_price
+
+log = logging.getLogger("batchrun")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a backend needs from the run, passed down explicitly."""
+
+    config: RunConfig
+    key: Secret | None
+    table: InputTable
+    renderer: Renderer
+    journal: Journal
+    base_url: str
+    stats: Stats
+    stopper: Stopper
+    price: Price | None
+    emit: Emit
+    # What a backend left running when it delivered (a local Ray stopping while the output is
+    # written): the run waits for it before it closes.
+    finishing: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def event(self, name: str, **data: Any) -> None:
+        """Tell the progress display and the JSON log something happened."""
+        self.emit(name, data)
+
+
+@contextlib.asynccontextmanager
+async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIterator[RunContext]:
+    """Open the input, take the output, open its journal and endpoint; close them all after."""
+    check_transport(config, key)
+    table, renderer = open_job(config)
+    stats = Stats(total_rows=table.count_rows())
+    try:
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {config.output.parent}: "
+                         f"{exc.strerror}") from None
+    if config.output_url:  # a bucket that is missing or refuses writes fails before any send
+        check_writable(config.output_url)
+    lock = OutputLock(config.output)
+    lock.acquire()
+    try:
+        if config.fresh:
+            _refuse_forgetting_live_batches(config)
+        journal = Journal(journal_path(config.output), fresh=config.fresh)
+        try:
+            _begin(journal, config, stats)
+            async with _endpoint(config) as base_url:
+                run = RunContext(config, key, table, renderer, journal, base_url, stats,
+                                 Stopper(emit), run_price(config.model, config.price, config.backend,
+                                                        config.batch_price), emit)
+                try:
+                    yield run
+                finally:
+                    for task in run.finishing:
+                        await task
+        finally:
+            _close(journal)
+    finally:
+        lock.release()
+
+
+def _refuse_forgetting_live_batches(config: RunConfig) -> None:
+    """--fresh deletes the journal: batches still live at the provider would be paid for and
+    their rows sent (and paid for) again, with nothing left that knows of them."""
+    from batchrun.journal.batches import BatchBook  # (the backends import this module)
+
+    path = journal_path(config.output)
+    if not path.exists():
+        return
+    try:
+        journal = Journal(path, readonly=True)
+    except UsageError:  # unreadable, or older than batches: it knows of none, and --fresh is
+        return  # how to start over from it
+    try:
+        live = [sub.batch_id or sub.sub for sub in BatchBook(journal).live()]
+    finally:
+        journal.close()
+    if live:
+        shown = ", ".join(live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
+        raise UsageError(
+            f"--fresh would forget {len(live)} Batch API batch(es) still live at the provider "
+            f"({shown}): cancel them first (batchrun cancel {config.output_name}), or run without "
+            "--fresh to collect them"
+        )
+
+
+def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:
+    if config.fresh:
+        journal.discard_all()
+    journal.start_mapping()
+    journal.set_meta(
+        input=str(config.input), output=config.output_name, model=config.model,
+        base_url=config.endpoint, total_rows=stats.total_rows, started_at=time.time(),
+        pid=os.getpid(), finished_at=None, state="running", stop_reason=None,
+    )
+
+
+def _close(journal: Journal) -> None:
+    """Close the journal; one that cannot be written any more has already stopped the run."""
+    try:
+        journal.close()
+    except JobStopped as exc:
+        log.warning("journal not closed cleanly: %s", exc.message)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(config: RunConfig) -> AsyncIterator[str]:
+    """The base URL; the simulator preset without one starts an in-process simulator."""
+    if config.provider == "simulator" and not config.base_url:
+        from batchrun import sim  # aiohttp.web: imported only when the preset asks for it
+
+        async with sim.running(sim.SimConfig(), "127.0.0.1", 0) as server:
+            yield server.base_url
+    else:
+        yield config.base_url

@@ -1,0 +1,200 @@
+"""Summary: the totals of a run, its exit code, its one-screen report and the output metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from batchrun.data.locations import is_url
+from batchrun.errors import EXIT_OK, EXIT_ROWS_FAILED
+
+if TYPE_CHECKING:
+    from batchrun.running.stats import Stats
+    from batchrun.settings.config import RunConfig
+
+
+class Display(Protocol):
+    """What shows a run to a person while it goes (`views.progress.Reporter`): its events, its
+    live counters, and its summary at the end."""
+
+    def event(self, name: str, data: dict[str, Any]) -> None:
+        """A run event (start, rate_limited, stop, finish, ...)."""
+        ...
+
+    async def watch(self, stats: Stats) -> None:
+        """Show progress until cancelled."""
+        ...
+
+    def finish(self, summary: Summary, exit_code: int | None = None) -> None:
+        """The run is over."""
+        ...
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a finished run did, over every row of the output (earlier runs' answers included)."""
+
+    rows_total: int
+    rows_ok: int
+    rows_error: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    requests_sent: int  # this run
+    retries: int  # this run
+    rate_limited: int  # 429s this run
+    reused: int  # rows answered by earlier runs
+    dedup_saved: int  # requests saved by sending identical requests once
+    seconds: float
+    output: Path | str | None  # a path, or the URL of an object-store output
+    usage_output: Path | str | None
+    model: str | None
+    stopped: str | None = None  # why the run stopped early, if it did
+    cost_this_run: float | None = None  # spent by this run alone (None: no price known)
+    report: Path | None = None  # the HTML report, when the run wrote one (--report)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row is answered, 1 when some failed."""
+        return EXIT_OK if self.rows_error == 0 else EXIT_ROWS_FAILED
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as text)."""
+        data = asdict(self)
+        data["output"] = str(self.output) if self.output else None
+        data["usage_output"] = str(self.usage_output) if self.usage_output else None
+        data["report"] = str(self.report) if self.report else None
+        return data
+
+    def render(self) -> str:
+        """The one-screen report printed at the end of a run."""
+        rate = self.requests_sent / self.seconds if self.seconds > 0 else 0.0
+        head = f"batchrun: {self.rows_total:,} rows: {self.rows_ok:,} ok, {self.rows_error:,} error"
+        if self.reused:
+            head += f" ({self.reused:,} answered by earlier runs, not sent again)"
+        pending = max(0, self.rows_total - self.rows_ok - self.rows_error)
+        if self.cost_usd is None:
+            cost = "unknown (no price for this model: set [pricing] in the job file)"
+        else:
+            cost = f"${self.cost_usd:.4f}"
+            if self.reused and self.cost_this_run is not None:
+                cost += f" (this run ${self.cost_this_run:.4f})"
+        lines = [
+            head,
+            f"  time      {duration(self.seconds)}",
+            f"  requests  {self.requests_sent:,} sent ({rate:.1f}/s), {self.retries:,} retries, "
+            f"{self.rate_limited:,} rate-limited (429)",
+            f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
+            f" = {self.total_tokens:,}",
+            f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
+        ]
+        if self.dedup_saved:
+            lines.append(f"  dedup     {self.dedup_saved:,} rows repeated an identical request: "
+                         f"{self.dedup_saved:,} requests saved")
+        if self.rows_error:
+            lines.append(f"  errors    {self.rows_error:,} rows failed: their reason is in the "
+                         "error column (status = 'error')")
+        if self.output:
+            lines.append(f"  output    {_shown(self.output)}")
+            lines.append(f"  usage     {_shown(self.usage_output or '')}")
+        if self.report:
+            lines.append(f"  report    {_shown(self.report)}")
+        if self.stopped:
+            lines.append(f"  stopped   {self.stopped.removeprefix('stopped: ')}")
+            if pending:
+                hint = "" if "run the same command again" in self.stopped else (
+                    ": run the same command again to resume")
+                lines.append(f"  pending   {pending:,} rows not answered yet{hint}")
+        return "\n".join(lines)
+
+
+def _shown(location: Path | str) -> str:
+    """A path made plain ("jobs/../out/x.parquet" reads as "out/x.parquet"); a URL as it is."""
+    return location if is_url(location) else os.path.normpath(location)
+
+
+def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: RunConfig,
+                  output: Path | str | None, usage_output: Path | str | None,
+                  priced: bool, stopped: str | None = None) -> Summary:
+    """Combine the journal's totals over all rows with this run's counters."""
+    return Summary(
+        rows_total=stats.total_rows or 0,
+        rows_ok=counts["ok"],
+        rows_error=counts["error"],
+        prompt_tokens=counts["prompt_tokens"],
+        completion_tokens=counts["completion_tokens"],
+        total_tokens=counts["total_tokens"],
+        cost_usd=counts["cost_usd"] if priced else None,
+        requests_sent=stats.sent,
+        retries=stats.retries,
+        rate_limited=stats.rate_limited,
+        reused=stats.reused,
+        dedup_saved=stats.copies,
+        seconds=seconds,
+        output=output,
+        usage_output=usage_output,
+        model=config.model,
+        stopped=stopped,
+        cost_this_run=stats.cost_usd if priced else None,
+    )
+
+
+def fingerprint(config: RunConfig) -> str:
+    """A short hash of the settings that shape requests (never the key, which is not in config)."""
+    fields = {
+        k: str(v) for k, v in sorted(asdict(config).items())
+        if k not in ("progress", "log_format", "log_level", "fresh", "job_file", "report")
+    }
+    return hashlib.sha256(orjson.dumps(fields)).hexdigest()[:16]
+
+
+def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
+                    started_at: float, finished_at: float) -> dict[str, Any]:
+    """The `batchrun` key of the output's Parquet metadata."""
+    requests_total = counts["attempts"]
+    distinct = counts["mapped"] - counts["copies"]
+    return {
+        "version": 1,
+        "rows": {"total": summary.rows_total, "ok": summary.rows_ok, "error": summary.rows_error},
+        "usage": {
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "total_tokens": summary.total_tokens,
+        },
+        "requests": {"sent": requests_total, "retried": max(0, requests_total - distinct)},
+        "this_run": {
+            "requests_sent": summary.requests_sent, "retries": summary.retries,
+            "rate_limited": summary.rate_limited, "reused_rows": summary.reused,
+            "dedup_saved": summary.dedup_saved, "seconds": round(summary.seconds, 3),
+        },
+        "cost_usd": summary.cost_usd,
+        "model": config.model,
+        "provider": config.provider,
+        "base_url": config.endpoint,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "config_fingerprint": fingerprint(config),
+    }
+
+
+def duration(seconds: float | None) -> str:
+    """How durations read everywhere (summary, plan, progress, status, report): '4.2s', '42s',
+    '2m05s', '3h07m'; '?' when unknown."""
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

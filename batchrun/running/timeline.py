@@ -1,0 +1,88 @@
+"""Timeline: a once-a-second sample of a run's counters and pace, kept in its journal for the report.
+
+The engine only counts (plain integer additions it does anyway for the progress display); a task
+of its own reads the counters once a second and appends what changed to the journal's `timeline`
+table in a tiny transaction of its own. Nothing is added to the path of a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from batchrun.errors import BatchrunError
+from batchrun.journal.database import Sample
+
+if TYPE_CHECKING:
+    from batchrun.journal.database import Journal
+    from batchrun.running.stats import Stats
+
+log = logging.getLogger("batchrun")
+
+SAMPLE_EVERY = 1.0  # seconds between samples
+# Counters of Stats whose change over an interval is a sample's figure.
+COUNTERS = ("sent", "ok", "errors", "retries", "rate_limited", "transient", "prompt_tokens",
+            "completion_tokens")
+
+
+class Sampler:
+    """Turns a run's cumulative counters into per-interval samples."""
+
+    def __init__(self, stats: Stats, rpm_limit: float | None, tpm_limit: float | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.stats = stats
+        self.limits = (rpm_limit, tpm_limit)
+        self._clock = clock
+        self._last = dict.fromkeys(COUNTERS, 0)
+        self._pauses = 0
+        self._at = stats.started
+
+    def sample(self) -> Sample | None:
+        """The interval since the last sample; None when it is empty (no time, nothing done)."""
+        now, stats = self._clock(), self.stats
+        counts = {name: getattr(stats, name) for name in COUNTERS}
+        rpm, tpm, pauses = stats.pace()
+        span = now - self._at
+        if span <= 0:
+            return None
+        deltas = [counts[name] - self._last[name] for name in COUNTERS]
+        sample = Sample._make([now, span, stats.started, *deltas, stats.in_flight,
+                               pauses - self._pauses, rpm, tpm, *self.limits])
+        self._last, self._pauses, self._at = counts, pauses, now
+        return sample
+
+    async def keep(self, journal: Journal, every: float = SAMPLE_EVERY) -> None:
+        """Append a sample to the journal every `every` s until cancelled, then a last one."""
+        try:
+            while True:
+                await asyncio.sleep(every)
+                self._append(journal)
+        finally:
+            self._append(journal)
+
+    def _append(self, journal: Journal) -> None:
+        sample = self.sample()
+        if sample is None:
+            return
+        with contextlib.suppress(BatchrunError):  # a full disk stops the run through its commits
+            journal.append_timeline([sample])
+
+
+def coarsen(samples: Sequence[Sample], most: int) -> list[Sample]:
+    """At most `most` samples: neighbours merged (counts summed, pace and in-flight as at the end)."""
+    if len(samples) <= most:
+        return list(samples)
+    size = -(-len(samples) // most)  # ceil: every bucket but the last holds `size` samples
+    merged = []
+    for start in range(0, len(samples), size):
+        group = samples[start:start + size]
+        last = group[-1]
+        sums = [sum(getattr(s, name) for s in group) for name in COUNTERS]
+        merged.append(Sample._make([last.t, sum(s.span for s in group), last.run, *sums,
+                                    last.in_flight, sum(s.pauses for s in group), last.rpm,
+                                    last.tpm, last.rpm_limit, last.tpm_limit]))
+    return merged

@@ -1,0 +1,11 @@
+"""Sending online: one request at a time under the run's limits, until each job settles.
+
+    workers   a fixed pool of workers; each answer is committed before its worker sends again
+    attempts  one job driven through budget, limiter, HTTP and decision until it settles
+    http      one request over aiohttp, mapped to an answer or a classified failure
+    decision  what one attempt's result means for its row, as a value
+    limiter   pacing under RPM, TPM and concurrency, adaptive to the provider
+    budget    --max-cost and --max-total-tokens, counting what is in flight
+
+May import: `batchrun.running` and the layers below it. The backends and the Ray engine build on it.
+"""

@@ -1,0 +1,113 @@
+"""Status: what the journal of an output says, readable while a run is going (read-only, no lock)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from batchrun.backends.batch_api import TERMINAL
+from batchrun.data.locations import check_url, home, is_url
+from batchrun.errors import UsageError
+from batchrun.journal.batches import Submission, submissions
+from batchrun.journal.database import Journal, OutputLock, journal_path
+from batchrun.running.summary import duration
+
+SHOWN_BATCHES = 20  # `status` lists this many batches, the newest
+
+
+def describe(output: Path | str, now: float | None = None) -> str:
+    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress.
+
+    `output` is a path or an `s3://` URL, whose journal is in its local state folder.
+    """
+    if is_url(output):
+        check_url(output)
+    local = home(output)
+    path = journal_path(local)
+    if not path.exists():
+        raise UsageError(f"no run found for {output} (no journal at {path})")
+    pid = OutputLock(local).held_elsewhere()
+    try:
+        journal = Journal(path, readonly=True)
+        try:
+            meta = journal.meta()
+            counts = journal.counts()
+            batches = submissions(journal, SHOWN_BATCHES)
+        finally:
+            journal.close()
+    except sqlite3.OperationalError:
+        if pid:  # the run has just created its journal and not yet committed its tables
+            return f"{output}: starting (pid {pid})"
+        raise UsageError(f"journal {path} holds no run yet; run the job to fill it") from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"journal {path} is not readable ({exc})") from None
+    now = time.time() if now is None else now
+    return "\n".join([_render(output, meta, counts, pid, now), *_batch_lines(batches, now)])
+
+
+def _batch_lines(batches: list[Submission], now: float) -> list[str]:
+    """One line per Batch API batch of the output: id, status, counts (live ones first)."""
+    if not batches:
+        return []
+    live = sum(b.live for b in batches)
+    lines = [f"  batches   {live:,} live, {len(batches) - live:,} collected"
+             + (" (the newest shown)" if len(batches) >= SHOWN_BATCHES else "")]
+    for b in batches:
+        state = b.status + (" (not collected yet)" if b.live and b.status in TERMINAL else "")
+        lines.append(f"    {b.batch_id or '(not created yet)'}  {state}  "
+                     f"{b.completed:,}/{b.total:,} done, {b.failed:,} failed  "
+                     f"submitted {_when(b.created_at, now)}")
+        if b.note:
+            lines.append(f"      {b.note}")
+    return lines
+
+
+def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
+            now: float) -> str:
+    total = meta.get("total_rows") or counts["mapped"]
+    ok, failed = counts["ok"], counts["error"]
+    left = max(0, total - ok - failed)
+    cost = counts["cost_usd"]
+    lines = [
+        f"{output}: {_state(meta, pid, left)}",
+        f"  rows      {total:,} total: {ok:,} answered, {failed:,} failed, {left:,} left",
+        f"  tokens    {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} "
+        f"completion = {counts['total_tokens']:,}",
+        f"  cost      ${cost:.4f}" if cost else "  cost      $0 (or no price known for the model)",
+        f"  requests  {counts['attempts']:,} sent for these rows",
+    ]
+    if counts["copies"]:
+        lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
+    if meta.get("model") or meta.get("base_url"):
+        where = f" at {meta['base_url']}" if meta.get("base_url") else ""  # older journals: ""
+        lines.append(f"  model     {meta.get('model') or '(default)'}{where}")
+    lines.append(f"  progress  last {_when(meta.get('last_progress_at'), now)}")
+    lines.append(f"  started   {_when(meta.get('started_at'), now)}")
+    if meta.get("finished_at"):
+        lines.append(f"  ended     {_when(meta.get('finished_at'), now)}")
+    if meta.get("stop_reason") and meta.get("state") in ("stopped", "waiting"):
+        lines.append(f"  {meta['state']:<9} {meta['stop_reason']}")
+    return "\n".join(lines)
+
+
+def _state(meta: dict[str, Any], pid: int | None, left: int) -> str:
+    if pid:
+        return f"running (pid {pid})" if pid > 0 else "running (pid unknown)"
+    state = meta.get("state", "unknown")
+    if state == "running":  # the process died without saying so (kill -9, crash, reboot)
+        return "interrupted (no process holds it); run the same command again to resume"
+    if state == "waiting":
+        return "waiting for Batch API batches; run the same command again to collect"
+    if state == "stopped":
+        return "stopped early; run the same command again to resume" if left else "stopped"
+    return str(state)
+
+
+def _when(stamp: Any, now: float) -> str:
+    if not stamp:
+        return "never"
+    at = float(stamp)
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"at {clock} ({duration(now - at)} ago)"

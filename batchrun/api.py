@@ -27,7 +27,8 @@ from batchrun.running.execute import execute
 from batchrun.running.output import RESULT_NAMES, write_output
 from batchrun.running.summary import Summary, build_summary, output_metadata
 from batchrun.running.timeline import Sampler
-from batchrun.settings.config import RunConfig, Secret, build_config, resolve_key
+from batchrun.settings.config import RunConfig, build_config
+from batchrun.settings.keys import Secret, resolve_key
 from batchrun.views.progress import Reporter
 
 if TYPE_CHECKING:

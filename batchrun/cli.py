@@ -135,7 +135,8 @@ def run(job: Path | None, **options: Any) -> None:
               show_default=True, help="Print the plan for people, or as one JSON object.")
 def plan(job: Path | None, plan_format: str, **options: Any) -> None:
     """Dry run: rows to send, a sample request, token, cost and time estimates. Sends nothing."""
-    from batchrun.settings.config import build_config, check_transport, resolve_key
+    from batchrun.settings.config import build_config
+    from batchrun.settings.keys import check_transport, resolve_key
     from batchrun.views.plan import make_plan, plan_json, render_plan
 
     config = build_config(job, options)

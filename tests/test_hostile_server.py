@@ -13,7 +13,7 @@ from aiohttp import web
 
 from batchrun.protocol.retry import Kind
 from batchrun.sending.http import MAX_BODY_BYTES, Sender, new_session
-from batchrun.settings.config import Secret
+from batchrun.settings.keys import Secret
 from batchrun.sim import Step, expected_answer
 
 from .helpers import read_output, run_cli, write_csv

@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 
 from batchrun.errors import UsageError
-from batchrun.settings.config import RunConfig, Secret, check_transport, is_loopback
+from batchrun.settings.config import RunConfig, is_loopback
+from batchrun.settings.keys import Secret, check_transport
 from batchrun.sim import Step
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli

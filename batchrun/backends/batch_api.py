@@ -22,7 +22,7 @@ import orjson
 from batchrun.errors import JobStopped, UsageError
 from batchrun.protocol.retry import Failure, Kind, RetryPolicy, classify_http, parse_retry_after
 from batchrun.sending.http import request_headers
-from batchrun.settings.config import Secret
+from batchrun.settings.keys import Secret
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 ATTEMPTS = 6  # tries of one Batch API call before the run stops (it resumes where it was)

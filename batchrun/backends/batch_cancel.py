@@ -30,7 +30,8 @@ from batchrun.errors import UsageError
 from batchrun.journal.batches import BatchBook, Submission
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.sending.http import new_session
-from batchrun.settings.config import RunConfig, resolve_key
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import resolve_key
 from batchrun.settings.prices import Price
 
 CANCEL_WAIT = 300.0  # seconds to wait for batches to end cancelling before leaving it to a run

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import UsageError
-from batchrun.settings.config import Secret, build_config, check_transport, resolve_key
+from batchrun.settings.config import build_config
+from batchrun.settings.keys import Secret, check_transport, resolve_key
 
 NO_RAY = "--engine ray needs Ray: pip install 'batchrun[ray]'"
 

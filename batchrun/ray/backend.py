@@ -43,7 +43,8 @@ from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
-from batchrun.settings.config import RunConfig, Secret
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import Secret
 
 BLOCK_ROWS = 256  # jobs per block at most: what a dead worker's block redoes is checked, not re-sent
 BLOCKS_PER_WORKER = 4  # at least: a worker never waits for a block while another has several

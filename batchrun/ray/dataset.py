@@ -38,7 +38,8 @@ from batchrun.running.output import RESULT_NAMES, _write_usage
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.running.summary import Display, Summary, build_summary, output_metadata
-from batchrun.settings.config import RunConfig, Secret, check_transport
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import Secret, check_transport
 from batchrun.settings.prices import price_for
 
 

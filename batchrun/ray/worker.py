@@ -35,7 +35,8 @@ from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.sending.attempts import JobSender
 from batchrun.sending.http import Sender, new_session
-from batchrun.settings.config import RunConfig, Secret
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import Secret
 from batchrun.settings.prices import price_for
 
 JOB_COLUMNS = ("key", "body", "tokens", "cost_estimate")

@@ -26,7 +26,8 @@ from batchrun.protocol.render import Renderer
 from batchrun.running.rows import open_job
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Emit, Stopper
-from batchrun.settings.config import RunConfig, Secret, check_transport
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import Secret, check_transport
 from batchrun.settings.prices import Price, run_price
 
 log = logging.getLogger("batchrun")

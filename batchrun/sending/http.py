@@ -17,7 +17,7 @@ from yarl import URL
 
 from batchrun.protocol.answers import Answer, parse_answer
 from batchrun.protocol.retry import Failure, Kind, classify_http, parse_retry_after
-from batchrun.settings.config import Secret
+from batchrun.settings.keys import Secret
 
 # An answer larger than this is refused, not buffered. The longest real answers (128k completion
 # tokens, ~4 bytes each, JSON-escaped) stay under ~3 MiB; 8 MiB leaves room and bounds memory to

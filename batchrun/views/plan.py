@@ -23,7 +23,8 @@ from batchrun.protocol.tokens import CALIBRATION_META, Calibration
 from batchrun.running.rows import open_job, place, rendered_batches, sort_out
 from batchrun.running.summary import duration
 from batchrun.sending.http import request_headers
-from batchrun.settings.config import RunConfig, Secret
+from batchrun.settings.config import RunConfig
+from batchrun.settings.keys import Secret
 from batchrun.settings.prices import Price, batch_price, price_for
 
 

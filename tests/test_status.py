@@ -83,3 +83,28 @@ def test_status_while_running_after_interrupt_after_crash_and_when_finished(
             f"completion = {stats.billed_total_tokens:,}") in text
     assert re.search(r"cost      \$0\.\d{4}\n", text)
     assert "ended     at " in text
+
+
+def test_status_of_a_no_wait_batch_counts_its_requests_and_cost_as_not_yet_answered(
+        tmp_path: Path, sim) -> None:
+    server = sim(batch_duration_s=60)
+    src = prompts_csv(tmp_path / "in.csv", 12)
+    out = tmp_path / "out.parquet"
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "gpt-4o-mini", "--backend", "batch", "--no-wait", "--no-progress")
+    assert result.returncode == 75, result.stderr
+    text = _status(out)
+    assert "requests  0 sent for these rows; 12 in live Batch API batches" in text
+    assert "cost      $0 so far: nothing answered yet" in text  # a priced model, nothing billed yet
+
+
+def test_status_of_an_unpriced_model_says_no_price_is_known(tmp_path: Path, sim) -> None:
+    server = sim(models=("local-llama",))
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "out.parquet"
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "local-llama", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    text = _status(out)
+    assert "cost      unknown: no price is known for local-llama" in text
+    assert "requests  3 sent for these rows\n" in text

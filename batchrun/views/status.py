@@ -34,6 +34,7 @@ def describe(output: Path | str, now: float | None = None) -> str:
         try:
             meta = journal.meta()
             counts = journal.counts()
+            priced = any(cost is not None for *_, cost in journal.by_model())
             batches = submissions(journal, SHOWN_BATCHES)
         finally:
             journal.close()
@@ -44,7 +45,9 @@ def describe(output: Path | str, now: float | None = None) -> str:
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"journal {path} is not readable ({exc})") from None
     now = time.time() if now is None else now
-    return "\n".join([_render(output, meta, counts, pid, now), *_batch_lines(batches, now)])
+    held = sum(b.total - b.completed - b.failed for b in batches if b.live)
+    return "\n".join([_render(output, meta, counts, pid, now, priced, held),
+                      *_batch_lines(batches, now)])
 
 
 def _batch_lines(batches: list[Submission], now: float) -> list[str]:
@@ -65,7 +68,7 @@ def _batch_lines(batches: list[Submission], now: float) -> list[str]:
 
 
 def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pid: int | None,
-            now: float) -> str:
+            now: float, priced: bool, held: int) -> str:
     total = meta.get("total_rows") or counts["mapped"]
     ok, failed = counts["ok"], counts["error"]
     left = max(0, total - ok - failed)
@@ -75,8 +78,9 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
         f"  rows      {total:,} total: {ok:,} answered, {failed:,} failed, {left:,} left",
         f"  tokens    {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} "
         f"completion = {counts['total_tokens']:,}",
-        f"  cost      ${cost:.4f}" if cost else "  cost      $0 (or no price known for the model)",
-        f"  requests  {counts['attempts']:,} sent for these rows",
+        "  cost      " + _cost(cost, priced, ok + failed, meta.get("model")),
+        f"  requests  {counts['attempts']:,} sent for these rows"
+        + (f"; {held:,} in live Batch API batches" if held else ""),
     ]
     if counts["copies"]:
         lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
@@ -90,6 +94,16 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
     if meta.get("stop_reason") and meta.get("state") in ("stopped", "waiting"):
         lines.append(f"  {meta['state']:<9} {meta['stop_reason']}")
     return "\n".join(lines)
+
+
+def _cost(cost: float | None, priced: bool, settled: int, model: str | None) -> str:
+    """The cost so far, telling "nothing answered yet" from "no price known" from $0."""
+    if not settled:
+        return "$0 so far: nothing answered yet"
+    if not priced:
+        return (f"unknown: no price is known for {model or 'the model'} "
+                "(give one in the job file's [pricing])")
+    return f"${cost or 0:.4f}"
 
 
 def _state(meta: dict[str, Any], pid: int | None, left: int) -> str:

@@ -163,6 +163,20 @@ def test_a_run_with_429s_and_errors_shows_them_on_the_timeline(tmp_path: Path, s
     assert probe["samples"][:3] == ["error"] * 3 and set(probe["samples"][3:]) == {"ok"}
 
 
+def test_failures_that_were_all_retried_say_so_instead_of_no_examples(tmp_path: Path, sim) -> None:
+    server = sim()
+    server.script(Step.status(503), Step.status(502), Step.status(500))  # retried, then answered
+    src = prompts_csv(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.parquet"
+    result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "sim-1", "--no-progress", "--report")
+    assert result.returncode == 0, result.stderr
+    errors = _browse(tmp_path / "out.report.html")["errors"]
+    assert _number(errors["server"][1]) == 3 and errors["server"][2] == "0"
+    assert errors["server"][3] == "no row failed for good: every one was retried"
+    assert errors["rate"][3] == "none"  # nothing of that class happened at all
+
+
 def test_a_stopped_run_is_reported_from_its_journal(tmp_path: Path, sim) -> None:
     server = sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)

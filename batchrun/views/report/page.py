@@ -100,11 +100,19 @@ def _latency(facts: Facts, svg: str | None) -> str:
     return f'<div class="panel">{svg}</div>'
 
 
+def _no_examples(c: ErrorClass) -> str:
+    """Why a class shows no message: rows keep only their final error, so attempts that were
+    retried and then answered leave none behind."""
+    if c.attempts:
+        return '<span class="note">no row failed for good: every one was retried</span>'
+    return '<span class="note">none</span>'
+
+
 def _errors(classes: list[ErrorClass]) -> str:
     rows = []
     for c in classes:
         examples = "".join(f"<pre>{escape(text)}{f'  (×{n:,})' if n > 1 else ''}</pre>"
-                           for text, n in c.examples) or '<span class="note">none</span>'
+                           for text, n in c.examples) or _no_examples(c)
         attempts = "—" if c.attempts is None else f"{c.attempts:,}"
         rows.append(f'<tr data-class="{escape(c.name)}"><td><b>{escape(c.name)}</b><br>'
                     f'<span class="note">{escape(c.meaning)}</span></td>'

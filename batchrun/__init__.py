@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError, Interrupted, JobStopped, UsageError
@@ -17,6 +18,10 @@ __all__ = [
     "build_config", "report", "run", "run_async", "run_dataframe",
 ]
 __version__ = "0.1.0"
+# A library logs to its own logger and leaves output to the application: without this, Python's
+# last-resort handler prints a bare "stop" on stderr when a Python caller's run stops on a budget.
+# The CLI configures real handlers (views.logs).
+logging.getLogger("batchrun").addHandler(logging.NullHandler())
 # The running API loads on first use: a process that needs one part of the package (a Ray actor
 # of a run: the limiter, the ledger, a sender) then imports that part, not pandas and aiohttp.
 _API = ("run", "run_async", "run_dataframe")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ import pytest
 import batchrun
 from batchrun.sim import Step, expected_answer
 
-from .helpers import prompts_csv, read_output
+from .helpers import clean_env, prompts_csv, read_output
 
 RESULTS = ["response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
            "status", "error", "attempts", "latency_ms", "model", "response_id", "cost_usd"]
@@ -117,3 +119,22 @@ def test_run_returns_a_summary(tmp_path: Path, sim) -> None:
     assert isinstance(summary, batchrun.Summary)
     assert (summary.rows_ok, summary.exit_code, summary.output) == (6, 0, tmp_path / "o.parquet")
     assert "6 rows: 6 ok, 0 error" in summary.render()
+
+
+def test_a_budget_stop_in_a_python_process_prints_nothing_of_its_own(sim) -> None:
+    # A library leaves stderr to its caller: the stop is the exception, not a stray log line.
+    # (In a subprocess: pytest's own log capture would hide Python's last-resort handler.)
+    server = sim()
+    script = (
+        "import batchrun, pandas as pd\n"
+        "df = pd.DataFrame({'prompt': [f'Summarize review number {i}.' for i in range(40)]})\n"
+        "try:\n"
+        f"    batchrun.run_dataframe(df, model='sim-1', base_url='{server.base_url}',\n"
+        "                           max_cost=0.0001, progress=False)\n"
+        "except batchrun.JobStopped as stop:\n"
+        "    print('stopped:', stop.exit_code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=clean_env())
+    assert done.stdout == "stopped: 3\n", done.stderr
+    assert done.stderr == ""

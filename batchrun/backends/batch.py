@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ from batchrun.backends.batch_files import FileSplitter, InputFile
 from batchrun.errors import JobStopped, UsageError
 from batchrun.journal.batches import BatchBook, Returned, Submission
 from batchrun.journal.database import Journal
-from batchrun.protocol.render import Request, completion_reserve
+from batchrun.protocol.render import completion_reserve
 from batchrun.running.context import RunContext
-from batchrun.running.rows import Job, job_of, place, rendered_batches
+from batchrun.running.rows import Job, job_of, select
 from batchrun.sending.budget import Budget
 from batchrun.sending.http import new_session
 from batchrun.settings.config import RunConfig
@@ -253,14 +252,10 @@ class BatchFlow:
         """Render the input again for the jobs of `keys` (their bodies are not kept meanwhile)."""
         if not keys:
             return []
-        run, reserve, prior = self.run, completion_reserve(self.config), Counter[bytes]()
-        found: list[Job] = []
-        for start, rendered in rendered_batches(run.table, run.renderer):
-            placed = place(rendered, start, prior, self.config.dedup_enabled)
-            prior.update(item.key for item in rendered)
-            found.extend(job_of(key, item, reserve, run.price) for _, key, item in placed.firsts
-                         if key in keys and isinstance(item, Request))
-        return found
+        run, reserve = self.run, completion_reserve(self.config)
+        return [job_of(key, request, reserve, run.price)
+                for chosen in select(run.table, run.renderer, self.config)
+                for _, key, request in chosen.send if key in keys]
 
     # --- settling -----------------------------------------------------------------------
 

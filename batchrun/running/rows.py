@@ -1,17 +1,22 @@
 """Rows: which input rows a run sends now (after resume and dedup), as jobs any backend iterates.
 
-One selection loop: the engine's producer (`pending_jobs`), `batchrun plan` and the Batch API
-backend share `rendered_batches`, `place` and `sort_out`, so a plan counts exactly the requests a run
-sends: same rendering, same keys, same resume rules. Invalid rows are recorded as row errors here,
-without touching the network.
+One selection loop (`select`) renders a batch of input rows, places it (dedup and occurrence keys,
+against the rows placed before it) and sorts it out against what earlier runs left (settled,
+failed to retry, held in live Batch API batches). Its three callers differ only in what they ask
+and keep: the engine's producer (`pending_jobs`) asks the run's journal and records the mapping
+there; `batchrun plan` asks a read-only journal (or nothing) and records nothing; the Batch API
+backend re-renders rows it must send again and asks nothing. So a plan counts exactly the requests
+a run sends: same rendering, same keys, same resume rules. Invalid rows are recorded as row errors
+here, without touching the network.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence, Set
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -33,6 +38,7 @@ from batchrun.settings.config import RunConfig
 from batchrun.settings.prices import Price
 
 Rendered = Request | Invalid
+Mapped = tuple[int, bytes, bytes, int]  # (input row, base hash, key, 1 if a dedup copy)
 
 
 def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
@@ -49,15 +55,6 @@ def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
     return table, renderer
 
 
-def rendered_batches(table: InputTable, renderer: Renderer,
-                     rows: int = BATCH_ROWS) -> Iterator[tuple[int, list[Rendered]]]:
-    """(index of the first row, rendered rows) for each batch of the input, in order."""
-    start = 0
-    for batch in table.batches(rows):
-        yield start, render_batch(renderer, batch)
-        start += batch.num_rows
-
-
 def render_batch(renderer: Renderer, batch: pa.RecordBatch | pa.Table) -> list[Rendered]:
     """Each row of one batch rendered (the Ray engine's workers render their blocks with it)."""
     needed = renderer.needed
@@ -68,23 +65,96 @@ def render_batch(renderer: Renderer, batch: pa.RecordBatch | pa.Table) -> list[R
             for values in zip(*columns, strict=True)]
 
 
+# --- what the loop asks and keeps ---------------------------------------------------------
+
+
+class Earlier(Protocol):
+    """What earlier runs on the output left: their results, and the keys live batches hold.
+    A `Journal` is one (the run's own, or `plan`'s read-only one)."""
+
+    def finished(self, keys: Sequence[bytes]) -> Mapping[bytes, tuple[str, str | None]]: ...
+    def held(self, keys: Sequence[bytes]) -> Set[bytes]: ...
+
+
+class NothingEarlier:
+    """No earlier run to ask: no journal yet, --fresh, or a re-render that only wants keys."""
+
+    def finished(self, keys: Sequence[bytes]) -> Mapping[bytes, tuple[str, str | None]]:
+        """Nothing is settled."""
+        return {}
+
+    def held(self, keys: Sequence[bytes]) -> Set[bytes]:
+        """Nothing is held."""
+        return frozenset()
+
+
+class Placements(Protocol):
+    """Where the rows placed so far are kept: the run's journal records them (`rows` table)."""
+
+    def prior_counts(self, bases: Sequence[bytes]) -> Mapping[bytes, int]: ...
+    def map_rows(self, rows: Iterable[Mapped]) -> None: ...
+
+
+class Unrecorded:
+    """Placements kept only as long as the loop runs (`plan`, a re-render): counts per base."""
+
+    def __init__(self) -> None:
+        self._seen: Counter[bytes] = Counter()
+
+    def prior_counts(self, bases: Sequence[bytes]) -> Mapping[bytes, int]:
+        """Rows placed before with each base hash."""
+        return self._seen
+
+    def map_rows(self, rows: Iterable[Mapped]) -> None:
+        """Count the rows of a batch just placed."""
+        self._seen.update(base for _, base, _, _ in rows)
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class Placed:
-    """One batch placed against the rows before it: journal mapping and distinct requests."""
+class Selection:
+    """One batch of input rows, placed and sorted out by what this run does with them."""
 
-    mapping: list[tuple[int, bytes, bytes, int]]  # (idx, base, key, copy) per input row
-    firsts: list[tuple[int, bytes, Rendered]]  # (idx, key, rendered) of each distinct request
+    start: int  # index of the batch's first input row
+    rendered: list[Rendered]  # every row of the batch, in order
     copies: int  # rows answered by an identical request of this run (dedup)
+    send: list[tuple[int, bytes, Request]]  # (row, key, request) of each distinct request to send
+    invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
+    reused: int  # answered (or failed for good) in an earlier run
+    held: int  # waiting in a live Batch API batch: collected there, never sent meanwhile
 
 
-def place(rendered: Sequence[Rendered], start: int, prior: Mapping[bytes, int],
-          dedup: bool) -> Placed:
+def select(table: InputTable, renderer: Renderer, config: RunConfig,
+           earlier: Earlier | None = None, placements: Placements | None = None,
+           rows: int = BATCH_ROWS) -> Iterator[Selection]:
+    """The input, a batch at a time, in order: rendered, placed against the rows before it (in
+    `placements`: the run's journal records them), and sorted out against `earlier`."""
+    earlier = earlier if earlier is not None else NothingEarlier()
+    placements = placements if placements is not None else Unrecorded()
+    dedup, retry_failed = config.dedup_enabled, config.retry_failed
+    start = 0
+    for batch in table.batches(rows):
+        rendered = render_batch(renderer, batch)
+        mapping, firsts, copies = _place(
+            rendered, start, placements.prior_counts([item.key for item in rendered]), dedup)
+        placements.map_rows(mapping)
+        keys = [key for _, key, _ in firsts]
+        yield _sort_out(start, rendered, copies, firsts, earlier.finished(keys), retry_failed,
+                        earlier.held(keys))
+        start += len(rendered)
+
+
+def _place(rendered: Sequence[Rendered], start: int, prior: Mapping[bytes, int], dedup: bool
+           ) -> tuple[list[Mapped], list[tuple[int, bytes, Rendered]], int]:
     """Key each row: identical requests share one key (dedup) or are numbered by occurrence.
 
-    `prior` counts, per base hash, the rows of this run placed before this batch.
+    `prior` counts, per base hash, the rows placed before this batch. Returns the mapping of every
+    row, (row, key, rendered) of each distinct request, and the number of dedup copies.
     """
     in_batch: dict[bytes, int] = {}
-    mapping: list[tuple[int, bytes, bytes, int]] = []
+    mapping: list[Mapped] = []
     firsts: list[tuple[int, bytes, Rendered]] = []
     copies = 0
     for i, item in enumerate(rendered):
@@ -100,22 +170,13 @@ def place(rendered: Sequence[Rendered], start: int, prior: Mapping[bytes, int],
             copies += 1
         else:
             firsts.append((start + i, key, item))
-    return Placed(mapping, firsts, copies)
+    return mapping, firsts, copies
 
 
-@dataclass(frozen=True)
-class Sorted:
-    """The distinct requests of a batch, sorted by what this run does with them."""
-
-    send: list[tuple[int, bytes, Request]]
-    invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
-    reused: int  # answered (or failed for good) in an earlier run
-    held: int = 0  # waiting in a live Batch API batch: collected there, never sent meanwhile
-
-
-def sort_out(firsts: Sequence[tuple[int, bytes, Rendered]],
-             done: Mapping[bytes, tuple[str, str | None]], retry_failed: bool,
-             held: Set[bytes] = frozenset()) -> Sorted:
+def _sort_out(start: int, rendered: list[Rendered], copies: int,
+              firsts: Sequence[tuple[int, bytes, Rendered]],
+              done: Mapping[bytes, tuple[str, str | None]], retry_failed: bool,
+              held: Set[bytes]) -> Selection:
     """Skip what an earlier run settled or a live batch holds; split the rest into requests to
     send and invalid rows."""
     send: list[tuple[int, bytes, Request]] = []
@@ -131,7 +192,10 @@ def sort_out(firsts: Sequence[tuple[int, bytes, Rendered]],
             invalid.append((idx, key, item))
         else:
             send.append((idx, key, item))
-    return Sorted(send, invalid, reused, waiting)
+    return Selection(start, rendered, copies, send, invalid, reused, waiting)
+
+
+# --- the engine's producer ----------------------------------------------------------------
 
 
 class Job(NamedTuple):
@@ -147,23 +211,17 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
                        journal: Journal, stats: Stats, price: Price | None
                        ) -> AsyncGenerator[list[Job], None]:
     """Yield the jobs this run must send, a batch of input rows at a time, in input order."""
-    dedup = config.dedup_enabled
     reserve = completion_reserve(config)
-    for start, rendered in rendered_batches(table, renderer):
-        placed = place(rendered, start, journal.prior_counts([r.key for r in rendered]), dedup)
-        journal.map_rows(placed.mapping)
-        stats.copies += placed.copies
-        keys = [key for _, key, _ in placed.firsts]
-        sorted_out = sort_out(placed.firsts, journal.finished(keys), config.retry_failed,
-                              journal.held(keys))
-        stats.reused += sorted_out.reused
-        for _, key, item in sorted_out.invalid:
+    for chosen in select(table, renderer, config, journal, journal):
+        stats.copies += chosen.copies
+        stats.reused += chosen.reused
+        for _, key, item in chosen.invalid:
             stats.invalid += 1
             stats.errors += 1
             journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
                                    error_kind=ROW_FATAL, finished_at=time.time()))
-        jobs = [job_of(key, request, reserve, price) for _, key, request in sorted_out.send]
-        stats.mapped += len(rendered)
+        jobs = [job_of(key, request, reserve, price) for _, key, request in chosen.send]
+        stats.mapped += len(chosen.rendered)
         stats.to_send += len(jobs)
         yield jobs
     journal.flush()

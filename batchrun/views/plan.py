@@ -1,14 +1,12 @@
 """The dry run (`batchrun plan`): what a run would send now, its tokens, cost and time; sends nothing.
 
 `make_plan` reads the input and, if there is one, the journal (read-only), through the same
-selection as a run (`run.rows`), so it counts exactly the requests a run would send.
+selection loop as a run (`running.rows.select`), so it counts exactly the requests a run would send.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +18,7 @@ from batchrun.protocol.render import (
     completion_reserve,
 )
 from batchrun.protocol.tokens import CALIBRATION_META, Calibration
-from batchrun.running.rows import open_job, place, rendered_batches, sort_out
+from batchrun.running.rows import open_job, select
 from batchrun.running.summary import duration
 from batchrun.sending.http import request_headers
 from batchrun.settings.config import RunConfig
@@ -60,6 +58,7 @@ class Plan:
     held: int = 0  # requests waiting in live Batch API batches
     request_bytes: int = 0  # request bodies to send, summed (Batch API files are split by size)
     batch_price: Price | None = None  # set for --backend batch
+    key_from: str | None = None  # where the key comes from (a variable's name), never the key
 
     @property
     def cost_usd(self) -> float | None:
@@ -85,39 +84,33 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
     """Read the input and the journal (read-only) and work out what a run would send now."""
     table, renderer = open_job(config)
     reserve = completion_reserve(config)
-    done_lookup, journal_note, learned = _journal_reader(config)
-    dedup = config.dedup_enabled
-    prior: Counter[bytes] = Counter()
+    journal, journal_note, learned = _journal_reader(config)
     total = to_send = reused = copies = invalid = prompt_tokens = held = request_bytes = 0
     first_invalid: tuple[int, str] | None = None
     sample: Sample | None = None
     fallback: tuple[int, Request] | None = None
     try:
-        for start, rendered in rendered_batches(table, renderer):
-            placed = place(rendered, start, prior, dedup)
-            prior.update(item.key for item in rendered)
-            keys = [key for _, key, _ in placed.firsts]
-            sorted_out = sort_out(placed.firsts, done_lookup(keys), config.retry_failed,
-                                  done_lookup.held(keys))
-            held += sorted_out.held
-            request_bytes += sum(len(req.body) for _, _, req in sorted_out.send)
-            total += len(rendered)
-            copies += placed.copies
-            reused += sorted_out.reused
-            invalid += len(sorted_out.invalid)
-            to_send += len(sorted_out.send)
-            prompt_tokens += sum(req.tokens - reserve for _, _, req in sorted_out.send)
-            if first_invalid is None and sorted_out.invalid:
-                idx, _, bad = sorted_out.invalid[0]
+        for chosen in select(table, renderer, config, journal):
+            total += len(chosen.rendered)
+            copies += chosen.copies
+            reused += chosen.reused
+            held += chosen.held
+            invalid += len(chosen.invalid)
+            to_send += len(chosen.send)
+            request_bytes += sum(len(req.body) for _, _, req in chosen.send)
+            prompt_tokens += sum(req.tokens - reserve for _, _, req in chosen.send)
+            if first_invalid is None and chosen.invalid:
+                idx, _, bad = chosen.invalid[0]
                 first_invalid = (idx, bad.message)
-            if sample is None and sorted_out.send:
-                idx, _, req = sorted_out.send[0]
+            if sample is None and chosen.send:
+                idx, _, req = chosen.send[0]
                 sample = _sample(config, key, idx, req, already_answered=False)
             if fallback is None:
-                fallback = next(((i, r) for i, r in enumerate(rendered, start)
+                fallback = next(((i, r) for i, r in enumerate(chosen.rendered, chosen.start)
                                  if isinstance(r, Request)), None)
     finally:
-        done_lookup.close()
+        if journal is not None:
+            journal.close()
     if sample is None and fallback is not None:
         sample = _sample(config, key, fallback[0], fallback[1], already_answered=True)
     # How the provider counted the prompts of earlier runs on this output, against our estimate.
@@ -132,48 +125,21 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         held=held, request_bytes=request_bytes,
         batch_price=(batch_price(price_for(config.model, config.price), config.batch_price)
                      if config.backend == "batch" else None),
+        key_from=key.source if key is not None else None,
     )
 
 
-class _NoJournal:
-    """Lookup of earlier results when there are none (no journal, or --fresh)."""
-
-    def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
-        return {}
-
-    def held(self, keys: Sequence[bytes]) -> set[bytes]:
-        return set()
-
-    def close(self) -> None:
-        pass
-
-
-class _JournalLookup:
-    """Lookup of earlier results in an existing journal, opened read-only (no lock, no writes)."""
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-
-    def __call__(self, keys: Sequence[bytes]) -> dict[bytes, tuple[str, str | None]]:
-        return self._journal.finished(keys)
-
-    def held(self, keys: Sequence[bytes]) -> set[bytes]:
-        return self._journal.held(keys)
-
-    def close(self) -> None:
-        self._journal.close()
-
-
-def _journal_reader(config: RunConfig) -> tuple[_NoJournal | _JournalLookup, str, Any]:
-    """The lookup of earlier results, a line about them, and the token ratio learned (or None)."""
+def _journal_reader(config: RunConfig) -> tuple[Journal | None, str, Any]:
+    """The earlier runs' journal, opened read-only (no lock, no writes; None: nothing earlier to
+    ask), a line about it, and the token ratio learned (or None)."""
     path = journal_path(config.output)
     if not path.exists():
-        return _NoJournal(), f"none yet ({path.name} will be created by the run)", None
+        return None, f"none yet ({path.name} will be created by the run)", None
     if config.fresh:
-        return _NoJournal(), f"{path.name} exists, ignored: --fresh starts over", None
+        return None, f"{path.name} exists, ignored: --fresh starts over", None
     journal = Journal(path, readonly=True)
     counts = journal.counts()
-    return _JournalLookup(journal), (
+    return journal, (
         f"{path.name}: {counts['ok']:,} rows answered, {counts['error']:,} failed in earlier runs"
     ), journal.meta().get(CALIBRATION_META)
 
@@ -214,6 +180,7 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         add(f"  invalid   first at row {plan.first_invalid[0]}: {plan.first_invalid[1]}")
     model = config.model or "(the account's default model)"
     add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
+    add(f"  key       {plan.key_from or 'none (a local server needs none)'}")
     reserve_note = "" if config.max_tokens else "; no --max-tokens, so the server default is assumed"
     add(f"  tokens    ~{plan.prompt_tokens:,} prompt ({_ratio_note(plan)}) + at most "
         f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
@@ -259,7 +226,7 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
         "copies": plan.copies, "invalid": plan.invalid,
         "first_invalid": ({"row": plan.first_invalid[0], "message": plan.first_invalid[1]}
                           if plan.first_invalid else None),
-        "model": config.model, "provider": config.provider,
+        "model": config.model, "provider": config.provider, "key_from": plan.key_from,
         "tokens": {"prompt_estimate": plan.prompt_tokens, "completion_max": plan.completion_tokens,
                    "reserve_per_request": plan.reserve, "prompt_ratio": plan.token_ratio,
                    "prompt_ratio_source": ("journal" if plan.ratio_answers else "estimate"),

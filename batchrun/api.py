@@ -58,6 +58,7 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     async with open_run(config, key, reporter.event) as run:
         run.event("start", total_rows=run.stats.total_rows, input=str(config.input),
                   output=config.output_name, model=config.model, base_url=config.endpoint,
+                  key_from=key.source if key is not None else None,
                   concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
         watcher = asyncio.create_task(reporter.watch(run.stats))
         timeline = asyncio.create_task(

@@ -25,8 +25,9 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="Provider preset: base URL, key variable and quirks."),
     click.option("--base-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)."),
     click.option("--api-key-env", metavar="NAME",
-                 help="Name of the environment variable holding the API key "
-                      "(default BATCHRUN_API_KEY, the preset's, then OPENAI_API_KEY)."),
+                 help="Name of the environment variable holding the API key (default "
+                      "BATCHRUN_API_KEY, then the provider's own, e.g. MEGALLM_API_KEY; "
+                      "OPENAI_API_KEY only for OpenAI or a host no preset names)."),
     click.option("--api-key-file", metavar="PATH",
                  help="File holding the API key (must not be readable by others)."),
     click.option("--prompt-column", metavar="NAME", help="Column holding the prompt (default prompt)."),

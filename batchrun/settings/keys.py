@@ -10,16 +10,20 @@ from urllib.parse import urlsplit
 
 from batchrun.errors import UsageError
 from batchrun.settings.config import RunConfig, is_loopback
-from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV
+from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
 
 
 class Secret:
-    """An API key that never shows itself in repr, str, logs or tracebacks."""
+    """An API key that never shows itself in repr, str, logs or tracebacks.
 
-    __slots__ = ("_value",)
+    `source` says where it came from (a variable's name, or the key file), never what it is.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str = "given by the caller") -> None:
         self._value = value
+        self.source = source
 
     def reveal(self) -> str:
         """The key itself, for the Authorization header only."""
@@ -32,25 +36,56 @@ class Secret:
 
 
 def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> Secret | None:
-    """Find the API key: --api-key-file, --api-key-env, BATCHRUN_API_KEY, the preset's, OPENAI_API_KEY."""
+    """Find the API key: --api-key-file, else --api-key-env, else the variables of `key_names`.
+
+    None for a local server that needs none; exit 2 (nothing sent) for a remote one.
+    """
     if config.api_key_file is not None:
         return _read_key_file(config.api_key_file)
-    if config.api_key_env:
-        names: tuple[str, ...] = (config.api_key_env,)
-    else:
-        preset_env = config.preset.key_env if config.preset else None
-        # dict.fromkeys: the openai preset's variable is also the fallback; name it once.
-        names = tuple(dict.fromkeys(
-            DEFAULT_KEY_ENVS + tuple(n for n in (preset_env, FALLBACK_KEY_ENV) if n)
-        ))
+    names = key_names(config)
     for name in names:
         value = environ.get(name, "").strip()
         if value:
-            return _checked_key(value, f"the environment variable {name}")
+            return _checked_key(value, name)
     if config.is_local:
-        return None
-    where = " or ".join(names)
-    raise UsageError(f"no API key: set {where} in the environment (or use --api-key-file)")
+        return None  # never a key meant for someone else: a local server gets no header instead
+    raise UsageError(_missing(config, names, environ))
+
+
+def key_names(config: RunConfig) -> tuple[str, ...]:
+    """The variables the key may come from, in order: the one --api-key-env names, else
+    BATCHRUN_API_KEY and the provider's own variable.
+
+    The provider is the preset, or the one whose host --base-url names. OPENAI_API_KEY is
+    OpenAI's own: it goes to OpenAI, or (as the OpenAI SDK sends it) to a host no preset names,
+    never to another provider's preset.
+    """
+    if config.api_key_env:
+        return (config.api_key_env,)
+    preset = config.preset or _preset_of_host(config.base_url)
+    own = preset.key_env if preset is not None else FALLBACK_KEY_ENV
+    return tuple(dict.fromkeys(n for n in (*DEFAULT_KEY_ENVS, own) if n))
+
+
+def _preset_of_host(base_url: str) -> Preset | None:
+    """The remote preset whose host `base_url` names (local presets share 127.0.0.1)."""
+    host = urlsplit(base_url).hostname
+    for preset in PRESETS.values():
+        if not preset.local and host and urlsplit(preset.base_url).hostname == host:
+            return preset
+    return None
+
+
+def _missing(config: RunConfig, names: tuple[str, ...], environ: Mapping[str, str]) -> str:
+    """One line for a remote run without a key: the variable to set, first."""
+    wanted = " or ".join(reversed(names))  # the provider's own variable first
+    line = f"no API key: set {wanted} in the environment (or use --api-key-file)"
+    preset = config.preset or _preset_of_host(config.base_url)
+    if preset is not None and FALLBACK_KEY_ENV not in names and not config.api_key_env and (
+            environ.get(FALLBACK_KEY_ENV, "").strip()):
+        line += (f"; {FALLBACK_KEY_ENV} is set, but an OpenAI key is not sent to {preset.name} "
+                 f"(pass --api-key-env {FALLBACK_KEY_ENV} if that key is really {preset.name}'s)")
+    return line
 
 
 def _read_key_file(path: Path) -> Secret:
@@ -70,14 +105,14 @@ def _read_key_file(path: Path) -> Secret:
     return _checked_key(value, f"--api-key-file {path}")
 
 
-def _checked_key(value: str, where: str) -> Secret:
+def _checked_key(value: str, source: str) -> Secret:
     """A key goes into an HTTP header: printable ASCII without spaces (never echoed if not)."""
     if not all("!" <= c <= "~" for c in value):
         raise UsageError(
-            f"the API key in {where} contains spaces, line breaks or non-ASCII characters; "
+            f"the API key in {source} contains spaces, line breaks or non-ASCII characters; "
             "it must be the key alone"
         )
-    return Secret(value)
+    return Secret(value, source)
 
 
 def check_transport(config: RunConfig, key: Secret | None) -> None:

@@ -1,4 +1,9 @@
-"""Provider presets: base URL, where the key lives, and each provider's quirks."""
+"""Provider presets: base URL, where the key lives, and each provider's quirks.
+
+A preset's key comes from its own variable (`key_env`), `--api-key-env`, `--api-key-file` or
+BATCHRUN_API_KEY; OPENAI_API_KEY only ever goes to OpenAI, or to a --base-url host that no preset
+names (`settings.keys`).
+"""
 
 from __future__ import annotations
 
@@ -42,5 +47,7 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_KEY_ENVS = ("BATCHRUN_API_KEY",)
+DEFAULT_KEY_ENVS = ("BATCHRUN_API_KEY",)  # batchrun's own: for whatever endpoint the run names
+# OpenAI's own variable: read for the openai preset and, as the OpenAI SDK would, for a base URL
+# whose host no preset names; never for another provider's preset (its key would leak there).
 FALLBACK_KEY_ENV = "OPENAI_API_KEY"

@@ -230,6 +230,8 @@ class Simulator:
 
     def _unauthorized(self, request: web.Request) -> bytes | None:
         """The 401 body when the request lacks the configured key, else None."""
+        seen = request.headers.get("Authorization", "")
+        self.stats.authorizations[seen] = self.stats.authorizations.get(seen, 0) + 1
         if self._auth is None or request.headers.get("Authorization") == self._auth:
             return None
         # Never echo the key, right or wrong: it would end up in the client's logs.

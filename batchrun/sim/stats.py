@@ -31,6 +31,8 @@ class SimStats:
     files_uploaded: int = 0
     batches_created: int = 0
     batch_lines_billed: int = 0  # answers billed through the Batch API (also in billed_*)
+    # Authorization headers as received ("" when none), counted: tests see where a key went.
+    authorizations: dict[str, int] = field(default_factory=dict)
     # Bounded so a long `batchrun simulate` session does not grow without end.
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
 

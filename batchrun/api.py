@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchrun.backends import choose_backend
 from batchrun.data.locations import OUTPUT_SUFFIXES, open_location
-from batchrun.errors import BatchrunError, UsageError
+from batchrun.errors import BatchrunError, JobStopped, UsageError, operating_error
 from batchrun.running.context import RunContext, open_run
 from batchrun.running.execute import execute
 from batchrun.running.output import RESULT_NAMES, write_output
@@ -82,7 +82,12 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
         finished = time.time()
         summary = _summary(run, counts, finished - started, None)
         metadata = output_metadata(summary, counts, config, started, finished)
-        output, sidecar = write_output(config, run.table, run.journal, metadata)
+        try:
+            output, sidecar = write_output(config, run.table, run.journal, metadata)
+        except OSError as exc:  # every answer is in the journal: only the file is missing
+            raise operating_error(exc, "write the output", JobStopped,
+                                  "every answer is kept: run the same command again to write it"
+                                  ) from None
         run.journal.set_meta(state="finished", finished_at=finished, stop_reason=None,
                              exit_code=summary.exit_code)
         page = _write_report(config)

@@ -13,6 +13,8 @@ Row-level failures are not exceptions: they become an ``Outcome`` with ``status 
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Protocol
 
 EXIT_OK = 0
@@ -72,3 +74,25 @@ class Interrupted(BatchrunError):
     """The run was interrupted by a signal; finished rows are kept in the journal."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+# What to do about an operating error, by its errno: the one line names the path and this.
+_FIXES = {
+    errno.EACCES: "check its permissions, or choose another folder",
+    errno.EPERM: "check its permissions, or choose another folder",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EDQUOT: "the disk quota is used up: free some space",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder: name a file",
+}
+
+
+def operating_error(exc: OSError, doing: str, cls: type[BatchrunError] = UsageError,
+                    then: str = "") -> BatchrunError:
+    """An OSError met while `doing` something (permissions, a read-only or full disk), as one
+    line naming the path, the cause and the fix; `then` says what happens to the run's work."""
+    where = f" {exc.filename}" if exc.filename else ""
+    cause = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    fix = _FIXES.get(exc.errno or 0, "check the path")
+    return cls(f"cannot {doing}{where}: {cause}; {fix}" + (f"; {then}" if then else ""))

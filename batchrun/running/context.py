@@ -16,11 +16,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from batchrun.data.locations import check_writable
 from batchrun.data.read import InputTable
-from batchrun.errors import JobStopped, UsageError
+from batchrun.errors import JobStopped, UsageError, operating_error
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.protocol.render import Renderer
 from batchrun.running.rows import open_job
@@ -70,11 +71,17 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
     if config.output_url:  # a bucket that is missing or refuses writes fails before any send
         check_writable(config.output_url)
     lock = OutputLock(config.output)
-    lock.acquire()
+    try:  # the first files the run writes: a folder it cannot write fails here, before any send
+        lock.acquire()
+    except OSError as exc:
+        raise operating_error(exc, "write beside the output") from None
     try:
         if config.fresh:
             _refuse_forgetting_live_batches(config)
-        journal = Journal(journal_path(config.output), fresh=config.fresh)
+        try:
+            journal = Journal(journal_path(config.output), fresh=config.fresh)
+        except OSError as exc:
+            raise operating_error(exc, "create the journal") from None
         try:
             _begin(journal, config, stats)
             async with _endpoint(config) as base_url:
@@ -125,7 +132,17 @@ def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:
         input=str(config.input), output=config.output_name, model=config.model,
         base_url=config.endpoint, total_rows=stats.total_rows, started_at=time.time(),
         pid=os.getpid(), finished_at=None, state="running", stop_reason=None,
+        layout=output_layout(config),
     )
+
+
+def output_layout(config: RunConfig) -> dict[str, Any]:
+    """What `batchrun export` needs to lay the output out as the run would: the input (absolute,
+    so export works from any folder), how it is read, and the columns the settings add."""
+    where = config.input if isinstance(config.input, str) else str(Path(config.input).resolve())
+    return {"input": where, "encoding": config.encoding, "id_column": config.id_column,
+            "response_format": config.response_format,
+            "schema": dict(config.schema) if config.schema is not None else None}
 
 
 def _close(journal: Journal) -> None:

@@ -186,25 +186,41 @@ def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> 
 
 
 @cli.command()
+@click.argument("output")  # a path or an s3:// URL: click.Path would fold its "//"
+@click.option("--to", "to", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH",
+              help="Where to write it (default: OUTPUT with .partial before its suffix).")
+def export(output: str, to: Path | None) -> None:
+    """Write what a stopped or running OUTPUT has so far; rows not answered yet are pending."""
+    from batchrun.views.export import export as export_output
+
+    target, rows = export_output(output, to)
+    click.echo(f"{target}: {rows['total']:,} rows: {rows['ok']:,} ok, {rows['error']:,} error, "
+               f"{rows['pending']:,} pending (partial)")
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int,
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0: any free port).")
-@click.option("--rpm", type=int, help="Requests per minute enforced (429 beyond).")
-@click.option("--tpm", type=int, help="Tokens per minute enforced (prompt + max_tokens).")
-@click.option("--window", "window_s", default=60.0, show_default=True, type=float,
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute enforced (429 beyond).")
+@click.option("--tpm", type=click.IntRange(1),
+              help="Tokens per minute enforced (prompt + max_tokens).")
+@click.option("--window", "window_s", default=60.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
               help="Sliding window in seconds over which rpm/tpm are enforced.")
-@click.option("--max-concurrency", type=int, help="Requests served at once (429 beyond).")
-@click.option("--latency", default=0.0, show_default=True, type=float,
+@click.option("--max-concurrency", type=click.IntRange(1),
+              help="Requests served at once (429 beyond).")
+@click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Seconds per answer.")
-@click.option("--latency-jitter", default=0.0, show_default=True, type=float,
+@click.option("--latency-jitter", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Uniform +/- jitter on the latency, in seconds.")
-@click.option("--fail-rate", default=0.0, show_default=True, type=float,
+@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of requests answered 500/502/503.")
-@click.option("--drop-rate", default=0.0, show_default=True, type=float,
+@click.option("--drop-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of connections dropped without an answer.")
-@click.option("--hang-rate", default=0.0, show_default=True, type=float,
+@click.option("--hang-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of requests never answered.")
-@click.option("--garbage-rate", default=0.0, show_default=True, type=float,
+@click.option("--garbage-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of 200 answers with an unreadable body.")
 @click.option("--stray-429-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of requests answered 429 at any pace (retry-after 1, no x-ratelimit-* headers).")
@@ -231,7 +247,12 @@ def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> N
         config = SimConfig(api_key=key or None, **options)
     except ValueError as exc:
         raise UsageError(f"simulate: {exc}") from None
-    serve(config, host=host, port=port)
+    try:
+        serve(config, host=host, port=port)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise UsageError(f"simulate: cannot listen on {host}:{port}: {reason}; "
+                         "choose another --port (0 picks a free one) or --host") from None
 
 
 def _setup_logging(log_format: str, level: str) -> None:

@@ -41,6 +41,8 @@ RESULT_FIELDS = (
 )
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group: big enough for readers, small enough for memory
 RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",)
+# A row with no result yet, as `readback.output_rows` lays one out (status "pending", 0 attempts).
+PENDING_ROW = (None, None, None, None, None, "pending", None, 0, None, None, None, None, None)
 USAGE_SCHEMA = pa.schema([
     pa.field("model", pa.string()), pa.field("rows_ok", pa.int64()),
     pa.field("rows_error", pa.int64()), pa.field("requests", pa.int64()),
@@ -61,10 +63,8 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     _remove_stale_temporaries(output)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        if is_jsonl_output(output):
-            _write_jsonl(tmp, config, table, journal, metadata)
-        else:
-            _write_parquet(tmp, config, table, journal, metadata)
+        _write_rows(tmp, output, config.id_column, _parsed_type(config, journal), table, journal,
+                    metadata)
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -81,10 +81,34 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     return config.output_url, remote_sidecar
 
 
-def _write_parquet(tmp: Path, config: RunConfig, table: InputTable, journal: Journal,
+def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | None,
+                  table: InputTable, journal: Journal, metadata: Mapping[str, Any]) -> None:
+    """What a stopped or running output has so far, atomically at `to` (`batchrun export`): the
+    output's columns, with the rows not answered yet as `status = "pending"`."""
+    tmp = to.with_name(f".{to.name}.{os.getpid()}.tmp")
+    try:
+        _write_rows(tmp, to, id_column, parsed_type, table, journal, metadata, partial=True)
+        os.replace(tmp, to)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _write_rows(tmp: Path, output: Path, id_column: str | None, parsed_type: pa.DataType | None,
+                table: InputTable, journal: Journal, metadata: Mapping[str, Any],
+                partial: bool = False) -> None:
+    """The output's rows into `tmp`, in the format `output`'s name asks for."""
+    results = _with_results(table, journal, partial)
+    if is_jsonl_output(output):
+        _write_jsonl(tmp, id_column, table, results, metadata)
+    else:
+        _write_parquet(tmp, parsed_type, table, results, metadata)
+
+
+def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, table: InputTable,
+                   results: Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]],
                    metadata: Mapping[str, Any]) -> None:
     """Every input column, then the result columns; the totals in the `batchrun` metadata key."""
-    parsed_type = _parsed_type(config, journal)
     fields = list(RESULT_FIELDS)
     if parsed_type is not None:
         fields.append(pa.field("parsed", parsed_type))
@@ -94,7 +118,7 @@ def _write_parquet(tmp: Path, config: RunConfig, table: InputTable, journal: Jou
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         group: list[pa.RecordBatch] = []
         grouped, written = 0, 0
-        for _, batch, rows in _with_results(table, journal):
+        for _, batch, rows in results:
             arrays = list(batch.columns) + _result_arrays(rows, parsed_type)
             group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
             grouped += batch.num_rows
@@ -106,33 +130,40 @@ def _write_parquet(tmp: Path, config: RunConfig, table: InputTable, journal: Jou
             writer.write_table(pa.Table.from_batches(group, schema=schema))
 
 
-def _write_jsonl(tmp: Path, config: RunConfig, table: InputTable, journal: Journal,
+def _write_jsonl(tmp: Path, id_column: str | None, table: InputTable,
+                 results: Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]],
                  metadata: Mapping[str, Any]) -> None:
     """One batch-output line per input row, in input order (`jsonl.output_line`)."""
     created = int(metadata.get("finished_at") or time.time())
     with tmp.open("wb") as f:
-        for start, batch, rows in _with_results(table, journal):
-            ids = _custom_ids(config, table, batch, start)
+        for start, batch, rows in results:
+            ids = _custom_ids(id_column, table, batch, start)
             f.write(b"".join(jsonl.output_line(start + i, custom_id, row, created) + b"\n"
                              for i, (custom_id, row) in enumerate(zip(ids, rows, strict=True))))
 
 
-def _with_results(table: InputTable, journal: Journal
+def _with_results(table: InputTable, journal: Journal, partial: bool = False
                   ) -> Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]]:
-    """(first row index, input batch, the journal's result rows for it), in input order."""
+    """(first row index, input batch, the journal's result rows for it), in input order.
+
+    `partial`: a stopped or running run's rows not mapped yet, or with no result yet, are pending.
+    """
     start = 0
     for batch in table.batches():
         rows = journal.output_rows(start, start + batch.num_rows)
+        if partial:
+            rows = [PENDING_ROW if row[5] == "pending" else row for row in rows]
+            rows += [PENDING_ROW] * (batch.num_rows - len(rows))  # mapped in input order
         if len(rows) != batch.num_rows:
             raise RuntimeError(f"journal maps {len(rows)} of rows {start}..{start + batch.num_rows}")
         yield start, batch, rows
         start += batch.num_rows
 
 
-def _custom_ids(config: RunConfig, table: InputTable, batch: pa.RecordBatch,
+def _custom_ids(id_column: str | None, table: InputTable, batch: pa.RecordBatch,
                 start: int) -> list[str]:
     """Each row's id in the batch output: custom_id, else --id-column, else `row-N`."""
-    column = "custom_id" if table.format == "jsonl" else config.id_column
+    column = "custom_id" if table.format == "jsonl" else id_column
     if column is None:
         return [f"row-{start + i}" for i in range(batch.num_rows)]
     values = batch.column(column).to_pylist()
@@ -184,10 +215,16 @@ def _column(values: Sequence[Any], kind: pa.DataType) -> pa.Array:
 
 
 def _parsed_type(config: RunConfig, journal: Journal) -> pa.DataType | None:
-    if config.response_format == "text":
+    return parsed_type(config.response_format, config.schema, journal)
+
+
+def parsed_type(response_format: str, schema: Mapping[str, Any] | None,
+                journal: Journal) -> pa.DataType | None:
+    """The `parsed` column's type: none for text answers, the schema's, else the answers'."""
+    if response_format == "text":
         return None
-    if config.schema is not None:
-        return arrow_type(config.schema)
+    if schema is not None:
+        return arrow_type(schema)
     return infer_type(journal.parsed_texts())
 
 

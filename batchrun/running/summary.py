@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from batchrun.data.locations import is_url
+from batchrun.data.locations import OUTPUT_SUFFIXES, is_url
 from batchrun.errors import EXIT_OK, EXIT_ROWS_FAILED
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Summary:
     stopped: str | None = None  # why the run stopped early, if it did
     cost_this_run: float | None = None  # spent by this run alone (None: no price known)
     report: Path | None = None  # the HTML report, when the run wrote one (--report)
+    export_command: str | None = None  # a stopped run: the command that writes its rows so far
 
     @property
     def exit_code(self) -> int:
@@ -111,6 +113,9 @@ class Summary:
                 hint = "" if "run the same command again" in self.stopped else (
                     ": run the same command again to resume")
                 lines.append(f"  pending   {pending:,} rows not answered yet{hint}")
+                if self.export_command:
+                    lines.append(f"  partial   {self.export_command} writes what is answered "
+                                 "so far")
         return "\n".join(lines)
 
 
@@ -131,6 +136,8 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         completion_tokens=counts["completion_tokens"],
         total_tokens=counts["total_tokens"],
         cost_usd=counts["cost_usd"] if priced else None,
+        export_command=(f"batchrun export {shlex.quote(config.output_name)}"
+                        if stopped and config.output_name.endswith(OUTPUT_SUFFIXES) else None),
         requests_sent=stats.sent,
         retries=stats.retries,
         rate_limited=stats.rate_limited,

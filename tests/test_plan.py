@@ -203,3 +203,21 @@ def test_plan_json_is_one_object_that_agrees_with_the_text(tmp_path: Path, sim) 
     assert plan["sample"]["body"] == text["body"]
     assert TEST_KEY not in result.stdout + result.stderr
     assert server.stats.requests == 0
+
+
+def test_plan_cuts_a_huge_cell_in_the_sample_and_marks_the_cut(tmp_path: Path, sim) -> None:
+    server = sim()
+    huge = "word " * (6 * 1024 * 1024)  # a 30 MiB cell
+    src = write_csv(tmp_path / "in.csv", [{"prompt": huge}, {"prompt": "short"}])
+    args = ("plan", "--input", src, "--base-url", server.base_url, "--model", "sim-1")
+    env = clean_env(BATCHRUN_API_KEY=TEST_KEY)
+    text = run_cli(*args, env=env)
+    assert text.returncode == 0, text.stderr
+    assert len(text.stdout) < 10_000
+    assert f"...[cut: {len(huge):,} characters in all]" in text.stdout
+    result = run_cli(*args, "--format", "json", env=env)
+    plan = json.loads(result.stdout)
+    assert plan["sample"]["cut"] is True
+    content = plan["sample"]["body"]["messages"][-1]["content"]
+    assert content == huge[:2000] + f"...[cut: {len(huge):,} characters in all]"
+    assert server.stats.requests == 0

@@ -217,8 +217,9 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
     sample = None
     if plan.sample is not None:
         s = plan.sample
-        sample = {"row": s.row, "url": s.url, "headers": s.headers, "body": s.body,
-                  "already_answered": s.already_answered}
+        shown = _abbreviate(s.body)
+        sample = {"row": s.row, "url": s.url, "headers": s.headers, "body": shown,
+                  "cut": shown != s.body, "already_answered": s.already_answered}
     return {
         "job_file": str(config.job_file) if config.job_file else None,
         "input": str(config.input), "output": config.output_name, "journal": plan.journal,
@@ -352,11 +353,17 @@ def _fitting(budget: float, per_request: float) -> int:
     return math.floor(budget / per_request) if per_request > 0 else 0
 
 
+SAMPLE_TEXT = 2_000  # characters of one text of the sample request shown; longer ones are cut
+
+
 def _abbreviate(value: Any) -> Any:
-    """Shorten inline base64 images so the sample stays readable (the run sends them whole)."""
+    """Shorten inline base64 images and long texts so the sample stays readable (a 30 MiB cell
+    would print 31 MB); each cut is marked with the length the run sends whole."""
     if isinstance(value, str) and value.startswith("data:") and len(value) > 120:
         head = value[: value.find(",") + 1] if "," in value else value[:40]
         return f"{head}...({len(value):,} characters)"
+    if isinstance(value, str) and len(value) > SAMPLE_TEXT:
+        return f"{value[:SAMPLE_TEXT]}...[cut: {len(value):,} characters in all]"
     if isinstance(value, list):
         return [_abbreviate(v) for v in value]
     if isinstance(value, dict):

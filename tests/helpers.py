@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from subprocess import CompletedProcess
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -33,24 +38,108 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: Any, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `batchrun ARGS` in a subprocess and wait for it."""
+            timeout: float = 180, subprocess: bool = False) -> CompletedProcess[str]:
+    """Run `batchrun ARGS` and wait for it: in this process (`call_cli`), or with `subprocess`
+    in a process of its own, which Ray runs always get (their driver joins the session's Ray)."""
+    argv = [str(arg) for arg in args]
+    if subprocess or _on_ray(argv):
+        return _run_process(argv, env, cwd, timeout)
+    # In this process the bound is pytest-timeout's (pyproject.toml addopts) instead of `timeout`.
+    code, out, err = call_cli(argv, env=env, cwd=cwd)
+    return CompletedProcess([sys.executable, "-m", "batchrun", *argv], code, out, err)
+
+
+def _run_process(argv: list[str], env: dict[str, str] | None, cwd: Path | None,
+                 timeout: float) -> CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "batchrun", *map(str, args)],
+        [sys.executable, "-m", "batchrun", *argv],
         env=env if env is not None else clean_env(), cwd=cwd, capture_output=True, text=True,
         timeout=timeout,
     )
 
 
+def _on_ray(argv: list[str]) -> bool:
+    """`--engine ray`: the run's Ray driver must be a process of its own, not pytest's (which
+    holds the session's Ray, `ray_address`)."""
+    return "--engine=ray" in argv or any(
+        a == "--engine" and b == "ray" for a, b in zip(argv, argv[1:], strict=False))
+
+
+def call_cli(args: list[str], env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run the real command line in this process as if it were a process of its own (no
+    interpreter start-up: pandas and pyarrow are imported once per session); returns (exit code,
+    stdout, stderr).
+
+    The environment is `env` (default: this one minus every API key) and the working folder `cwd`
+    for the call only; stdout and stderr are captured as a pipe would (bytes, decoded as text
+    mode does), and batchrun's logging is set back as it was, since the CLI configures it.
+    """
+    from batchrun.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    call_env = env if env is not None else clean_env()
+    logger = logging.getLogger("batchrun")
+    saved_log = (list(logger.handlers), logger.level, logger.propagate)
+    out, err = _pipe(), _pipe()
+    os.environ.clear()
+    os.environ.update(call_env)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _process_warnings():
+            code = main(args)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        logger.handlers[:] = saved_log[0]
+        logger.setLevel(saved_log[1])
+        logger.propagate = saved_log[2]
+    return code, _read(out), _read(err)
+
+
+@contextlib.contextmanager
+def _process_warnings() -> Iterator[None]:
+    """Warnings as `python -m batchrun` meets them (CPython's default filters, printed to stderr),
+    not as pytest's `error` filter would turn them into an "internal error" exit 1."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.filterwarnings("ignore", category=category, append=True)
+        warnings.showwarning = _print_warning
+        yield
+
+
+def _print_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: TextIO | None = None, line: str | None = None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _pipe() -> io.TextIOWrapper:
+    """A stream like a CLI's stdout into a pipe: UTF-8 text over bytes, not a terminal."""
+    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+
+
+def _read(stream: io.TextIOWrapper) -> str:
+    """What was written, read back as `subprocess.run(text=True)` reads a pipe."""
+    sink = stream.detach()
+    assert isinstance(sink, io.BytesIO)
+    return io.TextIOWrapper(io.BytesIO(sink.getvalue()), encoding="utf-8").read()
+
+
 def run_job(src: Path | str, out: Path | str, base_url: str, *extra: Any,
             model: str | None = "sim-1", env: dict[str, str] | None = None,
-            cwd: Path | None = None, timeout: float = 180,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-    """`batchrun run` of `src` into `out` against a server, without progress display; never a
-    traceback, and with `check` exit 0."""
+            cwd: Path | None = None, timeout: float = 180, check: bool = False,
+            subprocess: bool = False) -> CompletedProcess[str]:
+    """`batchrun run` of `src` into `out` against a server, without progress display (as
+    `run_cli`); never a traceback, and with `check` exit 0."""
     model_args = ("--model", model) if model else ()
     result = run_cli("run", "--input", src, "--output", out, "--base-url", base_url, *model_args,
-                     "--no-progress", *extra, env=env, cwd=cwd, timeout=timeout)
+                     "--no-progress", *extra, env=env, cwd=cwd, timeout=timeout,
+                     subprocess=subprocess)
     assert "Traceback" not in result.stderr, result.stderr
     if check:
         assert result.returncode == 0, result.stderr
@@ -154,21 +243,9 @@ def parse_plan(stdout: str) -> dict[str, Any]:
 
 def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                    *args: Any, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run the real console entry point in this process (fast: no interpreter start-up);
-    returns (exit code, stdout, stderr). For quick commands that send nothing, like `plan`."""
-    from batchrun.cli import main
-
-    for name, value in (env or {}).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(sys, "argv", ["batchrun", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    """`call_cli(ARGS)` with `env` added to this environment (the older spelling; the fixtures
+    are no longer needed)."""
+    return call_cli([str(arg) for arg in args], env=clean_env(**(env or {})))
 
 
 def refused(result: Any, *needles: str) -> str:

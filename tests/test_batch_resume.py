@@ -118,6 +118,7 @@ def test_rows_in_a_live_batch_are_not_sent_online_and_cancel_gives_them_back(
     assert blocked.returncode == 75, blocked.stderr
     assert "--backend batch" in blocked.stderr
     assert server.stats.ok == server.stats.batch_lines_billed  # no row went online
+    wait_until(lambda: server.stats.batch_lines_billed > 0)  # the batch is part done: cancel now
     cancelled = run_cli("cancel", out, env=env())
     assert cancelled.returncode == 0, cancelled.stderr
     assert "cancelled" in cancelled.stdout and "rows back to pending" in cancelled.stdout

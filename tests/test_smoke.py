@@ -1,4 +1,5 @@
-"""The shortest end-to-end check: the CLI answers every row against a simulator on loopback."""
+"""The shortest end-to-end check: the CLI answers every row against a simulator on loopback, run as
+users run it (`python -m batchrun` in a process of its own, leaving through console's os._exit)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def test_every_row_answered_with_its_own_answer(tmp_path: Path, sim) -> None:
     src = prompts_csv(tmp_path / "in.csv", 50)
     out = tmp_path / "out.parquet"
     result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
-                     "--model", "sim-1", "--no-progress")
+                     "--model", "sim-1", "--no-progress", subprocess=True)
     assert result.returncode == 0, result.stderr
     rows = read_output(out)
     assert [r["id"] for r in rows] == [str(i) for i in range(50)]

@@ -12,89 +12,26 @@ from typing import Any
 import click
 
 from batchrun.errors import BatchrunError, UsageError
-from batchrun.settings.providers import PRESETS
+from batchrun.settings.config import SETTINGS
+from batchrun.settings.setting import Setting
 
-RUN_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--input", "input", metavar="PATH",
-                 help="CSV, TSV or Parquet file of prompts, or batch JSONL requests."),
-    click.option("--output", metavar="PATH",
-                 help="Parquet file to write, or .jsonl for the batch output format "
-                      "(default: INPUT.out.parquet)."),
-    click.option("--model", help="Model name sent in each request."),
-    click.option("--provider", type=click.Choice(list(PRESETS)),
-        help="Provider preset: base URL, key variable and quirks."),
-    click.option("--base-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)."),
-    click.option("--api-key-env", metavar="NAME",
-                 help="Name of the environment variable holding the API key (default "
-                      "BATCHRUN_API_KEY, then the provider's own, e.g. MEGALLM_API_KEY; "
-                      "OPENAI_API_KEY only for OpenAI or a host no preset names)."),
-    click.option("--api-key-file", metavar="PATH",
-                 help="File holding the API key (must not be readable by others)."),
-    click.option("--prompt-column", metavar="NAME", help="Column holding the prompt (default prompt)."),
-    click.option("--messages-column", metavar="NAME",
-                 help="Column holding a whole chat as a JSON list of {role, content}."),
-    click.option("--template", metavar="TEXT",
-                 help="Prompt template with {column} placeholders; {{ and }} for braces."),
-    click.option("--system", metavar="TEXT", help="System prompt sent before each prompt."),
-    click.option("--id-column", metavar="NAME", help="Column that identifies rows (checked to exist)."),
-    click.option("--image-column", metavar="NAME",
-                 help="Column holding an image URL or a local image file (relative to the "
-                      "input's folder), sent inline as a data URL."),
-    click.option("--encoding", metavar="NAME", help="Text encoding of a CSV input (default utf-8)."),
-    click.option("--temperature", type=float, help="Sampling temperature, 0 to 2."),
-    click.option("--max-tokens", type=int, help="Most tokens per answer (>= 1)."),
-    click.option("--top-p", type=float, help="Nucleus sampling mass, (0, 1]."),
-    click.option("--frequency-penalty", type=float, help="Frequency penalty, -2 to 2."),
-    click.option("--presence-penalty", type=float, help="Presence penalty, -2 to 2."),
-    click.option("--stop", multiple=True, metavar="TEXT",
-                 help="Stop sequence (repeatable, at most 4)."),
-    click.option("--seed", type=int, help="Sampling seed, for providers that honour it."),
-    click.option("--response-format", metavar="FORMAT",
-                 help="text, json_object, or a JSON-schema file; fills the parsed column."),
-    click.option("--rpm", type=float, help="Requests per minute to stay under."),
-    click.option("--tpm", type=float, help="Tokens per minute to stay under (prompt + max_tokens)."),
-    click.option("--concurrency", type=int, help="Requests in flight at once (default 16)."),
-    click.option("--max-attempts", type=int, help="Attempts per row before it fails (default 6)."),
-    click.option("--row-deadline", type=float,
-                 help="Seconds a row may spend waiting and retrying before it fails (default 900)."),
-    click.option("--timeout", type=float, help="Seconds per request (default 120)."),
-    click.option("--max-cost", type=float, help="Stop before this run spends more USD."),
-    click.option("--max-total-tokens", type=int,
-                 help="Stop before this run uses more tokens."),
-    click.option("--fresh", is_flag=True, default=None,
-                 help="Ignore earlier progress and start over."),
-    click.option("--retry-failed", is_flag=True, default=None,
-                 help="Send rows that failed for good in earlier runs again."),
-    click.option("--dedup/--no-dedup", default=None,
-                 help="Send identical requests once (default: on when temperature is 0)."),
-    click.option("--allow-insecure-http", is_flag=True, default=None,
-                 help="Allow sending the key over plain http to a non-loopback host."),
-    click.option("--backend", type=click.Choice(["online", "batch"]),
-                 help="online (default): one request per row; batch: the provider's Batch API "
-                      "at half price, answers within 24 h."),
-    click.option("--batch-size", type=int,
-                 help="Batch: requests per batch input file (default 50,000; files also split "
-                      "at 200 MB)."),
-    click.option("--no-wait", is_flag=True, default=None,
-                 help="Batch: submit what is pending, collect finished batches, then exit "
-                      "(exit 75 while batches run)."),
-    click.option("--batch-fallback", type=click.Choice(["none", "online"]),
-                 help="Batch: send rows a batch could not answer (expired, 5xx) online instead "
-                      "of in a new batch."),
-    click.option("--no-progress", "progress", flag_value=False, default=None,
-                 help="No progress display."),
-    click.option("--report", is_flag=True, default=None,
-                 help="Write an HTML report of the run beside the output (OUTPUT.report.html)."),
-    click.option("--log-format", type=click.Choice(["text", "json"]),
-                 help="Log lines as text or one JSON object per line."),
-    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-                 help="Least severe log level shown (default warning; info with --log-format json)."),
-    click.option("--engine", type=click.Choice(["local", "ray"]),
-                 help="Where requests are sent from: this process, or Ray actors (default local)."),
-    click.option("--ray-address", metavar="ADDR",
-                 help="Ray cluster to join (default RAY_ADDRESS, else a local Ray for the run)."),
-    click.option("--workers", type=int, help="Sender actors of --engine ray (default 2)."),
-]
+def _option(spec: Setting) -> Callable[[Any], Any]:
+    """The click option of one declared setting (`batchrun.settings.config.RunConfig`)."""
+    assert spec.flag is not None
+    # None when not given, so build_config can tell a flag from a job file's value.
+    extra: dict[str, Any] = {"default": None}
+    if spec.value is bool and "/" not in spec.flag:
+        extra["flag_value"] = spec.flag_value
+    elif spec.choices:
+        extra["type"] = click.Choice(list(spec.choices))
+    elif spec.value in (int, float):
+        extra["type"] = spec.value
+    if spec.multiple:
+        extra.update(multiple=True, default=())
+    return click.option(spec.flag, spec.name, metavar=spec.metavar, help=spec.flag_help, **extra)
+
+
+RUN_OPTIONS: list[Callable[[Any], Any]] = [_option(s) for s in SETTINGS if s.flag is not None]
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 
+from batchrun.cli import cli
 from batchrun.errors import UsageError
-from batchrun.settings.config import FIELDS, build_config
+from batchrun.settings.config import SETTINGS, build_config
 from batchrun.settings.prices import Price
 
 from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, write_csv
-
-DESIGN_RUN_OPTIONS = (
-    "input output model provider base-url api-key-env prompt-column messages-column template "
-    "system id-column temperature max-tokens top-p frequency-penalty presence-penalty stop seed "
-    "response-format rpm tpm concurrency max-attempts timeout max-cost max-total-tokens fresh "
-    "retry-failed dedup image-column api-key-file allow-insecure-http no-progress log-format "
-    "log-level"
-).split()
 
 
 def job(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
@@ -27,16 +21,30 @@ def job(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
     return path
 
 
-def test_every_run_option_of_the_design_has_a_job_file_setting() -> None:
-    names = {f.name for f in FIELDS}
-    aliases = {"no-progress": "progress"}
-    missing = [o for o in DESIGN_RUN_OPTIONS if aliases.get(o, o.replace("-", "_")) not in names]
-    assert missing == []
-    sections = {f.section for f in FIELDS}
-    assert sections == {"input", "output", "request", "provider", "limits", "retry", "pricing",
-                        "run"}
-    assert {f.name: f.section for f in FIELDS}["tools"] == "request"
-    assert {f.name: f.section for f in FIELDS}["tool_choice"] == "request"
+def test_the_run_options_are_the_declared_settings_and_each_has_a_job_file_key() -> None:
+    declared = {flag for s in SETTINGS if s.flag for flag in s.flag.split("/")}
+    assert {"--input", "--model", "--stop", "--dedup", "--no-dedup", "--no-progress"} <= declared
+    for command, own in (("run", set()), ("plan", {"--format"})):
+        params = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
+        flags = {flag for p in params for flag in (*p.opts, *p.secondary_opts)}
+        assert flags - {"-h", "--help"} - own == declared, command
+    places = [(s.section, s.key) for s in SETTINGS]
+    assert len(set(places)) == len(places)  # no two settings share a key
+    assert {s.section for s in SETTINGS} == {"input", "output", "request", "provider", "limits",
+                                              "retry", "pricing", "run"}
+    assert {s.name: s.section for s in SETTINGS}["tools"] == "request"
+    assert {s.name: s.section for s in SETTINGS}["tool_choice"] == "request"
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--max-cost", "--timeout", "--row-deadline"])
+def test_an_infinite_limit_is_refused_in_one_line(tmp_path: Path, sim, flag: str) -> None:
+    server = sim()
+    result = run_cli("run", "--input", prompts_csv(tmp_path / "in.csv", 2), "--output",
+                     tmp_path / "out.parquet", "--base-url", server.base_url, "--model", "sim-1",
+                     flag, "inf", "--no-progress")
+    assert result.returncode == 2
+    assert result.stderr == f"batchrun: {flag} must be a finite number greater than 0 (got inf)\n"
+    assert server.stats.requests == 0 and not (tmp_path / "out.parquet").exists()
 
 
 def test_a_full_job_file_sets_every_section(tmp_path: Path) -> None:
@@ -150,6 +158,10 @@ concurrency = 3
     ('[input]\npath = "in.csv"\n[run]\nfresh = "yes"\n', "[run] fresh must be true or false"),
     ('[input]\npath = "in.csv"\n[limits]\nconcurrency = true\n', "not a boolean"),
     ('[input]\npath = "in.csv"\n[request]\ntemperature = 3\n', "temperature must be in [0, 2]"),
+    ('[input]\npath = "in.csv"\n[limits]\nrpm = inf\n', "[limits] rpm must be a finite number"),
+    ('[input]\npath = "in.csv"\n[limits]\nmax_cost = inf\n', "max_cost must be a finite number"),
+    ('[input]\npath = "in.csv"\n[pricing]\ninput_per_million = inf\noutput_per_million = 1\n',
+     "[pricing] input_per_million must be a finite number"),
     ('[input]\npath = "in.csv"\n[request]\nstop = ["a","b","c","d","e"]\n', "at most 4"),
     ('[input\npath = 1\n', "is not valid TOML"),
     ('[input]\npath = "in.csv"\n[request]\ntools = [{type = "function"}]\n',

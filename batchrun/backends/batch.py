@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from batchrun.backends.batch_api import BatchApi, BatchGone, BatchInfo
 from batchrun.backends.batch_collect import Collected, Rules, collect
 from batchrun.backends.batch_files import FileSplitter, InputFile
@@ -36,7 +34,7 @@ from batchrun.running.context import RunContext
 from batchrun.running.rows import Job, job_of, select
 from batchrun.sending.budget import Budget
 from batchrun.sending.http import new_session
-from batchrun.settings.config import RunConfig
+from batchrun.settings.config import RunConfig, request_fingerprint
 from batchrun.settings.prices import price_for
 
 log = logging.getLogger("batchrun")
@@ -66,15 +64,6 @@ def output_name(output: Path) -> str:
     """The output as batch metadata names it: file name and a hash of its absolute path."""
     where = hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]
     return f"{output.name[:400]}#{where}"
-
-
-def request_fingerprint(config: RunConfig) -> str:
-    """A hash of the settings that shape requests (a batch of an edited job is not re-attached)."""
-    shaping = {name: str(getattr(config, name)) for name in (
-        "base_url", "model", "prompt_column", "messages_column", "template", "system",
-        "image_column", "temperature", "max_tokens", "top_p", "frequency_penalty",
-        "presence_penalty", "stop", "seed", "response_format", "tools", "tool_choice")}
-    return hashlib.sha256(orjson.dumps(shaping)).hexdigest()[:16]
 
 
 def collect_rules(config: RunConfig, price: Any) -> Rules:

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from batchrun.data.openai_api import BATCH_URL
 from batchrun.errors import JobStopped, UsageError
 from batchrun.protocol.retry import Failure, Kind, RetryPolicy, classify_http, parse_retry_after
 from batchrun.sending.http import request_headers
@@ -132,7 +133,7 @@ class BatchApi:
 
     async def create(self, file_id: str, metadata: Mapping[str, str]) -> BatchInfo:
         """Create a batch of chat completions over an uploaded file, within 24 h."""
-        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+        body = {"input_file_id": file_id, "endpoint": BATCH_URL,
                 "completion_window": "24h", "metadata": dict(metadata)}
         return batch_info(await self._call("POST", "/batches", "create a batch", json=body,
                                            collection=True))

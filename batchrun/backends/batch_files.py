@@ -13,13 +13,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from batchrun.data.openai_api import BATCH_URL, MAX_BATCH_BYTES
+
 if TYPE_CHECKING:
     from batchrun.running.rows import Job
 
-ENDPOINT = "/v1/chat/completions"
-MAX_FILE_BYTES = 200 * 1000 * 1000  # OpenAI: an input file may be up to 200 MB
 _HEAD = b'{"custom_id":"'
-_MIDDLE = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
+_MIDDLE = b'","method":"POST","url":"' + BATCH_URL.encode() + b'","body":'
 LINE_OVERHEAD = len(_HEAD) + len(_MIDDLE) + 32 + 2  # custom_id of a 16-byte key, "}" and "\n"
 
 
@@ -44,7 +44,7 @@ class InputFile:
 class FileSplitter:
     """Fills input files up to `max_lines` lines and `max_bytes` bytes, then hands them over."""
 
-    def __init__(self, max_lines: int, max_bytes: int = MAX_FILE_BYTES) -> None:
+    def __init__(self, max_lines: int, max_bytes: int = MAX_BATCH_BYTES) -> None:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self._current = InputFile()
@@ -69,7 +69,7 @@ class FileSplitter:
 
 
 def count_files(requests: int, body_bytes: int, max_lines: int,
-                max_bytes: int = MAX_FILE_BYTES) -> int:
+                max_bytes: int = MAX_BATCH_BYTES) -> int:
     """How many input files `requests` requests make (estimate by size: bodies are near alike)."""
     if requests == 0:
         return 0

@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from batchrun.data.openai_api import BATCH_URL
 from batchrun.errors import InputError
 
-URL = "/v1/chat/completions"
 SCHEMA = pa.schema([pa.field("custom_id", pa.string()), pa.field("body", pa.string())])
 CHUNK_BYTES = 1 << 20
 REQUIRED = ("custom_id", "method", "url", "body")
@@ -125,15 +125,15 @@ def parse_line(name: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]]
     missing = [key for key in REQUIRED if key not in line]
     if missing:
         raise bad(f"missing {', '.join(missing)}",
-                  'each line needs custom_id, method ("POST"), url ("/v1/chat/completions") and body')
+                  f'each line needs custom_id, method ("POST"), url ("{BATCH_URL}") and body')
     custom_id, method, url, body = (line[key] for key in REQUIRED)
     if not isinstance(custom_id, str) or not custom_id:
         raise bad(f"custom_id must be a non-empty string (got {_show(custom_id)})",
                   "quote it: \"custom_id\": \"row-1\"")
     if method != "POST":
         raise bad(f'method must be "POST" (got {_show(method)})')
-    if url != URL:
-        raise bad(f'url must be "{URL}" (got {_show(url)})',
+    if url != BATCH_URL:
+        raise bad(f'url must be "{BATCH_URL}" (got {_show(url)})',
                   "only chat completions are supported")
     if not isinstance(body, dict):
         raise bad(f"body must be a JSON object (got {_show(body)})")

@@ -15,7 +15,7 @@ import orjson
 
 from batchrun.errors import UsageError
 from batchrun.protocol.tokens import count_prompt_tokens
-from batchrun.settings.config import RunConfig
+from batchrun.settings.config import BODY_PARAMETERS, SETTINGS, RunConfig
 
 # TPM reservation when the job sets no max_tokens: what OpenAI-compatible servers assume by default.
 DEFAULT_COMPLETION_RESERVE = 1024
@@ -234,7 +234,9 @@ class BodyRenderer(Renderer):
 
 # Parameters the CLI reads as floats: a body's `"temperature": 0` is sent as 0.0, so it hashes
 # like `--temperature 0` (orjson writes 0 and 0.0 differently).
-_FLOAT_PARAMS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+_FLOAT_PARAMS = tuple(s.name for s in SETTINGS if s.shapes == "body" and s.value is float)
+# Body parameters the API takes in a shape of their own; every other one is sent as it is, if set.
+_SHAPED = frozenset({"stop", "response_format", "tools"})
 
 
 def _canonical(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,17 +256,14 @@ class _RowProblem(Exception):
 
 
 def _params(config: RunConfig) -> dict[str, Any]:
+    """The job's part of every body: the settings declared as body parameters, in the API's shapes."""
     body: dict[str, Any] = {}
-    if config.model:
-        body["model"] = config.model
-    for name in ("temperature", "max_tokens", "top_p", "frequency_penalty", "presence_penalty"):
+    for name in BODY_PARAMETERS:
         value = getattr(config, name)
-        if value is not None:
+        if name not in _SHAPED and value is not None:
             body[name] = value
     if config.stop:
         body["stop"] = list(config.stop)
-    if config.seed is not None:
-        body["seed"] = config.seed
     if config.response_format == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif config.schema is not None:
@@ -277,8 +276,6 @@ def _params(config: RunConfig) -> dict[str, Any]:
         }
     if config.tools:
         body["tools"] = list(config.tools)
-    if config.tool_choice is not None:
-        body["tool_choice"] = config.tool_choice
     return body
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
 from batchrun.data.locations import OUTPUT_SUFFIXES, is_url
 from batchrun.errors import EXIT_OK, EXIT_ROWS_FAILED
+from batchrun.settings.config import request_fingerprint
 
 if TYPE_CHECKING:
     from batchrun.running.stats import Stats
@@ -152,15 +150,6 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
     )
 
 
-def fingerprint(config: RunConfig) -> str:
-    """A short hash of the settings that shape requests (never the key, which is not in config)."""
-    fields = {
-        k: str(v) for k, v in sorted(asdict(config).items())
-        if k not in ("progress", "log_format", "log_level", "fresh", "job_file", "report")
-    }
-    return hashlib.sha256(orjson.dumps(fields)).hexdigest()[:16]
-
-
 def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
                     started_at: float, finished_at: float) -> dict[str, Any]:
     """The `batchrun` key of the output's Parquet metadata."""
@@ -186,7 +175,7 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
         "base_url": config.endpoint,
         "started_at": started_at,
         "finished_at": finished_at,
-        "config_fingerprint": fingerprint(config),
+        "config_fingerprint": request_fingerprint(config),  # as batch metadata names the job
     }
 
 

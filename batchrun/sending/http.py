@@ -15,6 +15,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from batchrun.data.openai_api import CHAT_PATH
 from batchrun.protocol.answers import Answer, parse_answer
 from batchrun.protocol.retry import Failure, Kind, classify_http, parse_retry_after
 from batchrun.settings.keys import Secret
@@ -52,7 +53,7 @@ class Sender:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, key: Secret | None,
                  timeout: float, scrub: tuple[str, ...] = ()) -> None:
         self._session = session
-        self._url = URL(base_url + "/chat/completions")  # parsed once, not per request
+        self._url = URL(base_url + CHAT_PATH)  # parsed once, not per request
         self._headers = CIMultiDict(request_headers(key))  # aiohttp would convert a dict per request
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout

@@ -1,8 +1,10 @@
 """Settings: what a run is told, declared once and validated once.
 
-    config     RunConfig, the job file and flags merged, where the key comes from
+    config     RunConfig, each setting declared on its field; the job file and flags merged
+    setting    how a setting is declared (flag, job-file key, check, docs), read by all of them
+    checks     the checks of one setting's value
     providers  the provider presets: base URL, the key's variable, quirks
     prices     prices per million tokens and the cost of a row
 
-May import: `batchrun.data` (locations), `batchrun.errors`.
+May import: `batchrun.data` (locations, openai_api), `batchrun.errors`.
 """

@@ -1,11 +1,16 @@
-"""RunConfig: every setting of a run, merged from defaults, a job file and flags, validated once."""
+"""RunConfig: every setting of a run, declared once, merged from defaults, a job file and flags.
+
+Each setting is declared on its field (`batchrun.settings.setting`): the command line's option,
+the job file's section and key, the accepted types and check, whether it shapes the request, and
+its line in the docs all come from there.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,202 +27,256 @@ from batchrun.data.locations import (
     usage_path,
     usage_url,
 )
+from batchrun.data.openai_api import MAX_BATCH_LINES, MAX_BATCH_MB
 from batchrun.errors import UsageError
+from batchrun.settings import checks
+from batchrun.settings.checks import at_least, in_range, positive
 from batchrun.settings.prices import Price, run_price
 from batchrun.settings.providers import PRESETS, Preset
+from batchrun.settings.setting import Setting, declared, required, setting, settings_field
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+FORMATS = ("text", "json_object")
 
 
-@dataclass(frozen=True)
-class Field:
-    """One setting: its job-file section, accepted types and range check."""
-
-    name: str
-    section: str
-    types: tuple[type, ...]
-    check: Callable[[Any], str | None] | None = None  # returns a complaint or None
-    key: str | None = None  # the key inside the section when it differs from `name`
-
-
-def _range(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        ok = (lo < v if lo_open else lo <= v) and v <= hi and not math.isnan(v)
-        return None if ok else f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-
-    return check
-
-
-def _at_least(lo: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= lo else f"must be at least {lo:g}"
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
-def _choice(*options: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
-
-
-def _stops(v: Any) -> str | None:
-    if isinstance(v, str):
-        return None
-    if not all(isinstance(s, str) and s for s in v):
-        return "must be non-empty strings"
-    return None if len(v) <= 4 else "allows at most 4 sequences"
-
-
-_TOOL_CHOICES = ("none", "auto", "required")
-
-
-def _tools(v: Any) -> str | None:
-    if isinstance(v, str):
-        return None  # a JSON file holding the list; loaded and checked in _load_tools
-    for i, tool in enumerate(v):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not (
-            isinstance(tool, dict) and tool.get("type") == "function"
-            and isinstance(function, dict) and isinstance(function.get("name"), str)
-            and function["name"]
-        ):
-            return f"entry {i} must be a table {{type = \"function\", function = {{name, parameters}}}}"
-        if not isinstance(function.get("parameters", {}), dict):
-            return f"entry {i}: function.parameters must be a JSON schema table"
-    return None if v else "must not be empty"
-
-
-def _tool_choice(v: Any) -> str | None:
-    if isinstance(v, str):
-        return None if v in _TOOL_CHOICES else f"must be one of {', '.join(_TOOL_CHOICES)} or a table"
-    function = v.get("function")
-    if v.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
-        return 'must be {type = "function", function = {name = "..."}}'
-    return None
-
-
-def _known_encoding(name: str) -> str | None:
-    import codecs
-
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        return "is not a known text encoding (try utf-8, latin-1, cp1252)"
-    return None
-
-
-NUM = (int, float)
-MAX_BATCH_LINES = 50_000  # requests one Batch API input file may hold (OpenAI's limit)
-FIELDS: tuple[Field, ...] = (
-    Field("input", "input", (str,), key="path"),
-    Field("prompt_column", "input", (str,)),
-    Field("messages_column", "input", (str,)),
-    Field("template", "input", (str,)),
-    Field("system", "input", (str,)),
-    Field("id_column", "input", (str,)),
-    Field("image_column", "input", (str,)),
-    Field("encoding", "input", (str,), lambda v: _known_encoding(v)),
-    Field("output", "output", (str,), key="path"),
-    Field("provider", "provider", (str,), _choice(*PRESETS), key="name"),
-    Field("base_url", "provider", (str,)),
-    Field("api_key_env", "provider", (str,)),
-    Field("api_key_file", "provider", (str,)),
-    Field("allow_insecure_http", "provider", (bool,)),
-    Field("model", "request", (str,)),
-    Field("temperature", "request", NUM, _range(0, 2)),
-    Field("max_tokens", "request", (int,), _at_least(1)),
-    Field("top_p", "request", NUM, _range(0, 1, lo_open=True)),
-    Field("frequency_penalty", "request", NUM, _range(-2, 2)),
-    Field("presence_penalty", "request", NUM, _range(-2, 2)),
-    Field("stop", "request", (str, list, tuple), _stops),
-    Field("seed", "request", (int,)),
-    Field("response_format", "request", (str,)),
-    Field("tools", "request", (list, tuple, str), _tools),  # a list of tables or a JSON file
-    Field("tool_choice", "request", (str, dict), _tool_choice),
-    Field("rpm", "limits", NUM, _positive),
-    Field("tpm", "limits", NUM, _positive),
-    Field("concurrency", "limits", (int,), _range(1, 10_000)),
-    Field("timeout", "limits", NUM, _positive),
-    Field("max_cost", "limits", NUM, _positive),
-    Field("max_total_tokens", "limits", (int,), _positive),
-    Field("max_attempts", "retry", (int,), _range(1, 100)),
-    Field("row_deadline", "retry", NUM, _positive),
-    Field("input_per_million", "pricing", NUM, _at_least(0)),
-    Field("output_per_million", "pricing", NUM, _at_least(0)),
-    Field("batch_input_per_million", "pricing", NUM, _at_least(0)),
-    Field("batch_output_per_million", "pricing", NUM, _at_least(0)),
-    Field("fresh", "run", (bool,)),
-    Field("retry_failed", "run", (bool,)),
-    Field("dedup", "run", (bool,)),
-    Field("progress", "run", (bool,)),
-    Field("report", "run", (bool,)),
-    Field("log_format", "run", (str,), _choice("text", "json")),
-    Field("log_level", "run", (str,), _choice("debug", "info", "warning", "error")),
-    Field("backend", "run", (str,), _choice("online", "batch")),
-    Field("batch_size", "run", (int,), _range(1, MAX_BATCH_LINES)),
-    Field("no_wait", "run", (bool,)),
-    Field("batch_fallback", "run", (str,), _choice("none", "online")),
-    Field("engine", "run", (str,), _choice("local", "ray")),
-    Field("ray_address", "run", (str,)),
-    Field("workers", "run", (int,), _range(1, 10_000)),
-)
-FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Everything a run needs, validated; the API key is not in here (see ``keys.resolve_key``)."""
+    """Everything a run needs, validated; the API key is not in here (see ``keys.resolve_key``).
 
-    input: Path | str  # a local path, or an object-store URL (`s3://bucket/key`)
-    output: Path  # the local home of the output: the file itself, or its staging copy
-    base_url: str
-    provider: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    api_key_file: Path | None = None
-    allow_insecure_http: bool = False
-    prompt_column: str = "prompt"
-    messages_column: str | None = None
-    template: str | None = None
-    system: str | None = None
-    id_column: str | None = None
-    image_column: str | None = None
-    encoding: str = "utf8"
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    response_format: str = "text"  # "text", "json_object", or a schema file path
-    schema: Mapping[str, Any] | None = field(default=None, compare=False)
-    tools: tuple[Mapping[str, Any], ...] = ()
-    tool_choice: str | Mapping[str, Any] | None = None
-    rpm: float | None = None
-    tpm: float | None = None
-    concurrency: int = 16
-    timeout: float = 120.0
-    max_attempts: int = 6
-    row_deadline: float = 900.0  # seconds a row may spend waiting and retrying
-    max_cost: float | None = None
-    max_total_tokens: int | None = None
-    price: Price | None = None
-    batch_price: Price | None = None  # [pricing] batch_*; None: half of `price`
-    fresh: bool = False
-    retry_failed: bool = False
-    dedup: bool | None = None  # None: on when the request is deterministic (temperature 0)
-    progress: bool = True
-    report: bool = False  # write OUTPUT.report.html at the end of the run
-    log_format: str = "text"
-    log_level: str = "warning"
-    backend: str = "online"  # "online" or "batch" (the provider's Batch API)
-    batch_size: int = MAX_BATCH_LINES  # lines per batch input file
-    no_wait: bool = False  # batch: submit and collect what is ready, then exit (75 if running)
-    batch_fallback: str = "none"  # "online": rows a batch could not answer are sent online
-    engine: str = "local"  # "ray": the senders run as Ray Data actors (batchrun.ray)
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for the run
-    workers: int = 2  # sender actors of the Ray engine
+    The fields' order is the order of `--help` and of the docs' tables, and the order in which
+    the settings that shape a request are hashed (`request_fingerprint`): keep base_url, model,
+    then the prompt's settings, then the body's, as they are.
+    """
+
+    input: Path | str = required(  # a local path, or an object-store URL (`s3://bucket/key`)
+        "input", str, key="path", flag="--input", metavar="PATH", path=True,
+        help="CSV, TSV or Parquet file of prompts, or batch JSONL requests.",
+        doc="CSV, TSV or Parquet file of prompts, or a batch JSONL file of requests "
+            "([batch files](output.md#openai-batch-files)), read in streamed batches; a path or "
+            "an [`s3://` URL](storage.md).")
+    output: Path = required(  # the local home of the output: the file itself, or its staging copy
+        "output", str, key="path", flag="--output", metavar="PATH", path=True,
+        help="Parquet file to write, or .jsonl for the batch output format "
+             "(default: INPUT.out.parquet).",
+        doc="Parquet file to write (or `.jsonl`: the [batch output format]"
+            "(output.md#openai-batch-files)); a path or an `s3://` URL. Its journal, lock and "
+            "usage sidecar live beside it (a URL's journal and lock: in a local state folder). "
+            "With `--engine ray`, a local path with neither suffix is a folder: a Parquet dataset.",
+        shown_default="`INPUT.out.parquet`")
+    provider: str | None = setting(
+        None, "provider", str, key="name", flag="--provider", choices=tuple(PRESETS),
+        help="Provider preset: base URL, key variable and quirks.",
+        doc="Preset: base URL, key variable, quirks.")
+    base_url: str = required(
+        "provider", str, flag="--base-url", metavar="URL", shapes="endpoint",
+        help="OpenAI-compatible base URL (…/v1).",
+        doc="Any OpenAI-compatible base URL ending in `/v1`; overrides the preset's.",
+        shown_default="the preset's; OpenAI's without one")
+    model: str | None = setting(
+        None, "request", str, flag="--model", shapes="body",
+        help="Model name sent in each request.", shown_default="the preset's, if it has one")
+    api_key_env: str | None = setting(
+        None, "provider", str, flag="--api-key-env", metavar="NAME",
+        help="Name of the environment variable holding the API key (default "
+             "BATCHRUN_API_KEY, then the provider's own, e.g. MEGALLM_API_KEY; "
+             "OPENAI_API_KEY only for OpenAI or a host no preset names).",
+        doc="The *name* of the environment variable that holds the key (see "
+            "[Environment](#environment)).",
+        shown_default="`BATCHRUN_API_KEY`, then the provider's own; `OPENAI_API_KEY` only for "
+                      "OpenAI or a host no preset names")
+    api_key_file: Path | None = setting(
+        None, "provider", str, flag="--api-key-file", metavar="PATH", path=True,
+        help="File holding the API key (must not be readable by others).",
+        doc="A file holding the key; refused if others can read it (`chmod 600`).")
+    prompt_column: str = setting(
+        "prompt", "input", str, flag="--prompt-column", metavar="NAME", shapes="prompt",
+        help="Column holding the prompt (default {default}).")
+    messages_column: str | None = setting(
+        None, "input", str, flag="--messages-column", metavar="NAME", shapes="prompt",
+        help="Column holding a whole chat as a JSON list of {role, content}.",
+        doc="Column holding a whole chat as a JSON list of `{role, content}` (not with a "
+            "template).")
+    template: str | None = setting(
+        None, "input", str, flag="--template", metavar="TEXT", shapes="prompt",
+        help="Prompt template with {column} placeholders; {{ and }} for braces.",
+        doc="Prompt built from columns: `{column}` placeholders, `{{` and `}}` for braces.")
+    system: str | None = setting(
+        None, "input", str, flag="--system", metavar="TEXT", shapes="prompt",
+        help="System prompt sent before each prompt.")
+    id_column: str | None = setting(
+        None, "input", str, flag="--id-column", metavar="NAME",
+        help="Column that identifies rows (checked to exist).",
+        doc="Column that identifies rows (checked to exist; kept in the output).")
+    image_column: str | None = setting(
+        None, "input", str, flag="--image-column", metavar="NAME", shapes="prompt",
+        help="Column holding an image URL or a local image file (relative to the input's "
+             "folder), sent inline as a data URL.")
+    encoding: str = setting(
+        "utf8", "input", str, flag="--encoding", metavar="NAME", check=checks.known_encoding,
+        help="Text encoding of a CSV input (default utf-8).",
+        doc="Text encoding of a CSV input (`utf-8`, `latin-1`, `cp1252`, ...).")
+    temperature: float | None = setting(
+        None, "request", float, flag="--temperature", check=in_range(0, 2), shapes="body",
+        help="Sampling temperature, 0 to 2.",
+        doc="Sampling temperature, 0 to 2. At 0, identical requests are sent once (dedup).")
+    max_tokens: int | None = setting(
+        None, "request", int, flag="--max-tokens", check=at_least(1), shapes="body",
+        help="Most tokens per answer (>= 1).",
+        doc="Most tokens per answer (at least 1); also what the TPM limiter and budgets "
+            "reserve.", shown_default="the server's (1024 reserved)")
+    top_p: float | None = setting(
+        None, "request", float, flag="--top-p", check=in_range(0, 1, lo_open=True),
+        shapes="body", help="Nucleus sampling mass, (0, 1].")
+    frequency_penalty: float | None = setting(
+        None, "request", float, flag="--frequency-penalty", check=in_range(-2, 2),
+        shapes="body", help="Frequency penalty, -2 to 2.")
+    presence_penalty: float | None = setting(
+        None, "request", float, flag="--presence-penalty", check=in_range(-2, 2),
+        shapes="body", help="Presence penalty, -2 to 2.")
+    stop: tuple[str, ...] = setting(
+        (), "request", str, flag="--stop", metavar="TEXT", multiple=True,
+        accepts=(str, list, tuple), check=checks.stops, shapes="body",
+        help=f"Stop sequence (repeatable, at most {checks.MAX_STOPS}).",
+        doc=f"Stop sequence; repeat the flag (or give a list) for several, at most "
+            f"{checks.MAX_STOPS}.")
+    seed: int | None = setting(
+        None, "request", int, flag="--seed", shapes="body",
+        help="Sampling seed, for providers that honour it.")
+    response_format: str = setting(
+        "text", "request", str, flag="--response-format", metavar="FORMAT", path=True,
+        shapes="body", help="text, json_object, or a JSON-schema file; fills the parsed column.",
+        doc="`text`, `json_object`, or a JSON-schema file: answers are checked and land typed "
+            "in `parsed`.")
+    schema: Mapping[str, Any] | None = field(default=None, compare=False)  # the schema file's
+    tools: tuple[Mapping[str, Any], ...] = setting(
+        (), "request", list, accepts=(list, tuple, str), check=checks.tools, path=True,
+        shapes="body",
+        help="Tools offered to the model: inline `[[request.tools]]` tables or a JSON file; calls "
+             "land in `response` as JSON.")
+    tool_choice: str | Mapping[str, Any] | None = setting(
+        None, "request", str, accepts=(str, dict), check=checks.tool_choice, shapes="body",
+        help="`none`, `auto`, `required`, or one tool by name.")
+    rpm: float | None = setting(
+        None, "limits", float, flag="--rpm", check=positive,
+        help="Requests per minute to stay under.",
+        doc="Requests per minute to stay under (lowered automatically by `x-ratelimit-*` "
+            "headers and 429s).")
+    tpm: float | None = setting(
+        None, "limits", float, flag="--tpm", check=positive,
+        help="Tokens per minute to stay under (prompt + max_tokens).",
+        doc="Tokens per minute to stay under (prompt estimate + `max_tokens` per request).")
+    concurrency: int = setting(
+        16, "limits", int, flag="--concurrency", check=in_range(1, 10_000),
+        help="Requests in flight at once (default {default}).",
+        doc="Requests in flight at once (1 to 10,000).")
+    max_attempts: int = setting(
+        6, "retry", int, flag="--max-attempts", check=in_range(1, 100),
+        help="Attempts per row before it fails (default {default}).",
+        doc="Attempts per row before it fails for good (1 to 100). A 429 about rate is the "
+            "provider asking to wait, not a failed attempt: it does not count.")
+    row_deadline: float = setting(
+        900.0, "retry", float, flag="--row-deadline", check=positive,
+        help="Seconds a row may spend waiting and retrying before it fails (default {default}).",
+        doc="Seconds a row may spend waiting (429s) and retrying before it fails for good; a "
+            "resume tries it again.")
+    timeout: float = setting(
+        120.0, "limits", float, flag="--timeout", check=positive,
+        help="Seconds per request (default {default}).")
+    max_cost: float | None = setting(
+        None, "limits", float, flag="--max-cost", check=positive,
+        help="Stop before this run spends more USD.",
+        doc="Stop (exit 3) before this run spends more USD; needs a known price.")
+    max_total_tokens: int | None = setting(
+        None, "limits", int, flag="--max-total-tokens", check=positive,
+        help="Stop before this run uses more tokens.",
+        doc="Stop (exit 3) before this run uses more tokens.")
+    price: Price | None = settings_field(  # None: the built-in price list's
+        Setting("pricing", float, name="input_per_million", check=at_least(0),
+                help="USD per 1M prompt tokens (overrides the built-in price list).",
+                shown_default="the built-in price list's"),
+        Setting("pricing", float, name="output_per_million", check=at_least(0),
+                help="USD per 1M completion tokens.", shown_default="the built-in price list's"))
+    batch_price: Price | None = settings_field(  # None: half of `price`
+        Setting("pricing", float, name="batch_input_per_million", check=at_least(0),
+                help="Batch API price per 1M prompt tokens.",
+                shown_default="half of the online price"),
+        Setting("pricing", float, name="batch_output_per_million", check=at_least(0),
+                help="Batch API price per 1M completion tokens.",
+                shown_default="half of the online price"))
+    fresh: bool = setting(
+        False, "run", bool, flag="--fresh", help="Ignore earlier progress and start over.",
+        doc="Forget earlier progress for this output and start over (refused, exit 2, while a "
+            "Batch API batch of it is still live: `batchrun cancel` it first).")
+    retry_failed: bool = setting(
+        False, "run", bool, flag="--retry-failed",
+        help="Send rows that failed for good in earlier runs again.")
+    dedup: bool | None = setting(
+        None, "run", bool, flag="--dedup/--no-dedup",
+        help="Send identical requests once (default: on when temperature is 0).",
+        doc="Send identical requests once and share the answer.",
+        shown_default="on when temperature is 0")
+    allow_insecure_http: bool = setting(
+        False, "provider", bool, flag="--allow-insecure-http",
+        help="Allow sending the key over plain http to a non-loopback host.",
+        doc="Allow sending the key over plain `http` to a non-loopback host.")
+    progress: bool = setting(
+        True, "run", bool, flag="--no-progress", flag_value=False, help="No progress display.",
+        doc="Progress display, progress lines and `progress` events; `--no-progress` (or "
+            "`false`) turns them off.")
+    report: bool = setting(
+        False, "run", bool, flag="--report",
+        help="Write an HTML report of the run beside the output (OUTPUT.report.html).",
+        doc="Write the run's [HTML report](report.md) beside the output "
+            "(`OUTPUT.report.html`), also when it stops early; the summary and the `finish` "
+            "event name it.")
+    log_format: str = setting(
+        "text", "run", str, flag="--log-format", choices=("text", "json"),
+        help="Log lines as text or one JSON object per line.",
+        doc="`json`: every stderr line is one JSON object (see [Logs](logs.md)).")
+    log_level: str = setting(
+        "warning", "run", str, flag="--log-level", choices=("debug", "info", "warning", "error"),
+        help="Least severe log level shown (default {default}; info with --log-format json).",
+        doc="Least severe record shown (`info` with `--log-format json`).")
+    backend: str = setting(
+        "online", "run", str, flag="--backend", choices=("online", "batch"),
+        help="online (default): one request per row; batch: the provider's Batch API at half "
+             "price, answers within 24 h.",
+        doc="`online`: one request per row, as fast as the limits allow. `batch`: the "
+            "provider's Batch API, at half price, answers within 24 h (see [Batch mode]"
+            "(batch.md)).")
+    batch_size: int = setting(
+        MAX_BATCH_LINES, "run", int, flag="--batch-size", check=in_range(1, MAX_BATCH_LINES),
+        help=f"Batch: requests per batch input file (default {{default}}; files also split at "
+             f"{MAX_BATCH_MB} MB).",
+        doc=f"Batch: requests per batch input file (at most {{default}}); files are also split "
+            f"at {MAX_BATCH_MB} MB.")
+    no_wait: bool = setting(
+        False, "run", bool, flag="--no-wait",
+        help="Batch: submit what is pending, collect finished batches, then exit (exit 75 while "
+             "batches run).",
+        doc="Batch: submit what is pending, collect the batches that ended, then exit: 0 when "
+            "every row is done, 75 while batches still run (needs `--backend batch`).")
+    batch_fallback: str = setting(
+        "none", "run", str, flag="--batch-fallback", choices=("none", "online"),
+        help="Batch: send rows a batch could not answer (expired, 5xx) online instead of in a "
+             "new batch.",
+        doc="Batch: rows a batch could not answer (expired, cancelled, 5xx) go online instead "
+            "of into a new batch.")
+    engine: str = setting(
+        "local", "run", str, flag="--engine", choices=("local", "ray"),
+        help="Where requests are sent from: this process, or Ray actors (default {default}).",
+        doc="`ray`: send from Ray Data actors across a cluster, under one rate limit (see "
+            "[On a Ray cluster](../README.md#on-a-ray-cluster)); needs "
+            "`pip install 'batchrun[ray]'`.")
+    ray_address: str | None = setting(
+        None, "run", str, flag="--ray-address", metavar="ADDR",
+        help="Ray cluster to join (default RAY_ADDRESS, else a local Ray for the run).",
+        shown_default="`RAY_ADDRESS`, else a local Ray started for the run")
+    workers: int = setting(
+        2, "run", int, flag="--workers", check=in_range(1, 10_000),
+        help="Sender actors of --engine ray (default {default}).",
+        doc="Sender actors of `--engine ray` (1 to 10,000); `--rpm`, `--tpm`, `--concurrency` "
+            "are their total.")
     job_file: Path | None = None
     output_url: str | None = None  # where the output is published, for an object-store output
 
@@ -264,6 +323,23 @@ def is_loopback(url: str) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
+SETTINGS: tuple[Setting, ...] = tuple(declared(RunConfig))
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+FIELDS = SETTINGS  # the old name, for tests/test_readme.py until its tables move to docs/
+PATH_SETTINGS = tuple(s.name for s in SETTINGS if s.path)
+# The settings that shape a request, in field order: what names a request for resume (rendered
+# into its body and key by `protocol.render`), and what a batch's metadata and the output's
+# metadata fingerprint. Existing batches are found again by this hash: its names and their order
+# must not change unless a new setting shapes requests.
+REQUEST_SHAPING = tuple(s.name for s in SETTINGS if s.shapes)
+BODY_PARAMETERS = tuple(s.name for s in SETTINGS if s.shapes == "body")
+
+
+def request_fingerprint(config: RunConfig) -> str:
+    """A short hash of the settings that shape requests (never the key, which is not in config)."""
+    shaping = {name: str(getattr(config, name)) for name in REQUEST_SHAPING}
+    return hashlib.sha256(orjson.dumps(shaping)).hexdigest()[:16]
+
 
 def load_job_file(path: Path) -> dict[str, Any]:
     """Read a job file into flat settings, refusing unknown keys and wrong types."""
@@ -277,8 +353,8 @@ def load_job_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read job file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
-    by_place = {(f.section, f.key or f.name): f for f in FIELDS}
-    sections = sorted({f.section for f in FIELDS})
+    by_place = {(s.section, s.key): s for s in SETTINGS}
+    sections = sorted({s.section for s in SETTINGS})
     flat: dict[str, Any] = {}
     for section, table in raw.items():
         if not isinstance(table, dict):
@@ -304,11 +380,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
     return flat
 
 
-FORMATS = ("text", "json_object")
-PATH_SETTINGS = ("input", "output", "api_key_file", "response_format", "tools")
-
-
-def _checked(spec: Field, value: Any, where: str) -> Any:
+def _checked(spec: Setting, value: Any, where: str) -> Any:
     if isinstance(value, bool) and bool not in spec.types:
         raise UsageError(f"{where} must be {_type_names(spec.types)}, not a boolean")
     if not isinstance(value, spec.types):
@@ -319,10 +391,9 @@ def _checked(spec: Field, value: Any, where: str) -> Any:
         if isinstance(text, str) and not _is_utf8(text):
             raise UsageError(f"{where} holds bytes that are not valid UTF-8 text; check the value "
                              "and the shell's locale (LANG)")
-    if spec.check is not None:
-        complaint = spec.check(value)
-        if complaint:
-            raise UsageError(f"{where} {complaint} (got {value!r})")
+    complaint = spec.complaint(value)
+    if complaint:
+        raise UsageError(f"{where} {complaint} (got {value!r})")
     return value
 
 
@@ -346,7 +417,7 @@ def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConf
     for name, value in overrides.items():
         if value is None or (name == "stop" and value == ()):
             continue
-        spec = FIELDS_BY_NAME.get(name)
+        spec = SETTINGS_BY_NAME.get(name)
         settings[name] = _checked(spec, value, f"--{name.replace('_', '-')}") if spec else value
     return _finish(settings, job_file)
 
@@ -365,7 +436,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
 
     stop = s.pop("stop", ())
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    _checked(FIELDS_BY_NAME["stop"], stop, "--stop")
+    _checked(SETTINGS_BY_NAME["stop"], stop, "--stop")
     response_format = s.pop("response_format", "text")
     schema = _load_schema(response_format)
     price = _price(s)
@@ -461,7 +532,7 @@ def _load_tools(value: Any) -> tuple[Mapping[str, Any], ...]:
         raise UsageError(f"tools file {value} is not readable JSON ({exc})") from None
     if not isinstance(tools, list):
         raise UsageError(f"tools file {value} must hold a JSON list of tools")
-    _checked(FIELDS_BY_NAME["tools"], tools, f"tools file {value}:")
+    _checked(SETTINGS_BY_NAME["tools"], tools, f"tools file {value}:")
     return tuple(tools)
 
 

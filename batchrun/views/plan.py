@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from batchrun.data.openai_api import CHAT_PATH, MAX_BATCH_MB
 from batchrun.journal.database import Journal, journal_path
 from batchrun.protocol.render import (
     Request,
@@ -147,9 +148,9 @@ def _journal_reader(config: RunConfig) -> tuple[Journal | None, str, Any]:
 def _sample(config: RunConfig, key: Secret | None, row: int, request: Request,
             already_answered: bool) -> Sample:
     if config.base_url:
-        url = config.base_url + "/chat/completions"
+        url = config.base_url + CHAT_PATH
     else:  # the simulator preset starts its own server on a free port when the run begins
-        url = "http://127.0.0.1:<free port>/v1/chat/completions"
+        url = f"http://127.0.0.1:<free port>/v1{CHAT_PATH}"
     headers = request_headers(key, hidden=True)
     return Sample(row, url, headers, orjson.loads(request.body), already_answered)
 
@@ -289,7 +290,7 @@ def _batch_line(plan: Plan, config: RunConfig) -> str:
     how = "--no-wait: submit, then exit 75 until collected" if config.no_wait else (
         "waits for the answers, within 24 h")
     return (f"{files:,} input file{'s' if files != 1 else ''} of at most "
-            f"{config.batch_size:,} requests (and 200 MB) each; {how}")
+            f"{config.batch_size:,} requests (and {MAX_BATCH_MB} MB) each; {how}")
 
 
 def _batch_json(plan: Plan, config: RunConfig) -> dict[str, Any] | None:

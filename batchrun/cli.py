@@ -135,6 +135,33 @@ def export(output: str, to: Path | None) -> None:
                f"{rows['pending']:,} pending (partial)")
 
 
+@cli.group()
+def cache() -> None:
+    """The shared response cache (--cache PATH): what it holds, and keeping it small."""
+
+
+@cache.command("stats")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def cache_stats(path: Path) -> None:
+    """How many answers the cache at PATH holds, their size, age and models."""
+    from batchrun.views.cache import stats
+
+    click.echo(stats(path))
+
+
+@cache.command("prune")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--older-than", metavar="AGE",
+              help="Drop answers no run has used for this long (30d, 12h, 90m, 45s).")
+@click.option("--max-size", metavar="SIZE",
+              help="Then drop the least recently used until the answers fit (500MB, 1GB).")
+def cache_prune(path: Path, older_than: str | None, max_size: str | None) -> None:
+    """Drop old or least recently used answers from the cache at PATH."""
+    from batchrun.views.cache import prune
+
+    click.echo(prune(path, older_than, max_size))
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),

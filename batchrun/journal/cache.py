@@ -1,0 +1,211 @@
+"""The shared response cache (`--cache PATH`): successful answers kept across runs and outputs.
+
+One SQLite file, keyed by the request's identity (the same key the journal gives a request: its
+rendered body and the endpoint it goes to), holding only answers that succeeded. A run looks its
+rows up before sending and answers a hit from the cache at no cost; answers enter the cache as the
+journal commits them. Any number of runs and processes may share one file at once: WAL lets
+readers go on beside a writer, writers take turns (`busy_timeout`), and every write is
+`INSERT OR IGNORE` of an answer that is the same whoever wrote it first, so nothing is lost or
+corrupted. A file that is not a cache, or a cache of another version, is refused (exit 2); it is
+never silently emptied.
+
+    answers  key -> the answer (text, finish reason, usage, model, response id, parsed JSON),
+             when it was stored and last used, and its size (for `prune --max-size`)
+    meta     `format` = "batchrun-cache", `version`
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from batchrun.errors import UsageError, operating_error
+from batchrun.protocol.outcome import OK, Outcome
+
+FORMAT = "batchrun-cache"
+VERSION = "1"
+LOOKUP_CHUNK = 500  # keys per lookup query (SQLite's bound-parameter limit is higher)
+WAIT_MS = 30_000  # how long a writer waits for another process's transaction
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, response TEXT, finish_reason TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, model TEXT,
+    response_id TEXT, parsed TEXT, latency_ms REAL, created_at REAL NOT NULL,
+    used_at REAL NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_used ON answers (used_at);
+INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');
+INSERT OR IGNORE INTO meta VALUES ('version', '{VERSION}');
+"""
+_COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
+            "model", "response_id", "parsed", "latency_ms")
+
+
+class Hit(NamedTuple):
+    """A cached answer, as the provider gave it when it was first paid for."""
+
+    response: str | None
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    model: str | None
+    response_id: str | None
+    parsed: str | None
+    latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache holds (`batchrun cache stats`)."""
+
+    path: Path
+    answers: int
+    bytes_on_disk: int
+    answer_bytes: int  # the texts kept: what `prune --max-size` bounds
+    oldest: float | None
+    newest: float | None
+    models: list[tuple[str, int]]  # answers per model, most first
+
+
+class Cache:
+    """An open cache file; `with Cache(path) as cache: ...` closes it."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        if not create and not path.exists():
+            raise UsageError(f"no cache at {path}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=WAIT_MS / 1000)
+        except OSError as exc:
+            raise operating_error(exc, "open the cache") from None
+        except sqlite3.Error as exc:
+            raise UsageError(f"cache {path} cannot be opened ({exc}); check --cache") from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise UsageError(f"cache {path} is not a batchrun cache ({exc}); "
+                             "check --cache, or give a new file") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        self._db.execute(f"PRAGMA busy_timeout={WAIT_MS}")
+        tables = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise UsageError(f"cache {self.path} is an SQLite file but not a batchrun cache; "
+                             "check --cache, or give a new file")
+        if "meta" in tables:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("format") != FORMAT:
+                raise UsageError(f"cache {self.path} is an SQLite file but not a batchrun cache; "
+                                 "check --cache, or give a new file")
+            if meta.get("version") != VERSION:
+                raise UsageError(f"cache {self.path} is of version {meta.get('version')}, this "
+                                 f"batchrun reads version {VERSION}: use another --cache file")
+        self._db.execute("PRAGMA journal_mode=WAL")  # readers beside a writer, across processes
+        self._db.execute("PRAGMA synchronous=NORMAL")  # as durable as the journal
+        if "answers" not in tables:
+            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (every write is already committed)."""
+        self._db.close()
+
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Hit]:
+        """The cached answers of `keys` that have one."""
+        found: dict[bytes, Hit] = {}
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[i:i + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, *values in self._db.execute(
+                    f"SELECT key, {', '.join(_COLUMNS)} FROM answers WHERE key IN ({marks})",
+                    chunk):
+                found[key] = Hit(*values)
+        return found
+
+    def touch(self, keys: Iterable[bytes]) -> None:
+        """Mark answers as used now (`prune --older-than` keeps what runs still use)."""
+        now = time.time()
+        rows = [(now, key) for key in keys]
+        if rows:
+            self._write("UPDATE answers SET used_at = ? WHERE key = ?", rows)
+
+    def store(self, outcomes: Iterable[Outcome]) -> int:
+        """Keep the successful ones of `outcomes` (errors are never cached); how many were new."""
+        now = time.time()
+        rows = [(o.key, o.response, o.finish_reason, o.prompt_tokens, o.completion_tokens,
+                 o.total_tokens, o.model, o.response_id, o.parsed, o.latency_ms, now, now,
+                 len(o.response or "") + len(o.parsed or ""))
+                for o in outcomes if o.status == OK]
+        if not rows:
+            return 0
+        before = self._db.total_changes
+        self._write("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+        return self._db.total_changes - before
+
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """One short transaction; another process's is waited for (busy_timeout)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise UsageError(f"cache {self.path} cannot be written ({exc})") from None
+
+    def stats(self) -> CacheStats:
+        """Answers, sizes, age and models."""
+        answers, answer_bytes, oldest, newest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_at), MAX(created_at) "
+            "FROM answers").fetchone()
+        models = [(m or "(unknown)", n) for m, n in self._db.execute(
+            "SELECT model, COUNT(*) FROM answers GROUP BY model ORDER BY 2 DESC, 1")]
+        on_disk = sum(p.stat().st_size for p in (self.path, _wal(self.path)) if p.exists())
+        return CacheStats(self.path, answers, on_disk, answer_bytes, oldest, newest, models)
+
+    def prune(self, older_than: float | None = None, max_size: int | None = None) -> int:
+        """Drop answers unused for `older_than` seconds, then the least recently used until the
+        kept texts fit in `max_size` bytes; how many were dropped. The file shrinks after."""
+        before = self._db.total_changes
+        if older_than is not None:
+            self._write("DELETE FROM answers WHERE used_at < ?", [(time.time() - older_than,)])
+        if max_size is not None:
+            total = self.stats().answer_bytes
+            doomed: list[tuple[bytes]] = []
+            for key, size in self._db.execute(
+                    "SELECT key, size FROM answers ORDER BY used_at, key"):
+                if total <= max_size:
+                    break
+                doomed.append((key,))
+                total -= size
+            if doomed:
+                self._write("DELETE FROM answers WHERE key = ?", doomed)
+        dropped_rows = self._db.total_changes - before
+        if dropped_rows:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+        return dropped_rows
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")

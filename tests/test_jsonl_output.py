@@ -69,14 +69,16 @@ def test_batch_requests_in_and_batch_output_out_one_line_per_request_in_order(
     assert called["finish_reason"] == "tool_calls"
     assert called["message"]["content"] is None
     assert called["message"]["tool_calls"][0]["function"]["name"] == "lookup"
-    # Totals: the sidecar beside it (x.usage.parquet), with the run's totals in its metadata.
-    sidecar = tmp_path / "answers.usage.parquet"
+    # Totals: the sidecar beside it (x.jsonl.usage.parquet: x.parquet's is its own), with the
+    # run's totals in its metadata.
+    sidecar = tmp_path / "answers.jsonl.usage.parquet"
     usage_rows = pq.read_table(sidecar).to_pylist()
     billed = sum(g["response"]["body"]["usage"]["total_tokens"] for g in got if g["response"])
     assert sum(r["total_tokens"] for r in usage_rows) == billed == server.stats.billed_total_tokens
     meta = json.loads(pq.read_schema(sidecar).metadata[b"batchrun"])
     assert meta["rows"] == {"total": 60, "ok": 59, "error": 1}
-    assert journal_path(out) == tmp_path / "answers.journal.sqlite" and journal_path(out).exists()
+    assert journal_path(out) == tmp_path / "answers.jsonl.journal.sqlite"
+    assert journal_path(out).exists()
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, renamed
 
 
@@ -91,7 +93,7 @@ def test_a_csv_run_writes_jsonl_with_its_id_column_and_resumes_and_reports_statu
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert f"output    {out}" in first.stdout
-    assert f"usage     {tmp_path / 'out.usage.parquet'}" in first.stdout
+    assert f"usage     {tmp_path / 'out.jsonl.usage.parquet'}" in first.stdout
     before = out.read_bytes()
     assert [g["custom_id"] for g in read_lines(out)] == [str(i) for i in range(25)]
     again = run_cli(*args)  # resumes: nothing sent, the same lines written again

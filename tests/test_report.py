@@ -235,7 +235,7 @@ def test_a_jsonl_output_is_reported_from_its_journal(tmp_path: Path, sim) -> Non
     result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
                      "--model", "sim-1", "--report", "--no-progress")
     assert result.returncode == 1, result.stderr
-    assert f"  report    {tmp_path / 'out.report.html'}" in result.stdout.splitlines()
+    assert f"  report    {tmp_path / 'out.jsonl.report.html'}" in result.stdout.splitlines()
     header = batchrun.report(out).facts.header
     assert (header.state, header.rows_ok, header.rows_error, header.exit_code) == (
         "finished", 11, 1, 1)

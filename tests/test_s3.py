@@ -71,7 +71,7 @@ def test_parquet_and_jsonl_inputs_from_s3_and_a_jsonl_output_to_s3(
     assert [x["custom_id"] for x in lines] == [f"c-{i}" for i in range(6)]
     assert lines[2]["response"]["body"]["choices"][0]["message"]["content"] == expected_answer(
         _user("Batch prompt 2."))[0]
-    assert "out/answers.usage.parquet" in s3.keys()
+    assert "out/answers.jsonl.usage.parquet" in s3.keys()
 
 
 def test_missing_objects_buckets_and_malformed_urls_exit_2_and_send_nothing(

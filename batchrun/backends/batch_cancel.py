@@ -45,7 +45,7 @@ def cancel_batches(output: Path, api_key_env: str | None, api_key_file: Path | N
     lock = OutputLock(output)
     lock.acquire()
     try:
-        journal = Journal(path)
+        journal = Journal(journal_path(output))  # taking the lock may have moved it (former)
         try:
             book = BatchBook(journal)
             live = book.live()

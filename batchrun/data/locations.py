@@ -1,7 +1,11 @@
 """Locations: local paths and object-store URLs (`s3://bucket/key`), and the files beside an output.
 
-The one home of the naming rules: `x.parquet` or `x.jsonl` has its usage sidecar at
-`x.usage.parquet` and its journal at `x.journal.sqlite` (journal.journal_path).
+The one home of the naming rules. Each output owns its state: the files beside `x.parquet` are
+named after `x` (`x.usage.parquet`, the documented sidecar; `x.journal.sqlite`, `x.journal.lock`,
+`x.report.html`), those beside any other output after its whole name (`x.jsonl.usage.parquet`,
+`x.jsonl.journal.sqlite`, ...), so `x.parquet` and `x.jsonl` never share one. Older versions
+named a `.jsonl` output's files as a Parquet output's (`former_sibling`); the journal module
+finds and moves such a journal (journal.database.journal_path, OutputLock).
 
 An `s3://` location is read and written through pyarrow's own S3 file system (no new
 dependency), configured from the usual AWS variables: `AWS_ACCESS_KEY_ID` and friends or a
@@ -53,33 +57,45 @@ def is_jsonl_output(path: Path | str) -> bool:
     return str(path).endswith(".jsonl")
 
 
+PARQUET_SUFFIX = ".parquet"
+
+
 def output_stem(name: str) -> str:
-    """An output's file name without its format suffix: the stem its siblings are named after."""
-    for suffix in OUTPUT_SUFFIXES:
-        if name.endswith(suffix):
-            return name.removesuffix(suffix)
-    return name
+    """What an output's siblings are named after: a Parquet output's name without `.parquet`
+    (its sidecar keeps its documented name, `x.usage.parquet`), any other output's whole name
+    (`x.jsonl`), so that no two outputs share a sibling."""
+    return name.removesuffix(PARQUET_SUFFIX)
 
 
 def sibling(output: Path, suffix: str) -> Path:
-    """A file beside the output, named after it: `sibling(x.jsonl, ".usage.parquet")`."""
+    """A file beside the output, named after it: `sibling(x.jsonl, ".usage.parquet")` is
+    `x.jsonl.usage.parquet`, `sibling(x.parquet, ".usage.parquet")` is `x.usage.parquet`."""
     return output.with_name(output_stem(output.name) + suffix)
 
 
+def former_sibling(output: Path, suffix: str) -> Path:
+    """Where versions before each output owned its state put that file: named after the name
+    without either format suffix, so `x.jsonl` shared `x.journal.sqlite` with `x.parquet`."""
+    name = output.name
+    stem = next((name.removesuffix(s) for s in OUTPUT_SUFFIXES if name.endswith(s)), name)
+    return output.with_name(stem + suffix)
+
+
 def usage_path(output: Path) -> Path:
-    """The per-model usage totals beside the output (`x.usage.parquet`, whatever the format)."""
+    """The per-model usage totals beside the output (`x.usage.parquet`, `x.jsonl.usage.parquet`)."""
     return sibling(output, ".usage.parquet")
 
 
 def usage_url(url: str) -> str:
-    """The usage sidecar of a remote output, beside it in the same bucket."""
+    """The usage sidecar of a remote output, beside it in the same bucket (named as `usage_path`)."""
     head, _, name = url.rpartition("/")
     return f"{head}/{output_stem(name)}.usage.parquet"
 
 
 def state_dir(url: str) -> Path:
     """The local folder of a remote output: `$BATCHRUN_STATE_DIR/<hash>`, else under
-    `$XDG_STATE_HOME/batchrun` (default `~/.local/state/batchrun`)."""
+    `$XDG_STATE_HOME/batchrun` (default `~/.local/state/batchrun`); the hash is of the whole URL,
+    so `x.parquet` and `x.jsonl` in one bucket have a folder each."""
     root = os.environ.get(STATE_ENV)
     if root:
         base = Path(root).expanduser()

@@ -5,6 +5,7 @@
     readback    a run's results by input row, for the output, its sidecar and `status`
     checkpoint  the WAL copied into the database on a thread of its own
     batches     the record of Batch API submissions and the keys each one holds
+    former      journals older versions named as another output's, found and moved
 
 May import: `batchrun.protocol`, `batchrun.settings`, `batchrun.data`, `batchrun.errors`.
 """

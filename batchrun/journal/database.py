@@ -37,7 +37,7 @@ import orjson
 
 from batchrun.data.locations import sibling
 from batchrun.errors import JobStopped, LockedError, UsageError
-from batchrun.journal import lookups, readback
+from batchrun.journal import former, lookups, readback
 from batchrun.journal.checkpoint import Checkpointer
 from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
 
@@ -103,8 +103,10 @@ _FOLD = (f"INSERT OR REPLACE INTO results ({_NAMES}) SELECT {_NAMES} FROM log OR
 
 
 def journal_path(output: Path) -> Path:
-    """Where the journal of an output lives: beside it, named after it (`x.journal.sqlite`)."""
-    return sibling(output, ".journal.sqlite")
+    """Where the journal of an output is: beside it, named after it (`x.journal.sqlite`,
+    `x.jsonl.journal.sqlite`); or, until a run of it moves it (`OutputLock.acquire`), where an
+    older version left it (`journal.former`)."""
+    return former.found(output) or sibling(output, former.JOURNAL)
 
 
 class OutputLock:
@@ -112,11 +114,20 @@ class OutputLock:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.path = journal_path(output).with_suffix(".lock")
+        self.path = former.lock_path(output)
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or refuse at once, naming the process that holds it."""
+        """Take the lock or refuse at once, naming the process that holds it; then move a journal
+        an older version left under a shared name to its own (`journal.former.settle`)."""
+        self._take()
+        try:
+            former.settle(self.output)
+        except BaseException:
+            self.release()
+            raise
+
+    def _take(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         for attempt in range(4):
             try:
@@ -144,18 +155,28 @@ class OutputLock:
             self._fd = None
 
     def held_elsewhere(self) -> int | None:
-        """The pid of a live run holding this output, or None (used by `status`)."""
-        if not self.path.exists():
-            return None
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
+        """The pid of a live run holding this output, or None (used by `status`); an older
+        version's run holds the lock of the name its journal still has."""
+        for path in (self.path, former.held_by(self.output)):
+            pid = _holder(path) if path is not None else None
+            if pid is not None:
+                return pid
         return None
+
+
+def _holder(path: Path) -> int | None:
+    """The pid written in a lock file someone holds (-1: unreadable), or None."""
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
 
 
 def _writes(method: Callable[..., _T]) -> Callable[..., _T]:

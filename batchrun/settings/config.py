@@ -51,7 +51,8 @@ class RunConfig:
     input: Path | str = required(  # a local path, or an object-store URL (`s3://bucket/key`)
         "input", str, key="path", flag="--input", metavar="PATH", path=True,
         help="CSV, TSV or Parquet file of prompts, or batch JSONL requests.",
-        doc="CSV, TSV or Parquet file of prompts, or a batch JSONL file of requests "
+        doc="CSV, TSV (or `.txt`, read as comma-separated CSV) or Parquet file of prompts, or a "
+            "batch JSONL file of requests "
             "([batch files](output.md#openai-batch-files)), read in streamed batches; a path or "
             "an [`s3://` URL](storage.md).")
     output: Path = required(  # the local home of the output: the file itself, or its staging copy
@@ -66,7 +67,7 @@ class RunConfig:
     provider: str | None = setting(
         None, "provider", str, key="name", flag="--provider", choices=tuple(PRESETS),
         help="Provider preset: base URL, key variable and quirks.",
-        doc="Preset: base URL, key variable, quirks.")
+        doc="Preset: base URL, key variable, quirks ([providers.md](providers.md)).")
     base_url: str = required(
         "provider", str, flag="--base-url", metavar="URL", shapes="endpoint",
         help="OpenAI-compatible base URL (…/v1).",
@@ -80,8 +81,8 @@ class RunConfig:
         help="Name of the environment variable holding the API key (default "
              "BATCHRUN_API_KEY, then the provider's own, e.g. MEGALLM_API_KEY; "
              "OPENAI_API_KEY only for OpenAI or a host no preset names).",
-        doc="The *name* of the environment variable that holds the key (see "
-            "[Environment](#environment)).",
+        doc="The *name* of the environment variable that holds the key ([the key]"
+            "(providers.md#the-key)).",
         shown_default="`BATCHRUN_API_KEY`, then the provider's own; `OPENAI_API_KEY` only for "
                       "OpenAI or a host no preset names")
     api_key_file: Path | None = setting(
@@ -114,7 +115,8 @@ class RunConfig:
     encoding: str = setting(
         "utf8", "input", str, flag="--encoding", metavar="NAME", check=checks.known_encoding,
         help="Text encoding of a CSV input (default utf-8).",
-        doc="Text encoding of a CSV input (`utf-8`, `latin-1`, `cp1252`, ...).")
+        doc="Text encoding of a CSV input (`utf-8`, `latin-1`, `cp1252`, ...).",
+        shown_default="`utf-8`")
     temperature: float | None = setting(
         None, "request", float, flag="--temperature", check=in_range(0, 2), shapes="body",
         help="Sampling temperature, 0 to 2.",
@@ -123,7 +125,7 @@ class RunConfig:
         None, "request", int, flag="--max-tokens", check=at_least(1), shapes="body",
         help="Most tokens per answer (>= 1).",
         doc="Most tokens per answer (at least 1); also what the TPM limiter and budgets "
-            "reserve.", shown_default="the server's (1024 reserved)")
+            "reserve.", shown_default="the server's")
     top_p: float | None = setting(
         None, "request", float, flag="--top-p", check=in_range(0, 1, lo_open=True),
         shapes="body", help="Nucleus sampling mass, (0, 1].")
@@ -248,8 +250,8 @@ class RunConfig:
         MAX_BATCH_LINES, "run", int, flag="--batch-size", check=in_range(1, MAX_BATCH_LINES),
         help=f"Batch: requests per batch input file (default {{default}}; files also split at "
              f"{MAX_BATCH_MB} MB).",
-        doc=f"Batch: requests per batch input file (at most {{default}}); files are also split "
-            f"at {MAX_BATCH_MB} MB.")
+        doc=f"Batch: requests per batch input file (at most {MAX_BATCH_LINES:,}); files are "
+            f"also split at {MAX_BATCH_MB} MB.")
     no_wait: bool = setting(
         False, "run", bool, flag="--no-wait",
         help="Batch: submit what is pending, collect finished batches, then exit (exit 75 while "
@@ -266,11 +268,12 @@ class RunConfig:
         "local", "run", str, flag="--engine", choices=("local", "ray"),
         help="Where requests are sent from: this process, or Ray actors (default {default}).",
         doc="`ray`: send from Ray Data actors across a cluster, under one rate limit (see "
-            "[On a Ray cluster](../README.md#on-a-ray-cluster)); needs "
+            "[On a Ray cluster](ray.md)); needs "
             "`pip install 'batchrun[ray]'`.")
     ray_address: str | None = setting(
         None, "run", str, flag="--ray-address", metavar="ADDR",
         help="Ray cluster to join (default RAY_ADDRESS, else a local Ray for the run).",
+        doc="Ray cluster to join.",
         shown_default="`RAY_ADDRESS`, else a local Ray started for the run")
     workers: int = setting(
         2, "run", int, flag="--workers", check=in_range(1, 10_000),

@@ -59,8 +59,9 @@ class Setting:
 
     @property
     def description(self) -> str:
-        """What the docs say it does."""
-        return (self.doc or self.help).replace("{default}", show(self.default))
+        """What the docs say it does (their tables give the default a column of its own)."""
+        text = self.doc or self.help.replace(" (default {default})", "")
+        return text.replace("{default}", show(self.default))
 
     def complaint(self, value: Any) -> str | None:
         """What is wrong with a value of the right type, or None."""

@@ -135,8 +135,8 @@ def test_an_unpaced_start_goes_at_once_but_whatever_holds_starts_still_holds_it(
 
     async def main() -> list[float]:
         got = [await lim.acquire(10), await lim.acquire(10)]  # the open way: no time passes
-        assert lim.in_flight == 2 and not lim._gate.locked()
-        assert len(lim._sent) == 2  # counted for the measured pace all the same
+        assert lim.gate.in_flight == 2 and not lim.gate.busy
+        assert len(lim.starts) == 2  # counted for the measured pace all the same
         lim.release()
         # A 429 whose headers say the window is spent pauses every start for its retry-after.
         lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1ms"})
@@ -163,9 +163,9 @@ def test_a_start_waiting_at_the_gate_is_not_overtaken_by_an_open_one() -> None:
         await lim.acquire(1)  # the one slot is taken: the next start waits at the gate
         waiting = asyncio.create_task(worker("waiting"))
         await asyncio.sleep(0)
-        assert lim._gate.locked()
+        assert lim.gate.busy
         lim.release()
-        lim.concurrency = lim._concurrency_ceiling = 2  # room for two now, but not past the gate
+        lim.cap.limit = lim.cap.ceiling = 2  # room for two now, but not past the gate
         await worker("late")
         await waiting
         return order
@@ -460,7 +460,7 @@ def test_the_concurrency_cap_holds_starts_until_a_request_is_released() -> None:
         first = [asyncio.create_task(worker(n)) for n in "abc"]
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        events.append(f"in flight {lim.in_flight}")
+        events.append(f"in flight {lim.gate.in_flight}")
         lim.release()
         await asyncio.gather(*first)
         return events
@@ -470,19 +470,19 @@ def test_the_concurrency_cap_holds_starts_until_a_request_is_released() -> None:
 
 def test_a_concurrency_429_lowers_the_cap_not_the_rate_and_it_creeps_back() -> None:
     lim, clock = limiter(rpm=600, concurrency=16)
-    lim.in_flight = 10  # as `acquire` counts them
+    lim.gate.in_flight = 10  # as `acquire` counts them
     lim.release()  # the refused request comes back first
     lim.rate_limited_by_server(0.2, sent_at=clock.t, concurrent=True)
     lim.rate_limited_by_server(0.2, sent_at=clock.t, concurrent=True)
-    assert lim.concurrency == 9 and lim.rpm == 600
+    assert lim.cap.limit == 9 and lim.rpm == 600
     clock.t += 5.0
-    lim.in_flight = 0
-    assert not lim._full() and lim.concurrency == 10  # one more every 5 s, up to 16
+    lim.gate.in_flight = 0
+    assert not lim.cap.full(0, clock.t) and lim.cap.limit == 10  # one more every 5 s, up to 16
     clock.t += 100.0
     for _ in range(20):
         clock.t += 5.0
-        lim._full()
-    assert lim.concurrency == 16
+        lim.cap.full(0, clock.t)
+    assert lim.cap.limit == 16
 
 
 def test_recalibrated_token_estimates_book_the_difference_for_recent_starts() -> None:
@@ -492,7 +492,7 @@ def test_recalibrated_token_estimates_book_the_difference_for_recent_starts() ->
     before = lim.wait_for(40)
     lim.recalibrated(2.0)
     assert lim.wait_for(40) == pytest.approx(before + 200 * 60 / (6000 * SAFETY))
-    assert [t for _, t in lim._sent] == [40] * 10  # and measured at the new estimate
+    assert lim.starts.tokens() == [40] * 10  # and measured at the new estimate
     # Counting half of it frees the clock, but banks no burst.
     lim.recalibrated(0.25)
     assert lim.wait_for(10) <= 60 / (6000 * SAFETY)

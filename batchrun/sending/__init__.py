@@ -5,6 +5,7 @@
     http      one request over aiohttp, mapped to an answer or a classified failure
     decision  what one attempt's result means for its row, as a value
     limiter   pacing under RPM, TPM and concurrency, adaptive to the provider
+    limits    the limiter's parts: pace, the provider's book, gate, window, evidence, concurrency
     budget    --max-cost and --max-total-tokens, counting what is in flight
 
 May import: `batchrun.running` and the layers below it. The backends and the Ray engine build on it.

@@ -1,0 +1,112 @@
+"""The pace of one limit (requests or tokens per minute): a GCRA clock, and its rate as learned.
+
+The clock is GCRA, the "virtual scheduling" form of a leaky bucket with no burst: each start
+advances the theoretical start of the next (`tat`) by amount * 60 / rate. A start goes when the
+clock allows it, so in any window of any length the run sends at most the limit plus one request.
+
+The rate adapts. `adopt_limit` lowers a configured limit that the provider says is too high.
+`cut` slows below what the server really took when it said 429 (the "wall"); `recover` climbs
+back to the wall in a few seconds and then probes slowly above it, so that a run with no headers
+and no configured limit finds the real one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from batchrun.sending.limits.book import Book
+
+# Pace a hair under the limit: arrival jitter must not push a strict sliding window over.
+SAFETY = 0.97
+DECREASE = 0.7  # the cut when the server took all we sent and still said 429
+TOUCH = 0.9  # the cut when the wall is known: learned before, or measured now
+RECOVER_EVERY = 1.0  # seconds between increases after the last cut
+CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * wall
+PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
+# A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
+# catching up adds at most half of what SAFETY holds back in the shortest window in use (1 s).
+LATE = (1 - SAFETY) / 2
+
+
+class Pace:
+    """One limit: its clock, its rate (None: unpaced), what 429s taught, and the provider's book."""
+
+    def __init__(self, per_minute: float | None) -> None:
+        self.ceiling = per_minute  # the most we may use: configured, lowered by headers
+        self.rate = per_minute  # current pace (None: unpaced), at most the ceiling
+        self.wall: float | None = None  # the rate a 429 told us is too much
+        self.tat = -math.inf  # theoretical start of the next request (GCRA)
+        self.changed_at = -math.inf  # last cut or recovery step
+        self.book = Book()  # the provider's own count of this limit
+
+    def interval(self, amount: float) -> float:
+        """Seconds of the clock that a start of `amount` takes up."""
+        return amount * 60.0 / (self.rate * SAFETY) if self.rate else 0.0
+
+    def ready(self, amount: float, now: float) -> float:
+        """Earliest start for `amount` by our pace and by the provider's book."""
+        return max(self.tat, self.book.ready(amount, now))
+
+    def take(self, amount: float, now: float) -> None:
+        """Book a start now. A start a little late for its slot keeps the schedule (timer
+        overshoot must not slow the run down); an idle clock banks nothing: no burst, ever."""
+        step = self.interval(amount)
+        on_time = now - self.tat <= LATE
+        self.tat = (self.tat if on_time else now) + step
+        self.book.spend(amount)
+
+    def adopt_limit(self, limit: float) -> None:
+        """The provider states its per-minute limit: ours may not be higher."""
+        if self.ceiling is None or limit < self.ceiling:
+            self.ceiling = limit
+        if self.rate is None or self.rate > self.ceiling:
+            self.rate = self.ceiling
+
+    def cut(self, measured: float | None, now: float, again: bool = False) -> None:
+        """Slow down below what the server took when it said 429 (`measured`, per minute);
+        `again`: soon after the last cut, while its window still drains the faster past."""
+        pace = self.rate
+        took = measured / SAFETY if measured else None  # in the units of `rate`
+        # What the server took is the wall: below our pace when the run is too fast; above it
+        # just after a cut, as its window still holds the faster past; and with a pace far
+        # above what the workers manage, the pace says nothing.
+        current = took if took is not None else pace
+        if current is None:
+            return
+        if self.wall is not None and (again or current >= self.wall * TOUCH):
+            # Near the wall we already learned, a 429 only confirms it: a small step back is
+            # enough, and the wall stays (stray 429s must not wear it down, cut after cut).
+            self.wall, step = max(self.wall, current), TOUCH
+        elif took is not None and pace is not None and took < pace:
+            # The server refused part of our pace: what it took is a measured wall, just under.
+            self.wall, step = current, TOUCH
+        else:
+            # It took all we sent (a window that let a burst through), or we cannot tell.
+            self.wall, step = current, DECREASE
+        self.rate = max(current * step, 1e-3)
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling * step)
+        self.changed_at = max(self.changed_at, now)
+
+    @property
+    def probing(self) -> bool:
+        """Is the pace above where it climbs back to after a cut, looking for room?"""
+        return self.wall is not None and self.rate is not None and self.rate > self.wall * SAFETY
+
+    def recover(self, now: float) -> None:
+        """Climb back to the wall quickly, then probe above it slowly, never past the ceiling."""
+        if self.wall is None or self.rate is None:
+            return
+        steps = int((now - self.changed_at) / RECOVER_EVERY)
+        if steps <= 0:
+            return
+        self.changed_at += steps * RECOVER_EVERY
+        for _ in range(min(steps, 1000)):
+            below = self.wall * SAFETY
+            if self.rate < below:
+                self.rate = min(below, self.rate + CLIMB_STEP * self.wall)
+            else:
+                self.rate += PROBE_STEP * self.wall
+            if self.ceiling is not None and self.rate >= self.ceiling:
+                self.rate = self.ceiling
+                break

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,25 +17,17 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from batchrun.data.locations import (
-    OUTPUT_SUFFIXES,
-    check_url,
-    home,
-    is_requests,
-    is_url,
-    usage_path,
-    usage_url,
-)
+from batchrun.data.locations import is_requests, is_url
 from batchrun.data.openai_api import MAX_BATCH_LINES, MAX_BATCH_MB
 from batchrun.errors import UsageError
 from batchrun.settings import checks
 from batchrun.settings.checks import at_least, in_range, positive
+from batchrun.settings.files import FORMATS, locations, read_schema, read_tools
 from batchrun.settings.prices import Price, run_price
 from batchrun.settings.providers import PRESETS, Preset
-from batchrun.settings.setting import Setting, declared, required, setting, settings_field
+from batchrun.settings.setting import Setting, declaration, declared, setting, settings_field
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-FORMATS = ("text", "json_object")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,14 +39,16 @@ class RunConfig:
     then the prompt's settings, then the body's, as they are.
     """
 
-    input: Path | str = required(  # a local path, or an object-store URL (`s3://bucket/key`)
+    # A local path, or an object-store URL (`s3://bucket/key`).
+    input: Path | str = field(metadata=declaration(
         "input", str, key="path", flag="--input", metavar="PATH", path=True,
         help="CSV, TSV or Parquet file of prompts, or batch JSONL requests.",
         doc="CSV, TSV (or `.txt`, read as comma-separated CSV) or Parquet file of prompts, or a "
             "batch JSONL file of requests "
             "([batch files](output.md#openai-batch-files)), read in streamed batches; a path or "
-            "an [`s3://` URL](storage.md).")
-    output: Path = required(  # the local home of the output: the file itself, or its staging copy
+            "an [`s3://` URL](storage.md)."))
+    # The local home of the output: the file itself, or its staging copy (output_url).
+    output: Path = field(metadata=declaration(
         "output", str, key="path", flag="--output", metavar="PATH", path=True,
         help="Parquet file to write, or .jsonl for the batch output format "
              "(default: INPUT.out.parquet).",
@@ -63,16 +56,16 @@ class RunConfig:
             "(output.md#openai-batch-files)); a path or an `s3://` URL. Its journal, lock and "
             "usage sidecar live beside it (a URL's journal and lock: in a local state folder). "
             "With `--engine ray`, a local path with neither suffix is a folder: a Parquet dataset.",
-        shown_default="`INPUT.out.parquet`")
+        shown_default="`INPUT.out.parquet`"))
     provider: str | None = setting(
         None, "provider", str, key="name", flag="--provider", choices=tuple(PRESETS),
         help="Provider preset: base URL, key variable and quirks.",
         doc="Preset: base URL, key variable, quirks ([providers.md](providers.md)).")
-    base_url: str = required(
+    base_url: str = field(metadata=declaration(
         "provider", str, flag="--base-url", metavar="URL", shapes="endpoint",
         help="OpenAI-compatible base URL (…/v1).",
         doc="Any OpenAI-compatible base URL ending in `/v1`; overrides the preset's.",
-        shown_default="the preset's; OpenAI's without one")
+        shown_default="the preset's; OpenAI's without one"))
     model: str | None = setting(
         None, "request", str, flag="--model", shapes="body",
         help="Model name sent in each request.", shown_default="the preset's, if it has one")
@@ -326,6 +319,7 @@ def is_loopback(url: str) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
+
 SETTINGS: tuple[Setting, ...] = tuple(declared(RunConfig))
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 FIELDS = SETTINGS  # the old name, for tests/test_readme.py until its tables move to docs/
@@ -430,8 +424,8 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     if not s.get("input"):
         raise UsageError("no input: give --input PATH or [input] path in the job file")
     # With the Ray engine, an output that is no file format is a folder: a Parquet dataset.
-    input_path, output, output_url = _locations(s.pop("input"), s.pop("output", None),
-                                                folders=s.get("engine") == "ray")
+    input_path, output, output_url = locations(s.pop("input"), s.pop("output", None),
+                                               folders=s.get("engine") == "ray")
     provider, base_url, model = _endpoint(s, input_path)
     tools = _request_tools(s)
     if s.get("template") is not None and s.get("messages_column") is not None:
@@ -441,7 +435,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     _checked(SETTINGS_BY_NAME["stop"], stop, "--stop")
     response_format = s.pop("response_format", "text")
-    schema = _load_schema(response_format)
+    schema = read_schema(response_format)
     price = _price(s)
     batch_price = _price(s, "batch_")
     if s.get("no_wait") and s.get("backend", "online") != "batch":
@@ -502,7 +496,10 @@ def _endpoint(s: dict[str, Any], input_path: Path | str) -> tuple[str | None, st
 
 def _request_tools(s: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
     """[request] tools (inline or a JSON file), and a tool_choice that names one of them."""
-    tools = _load_tools(s.pop("tools", ()))
+    given = s.pop("tools", ())
+    if isinstance(given, str):  # a JSON file holding the list
+        given = _checked(SETTINGS_BY_NAME["tools"], read_tools(given), f"tools file {given}:")
+    tools: tuple[Mapping[str, Any], ...] = tuple(given)
     if s.get("tool_choice") is not None:
         choice = s["tool_choice"]
         if not tools:
@@ -522,85 +519,3 @@ def _price(s: dict[str, Any], prefix: str = "") -> Price | None:
     if len(given) == 1:
         raise UsageError(f"[pricing] needs both {names[0]} and {names[1]}")
     return Price(float(s.pop(names[0])), float(s.pop(names[1])))
-
-
-def _load_tools(value: Any) -> tuple[Mapping[str, Any], ...]:
-    if not isinstance(value, str):
-        return tuple(value)
-    try:
-        tools = orjson.loads(Path(value).read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"tools file {value} does not exist") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise UsageError(f"tools file {value} is not readable JSON ({exc})") from None
-    if not isinstance(tools, list):
-        raise UsageError(f"tools file {value} must hold a JSON list of tools")
-    _checked(SETTINGS_BY_NAME["tools"], tools, f"tools file {value}:")
-    return tuple(tools)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """One file under two names: the same path, through symlinks, `..`, or a hard link."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
-def _locations(given_input: str, given_output: str | None,
-               folders: bool = False) -> tuple[Path | str, Path, str | None]:
-    """(input, the output's local home, the output's URL if it is remote), checked; `folders`:
-    a local output with no file format is a folder (the Ray engine's Parquet dataset)."""
-    input_path: Path | str = given_input if is_url(given_input) else Path(given_input)
-    if is_url(given_input):
-        check_url(given_input)  # a malformed URL fails here, before anything else
-    target = given_output or _default_output(input_path)
-    name = target.rpartition("/")[2] if is_url(target) else Path(target).name
-    folder = folders and not is_url(target) and not name.endswith(OUTPUT_SUFFIXES)
-    if not name.endswith(OUTPUT_SUFFIXES) and not folder:
-        raise UsageError(f"--output {target} must end in .parquet (or .jsonl for the batch "
-                         "output format)")
-    if is_url(target):
-        check_url(target)
-        if target == input_path or usage_url(target) == input_path:
-            raise UsageError(f"--output {target} or its usage file is the input; choose another")
-        return input_path, home(target), target
-    output = Path(target)
-    if isinstance(input_path, Path):
-        if _same_file(output, input_path):
-            raise UsageError(f"--output {output} is the input file; choose another output path")
-        sidecar = usage_path(output)
-        if _same_file(sidecar, input_path):
-            raise UsageError(f"--output {output}: its usage file {sidecar} is the input file; "
-                             "choose another output")
-    if output.is_dir() and not folder:
-        raise UsageError(f"--output {output} is a directory; give a file path ending in .parquet")
-    return input_path, output, None
-
-
-def _default_output(input_path: Path | str) -> str:
-    """INPUT.out.parquet beside the input (in the same bucket for a URL)."""
-    if isinstance(input_path, str):
-        head, _, name = input_path.rpartition("/")
-        return f"{head}/{name.rsplit('.', 1)[0]}.out.parquet"
-    return str(input_path.with_name(input_path.stem + ".out.parquet"))
-
-
-def _load_schema(response_format: str) -> Mapping[str, Any] | None:
-    if response_format in ("text", "json_object"):
-        return None
-    path = Path(response_format)
-    try:
-        schema = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise UsageError(
-            f"--response-format {response_format!r}: not 'text', 'json_object' or an existing "
-            "JSON-schema file"
-        ) from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise UsageError(f"--response-format {path}: not a readable JSON schema ({exc})") from None
-    if not isinstance(schema, dict):
-        raise UsageError(f"--response-format {path}: a JSON schema must be a JSON object")
-    return schema

@@ -79,9 +79,10 @@ def setting(default: Any, section: str, value: type, **declared: Any) -> Any:
     return field(default=default, metadata={_META: (spec,)})
 
 
-def required(section: str, value: type, **declared: Any) -> Any:
-    """A RunConfig field that is a setting without a default (build_config always fills it)."""
-    return field(metadata={_META: (Setting(section, value, **declared),)})
+def declaration(section: str, value: type, **declared: Any) -> dict[str, tuple[Setting, ...]]:
+    """The metadata of a setting without a default: `field(metadata=declaration(...))`, which
+    type checkers read as a required field, as they would not read a helper's return value."""
+    return {_META: (Setting(section, value, **declared),)}
 
 
 def settings_field(*specs: Setting, default: Any = None) -> Any:

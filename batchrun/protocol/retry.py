@@ -31,6 +31,9 @@ class Failure:
     status: int | None = None
     retry_after: float | None = None  # seconds the server asked us to wait
     rate_limited: bool = False  # a 429 about rate, which slows the whole run
+    # No server answered: the connection was refused, DNS or TLS failed, or no response came
+    # in time. Only this, and nothing else ever answered, tells a dead endpoint (decision).
+    unreachable: bool = False
 
     @property
     def concurrency(self) -> bool:

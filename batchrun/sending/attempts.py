@@ -86,6 +86,8 @@ class JobSender:
         self._budget = Budget(config.max_cost, config.max_total_tokens)
         self._rng = random.Random()
         self._refused = 0  # 403s in a row with no answer between: many mean no access at all
+        # Attempts that reached no server while nothing has answered yet (None: something has).
+        self._unanswered: int | None = 0
         self._quiet_until = -1.0  # loop time before which pauses are not reported again
         self._calibration = calibration or Calibration()
         self._model = config.model or ""
@@ -124,8 +126,8 @@ class JobSender:
             else:
                 self._refused = 0
             history = History(sent, failed, limited, loop.time() - started, self._refused,
-                              self._stopper.stopping, stray)
-            action = decide(failure, history, self._policy, self._rng)
+                              self._stopper.stopping, stray, self._reached(failure))
+            action = decide(failure, history, self._policy, self._rng, self._config.endpoint)
             if isinstance(action, Retry):
                 log.debug("retrying after: %s", failure.message if failure else "")
                 await self._wait(action.delay)
@@ -138,6 +140,17 @@ class JobSender:
                 assert isinstance(action, Pending)
                 return None
         return None
+
+    def _reached(self, failure: Failure | None) -> int:
+        """Count an attempt that reached no server until one has been answered (then 0 for good):
+        how many the run's first attempts show the endpoint dead (`decide`)."""
+        if self._unanswered is None:
+            return 0
+        if failure is None or not failure.unreachable:
+            self._unanswered = None  # a server answered, however it answered
+            return 0
+        self._unanswered += 1
+        return self._unanswered
 
     async def _wait(self, delay: float) -> None:
         """Wait out a retry's delay. A waiting row is not in flight: its caller's seat goes to

@@ -9,6 +9,11 @@ The sender sends, then asks `decide(...)`, then carries out what comes back (ten
 
 A 429 about rate is the provider asking us to wait, not a failed attempt: it does not use up
 --max-attempts. The row's deadline (--row-deadline) bounds all its waiting instead.
+
+An endpoint that never answered is a job-wide failure: when the run's first attempts (DEAD_AFTER,
+or all of one row's --max-attempts if fewer) all reached no server (refused, DNS, TLS, timeout)
+and none was answered, no row could be, and the run stops with its rows pending. Once anything
+has answered, the same failures are retried as usual: the endpoint was there.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, ROW_FATAL
 from batchrun.protocol.retry import FIX_HINTS, Failure, Kind, RetryPolicy
 
 FORBIDDEN_STORM = 10  # this many 403s in a row, with no answer between, stop the run
+# Attempts that reached no server, with nothing answered yet, that show the endpoint is dead: a
+# run's first wave fails at once against a closed port, while a server that drops one connection
+# as it starts up is still given a retry or two.
+DEAD_AFTER = 3
 DEFAULT_RATE_WAIT = 1.0  # seconds a 429 without retry-after makes its row wait
 
 
@@ -61,15 +70,23 @@ class History(NamedTuple):
     refused: int  # 403s in a row across the run, this one included
     stopping: bool = False  # the run is stopping: nothing more is sent
     stray: bool = False  # the limiter judged this 429 noise: it paused no other start
+    unanswered: int = 0  # the run's attempts that reached no server, while none was answered
 
 
 def decide(failure: Failure | None, history: History, policy: RetryPolicy,
-           rng: random.Random) -> Action:
-    """What happens to the row after an attempt that succeeded (None) or failed with `failure`."""
+           rng: random.Random, endpoint: str = "the endpoint") -> Action:
+    """What happens to the row after an attempt that succeeded (None) or failed with `failure`;
+    `endpoint` names the base URL in a stop's reason."""
     if failure is None:
         return Finish(OK)
     if failure.kind is Kind.JOB:
         return Stop(f"stopped: {failure.message}")
+    if failure.unreachable and history.unanswered >= min(DEAD_AFTER, policy.max_attempts):
+        return Stop(
+            f"stopped: {endpoint} never answered ({history.unanswered} requests, the last: "
+            f"{failure.message}); check --base-url and that its server is running and reachable "
+            "from here (port, DNS, TLS, proxy), then run the same command again"
+        )
     if failure.status == 403 and failure.kind is Kind.ROW and (
         history.refused >= FORBIDDEN_STORM or history.stopping
     ):

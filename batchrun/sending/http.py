@@ -5,6 +5,7 @@ This is the only module that knows aiohttp's exceptions; everything it returns i
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import replace
@@ -62,6 +63,7 @@ class Sender:
 
     async def send(self, body: bytes) -> Reply:
         """One attempt; never raises for anything the network or the server does."""
+        responded = False  # the status line came: the server is there, however it went on
         try:
             # Redirects are not followed: they would carry the prompts (and, on the same origin,
             # the key) to an address the user never named.
@@ -69,24 +71,30 @@ class Sender:
                 self._url, data=body, headers=self._headers, timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
+                responded = True
                 raw = await _read_limited(resp)
                 headers = resp.headers
                 status = resp.status
         except TimeoutError:
-            return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout_s:g} s")
+            return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout_s:g} s",
+                         unreachable=not responded)
         except _TooLarge:
             # Not retried: a provider bills an answer it sent, and would likely send it again.
             return _fail(Kind.ROW, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused; "
                          "lower --max-tokens if the answers are really this long")
         except aiohttp.ClientConnectorCertificateError as exc:
             return _fail(Kind.JOB, f"TLS certificate of {exc.host} could not be verified")
-        except aiohttp.ClientConnectorError as exc:
-            return _fail(Kind.RETRY, f"connection error: cannot connect to {exc.host}:{exc.port}")
+        except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS handshake, unreachable
+            return _fail(Kind.RETRY, f"connection error: cannot connect to {exc.host}:{exc.port} "
+                         f"({_cause(exc.os_error)})", unreachable=True)
         except aiohttp.ServerDisconnectedError:
             return _fail(Kind.RETRY, "connection error: server closed the connection")
         except aiohttp.ClientPayloadError:
             return _fail(Kind.RETRY, "connection error: answer cut off")
-        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            return _fail(Kind.RETRY, f"connection error: TLS failed ({type(exc).__name__})",
+                         unreachable=not responded)
+        except (aiohttp.ClientError, OSError) as exc:
             return _fail(Kind.RETRY, f"connection error: {type(exc).__name__}")
         if status == 200:
             answer, failure = parse_answer(raw)
@@ -142,8 +150,16 @@ def _patience(failure: Failure) -> Failure:
                    "(retry-after): run the same command again later to resume", failure.status)
 
 
-def _fail(kind: Kind, message: str) -> Reply:
-    return Reply(None, Failure(kind, message), NO_HEADERS)
+def _cause(error: OSError) -> str:
+    """Why a connection failed, as a person reads it: "Connection refused", "Name or service not
+    known" (asyncio's own text for a refusal only repeats the address)."""
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or type(error).__name__
+
+
+def _fail(kind: Kind, message: str, *, unreachable: bool = False) -> Reply:
+    return Reply(None, Failure(kind, message, unreachable=unreachable), NO_HEADERS)
 
 
 def new_session(concurrency: int, tls: bool = True) -> aiohttp.ClientSession:

@@ -142,7 +142,7 @@ class RunConfig:
         shapes="body", help="text, json_object, or a JSON-schema file; fills the parsed column.",
         doc="`text`, `json_object`, or a JSON-schema file: answers are checked and land typed "
             "in `parsed`.")
-    schema: Mapping[str, Any] | None = field(default=None, compare=False)  # the schema file's
+    schema: Mapping[str, Any] | None = field(default=None, compare=False)  # read from response_format
     tools: tuple[Mapping[str, Any], ...] = setting(
         (), "request", list, accepts=(list, tuple, str), check=checks.tools, path=True,
         shapes="body",

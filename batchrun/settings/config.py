@@ -34,9 +34,9 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 class RunConfig:
     """Everything a run needs, validated; the API key is not in here (see ``keys.resolve_key``).
 
-    The fields' order is the order of `--help` and of the docs' tables, and the order in which
-    the settings that shape a request are hashed (`request_fingerprint`): keep base_url, model,
-    then the prompt's settings, then the body's, as they are.
+    The fields' order is the order of `--help`, of the docs' tables and of the known keys a
+    job-file error lists, and the order in which the settings that shape a request are hashed
+    (`request_fingerprint`): keep base_url, model, then the prompt's settings, then the body's.
     """
 
     # A local path, or an object-store URL (`s3://bucket/key`).

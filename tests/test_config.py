@@ -162,7 +162,8 @@ concurrency = 3
     ('[input]\npath = "in.csv"\n[limits]\nmax_cost = inf\n', "max_cost must be a finite number"),
     ('[input]\npath = "in.csv"\n[pricing]\ninput_per_million = inf\noutput_per_million = 1\n',
      "[pricing] input_per_million must be a finite number"),
-    ('[input]\npath = "in.csv"\n[request]\nstop = ["a","b","c","d","e"]\n', "at most 4"),
+    ('[input]\npath = "in.csv"\n[request]\nstop = ["a","b","c","d","e"]\n',
+     "allows at most 4 sequences (got 5: 'a', 'b', 'c', 'd', 'e')"),
     ('[input\npath = 1\n', "is not valid TOML"),
     ('[input]\npath = "in.csv"\n[request]\ntools = [{type = "function"}]\n',
      "[request] tools entry 0 must be"),
@@ -172,7 +173,9 @@ concurrency = 3
     ('[input]\npath = "in.csv"\n[request]\nmodel = "m"\n[pricing]\ninput_per_million = 1\n',
      "needs both input_per_million and output_per_million"),
     ('[input]\npath = "in.csv"\n[request]\nmodel = "my-own-model"\n[limits]\nmax_cost = 1\n',
-     "--max-cost needs a price"),
+     "--max-cost needs a price, and model my-own-model has no built-in one: give it in a job "
+     "file's [pricing] section (input_per_million and output_per_million; no flag sets a price), "
+     "or use --max-total-tokens"),
 ])
 def test_bad_job_files_name_the_file_and_the_key(tmp_path: Path, text: str, needle: str) -> None:
     path = job(tmp_path, text)
@@ -221,3 +224,16 @@ max_tokens = 5
     assert [r["completion_tokens"] <= 3 for r in rows] == [True] * 5
     assert all(r["finish_reason"] == "length" for r in rows)
     assert server.stats.requests == 5
+
+
+def test_a_repeated_flag_is_shown_as_the_values_given_not_a_python_tuple(tmp_path: Path) -> None:
+    src = prompts_csv(tmp_path / "in.csv", 2)
+    stops = [arg for s in "abcde" for arg in ("--stop", s)]
+    result = run_cli("plan", "--input", src, "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                     *stops)
+    assert result.returncode == 2
+    assert result.stderr == ("batchrun: --stop allows at most 4 sequences "
+                             "(got 5: 'a', 'b', 'c', 'd', 'e')\n")
+    empty = run_cli("plan", "--input", src, "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                    "--stop", "")
+    assert empty.stderr == "batchrun: --stop must be non-empty strings (got 1: '')\n"

@@ -390,8 +390,15 @@ def _checked(spec: Setting, value: Any, where: str) -> Any:
                              "and the shell's locale (LANG)")
     complaint = spec.complaint(value)
     if complaint:
-        raise UsageError(f"{where} {complaint} (got {value!r})")
+        raise UsageError(f"{where} {complaint} (got {_shown(value)})")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as a person typed it: a repeated flag's values listed, not a Python tuple."""
+    if isinstance(value, list | tuple):
+        return f"{len(value)}: " + ", ".join(repr(v) for v in value)
+    return repr(value)
 
 
 def _is_utf8(text: str) -> bool:
@@ -445,7 +452,8 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
     ) is None:
         raise UsageError(
             f"--max-cost needs a price, and model {model or '(account default)'} has no built-in "
-            "one: set [pricing] input_per_million and output_per_million in the job file"
+            "one: give it in a job file's [pricing] section (input_per_million and "
+            "output_per_million; no flag sets a price), or use --max-total-tokens"
         )
     api_key_file = s.pop("api_key_file", None)
     known = {f.name for f in fields(RunConfig)}

@@ -23,6 +23,12 @@ def choose_backend(config: RunConfig) -> Backend:
         if config.engine == "ray":
             raise UsageError("--backend batch runs on the provider's Batch API, --engine ray sends "
                              "online from a Ray cluster: choose one")
+        if config.provider == "simulator" and not config.base_url:
+            # Its in-process server ends with the run: a batch would never be collected, and each
+            # run would submit a new one.
+            raise UsageError("--backend batch cannot use the simulator preset's in-process server, "
+                             "which ends with the run: start `batchrun simulate --port 8000` and "
+                             "pass --base-url http://127.0.0.1:8000/v1, or use --backend online")
         from batchrun.backends.batch import BatchBackend
 
         return BatchBackend()

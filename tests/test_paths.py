@@ -9,6 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchrun.data.locations import former_sibling, sibling, state_dir, usage_path, usage_url
+from batchrun.journal.database import OutputLock, journal_path
+
 from .helpers import prompts_csv, read_output, run_job, write_csv
 
 
@@ -102,3 +105,19 @@ def test_output_appears_whole_or_not_at_all(tmp_path: Path, sim) -> None:
     assert seen and set(seen) == {2500}
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_each_output_names_its_own_state_in_one_place(tmp_path: Path) -> None:
+    parquet, jsonl, folder = tmp_path / "x.parquet", tmp_path / "x.jsonl", tmp_path / "x"
+    assert usage_path(parquet) == tmp_path / "x.usage.parquet"  # the documented name
+    assert usage_path(jsonl) == tmp_path / "x.jsonl.usage.parquet"
+    assert journal_path(parquet) == tmp_path / "x.journal.sqlite"
+    assert journal_path(jsonl) == tmp_path / "x.jsonl.journal.sqlite"
+    assert journal_path(folder) == tmp_path / "x.journal.sqlite"  # a Ray dataset folder
+    assert OutputLock(parquet).path != OutputLock(jsonl).path
+    assert sibling(jsonl, ".report.html") == tmp_path / "x.jsonl.report.html"
+    # Where older versions put a `.jsonl` output's files: the Parquet output's names.
+    assert former_sibling(jsonl, ".journal.sqlite") == journal_path(parquet)
+    assert usage_url("s3://b/k/x.jsonl") == "s3://b/k/x.jsonl.usage.parquet"
+    assert usage_url("s3://b/k/x.parquet") == "s3://b/k/x.usage.parquet"
+    assert state_dir("s3://b/k/x.parquet") != state_dir("s3://b/k/x.jsonl")

@@ -36,12 +36,12 @@ import pyarrow as pa
 from batchrun.errors import Interrupted, UsageError
 from batchrun.journal.database import journal_path
 from batchrun.ray import NO_RAY
-from batchrun.ray.ledger import COUNTED, Ledger, counters
+from batchrun.ray.ledger import Ledger
 from batchrun.ray.limits import LimiterCore, stop_error
 from batchrun.ray.worker import JOB_COLUMNS, SenderWorker
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
-from batchrun.running.stats import Stats
+from batchrun.running.stats import Counts, Stats
 from batchrun.running.stopping import Stopper
 from batchrun.settings.config import RunConfig
 from batchrun.settings.keys import Secret
@@ -65,7 +65,7 @@ class RayBackend:
         """Send every pending job from the cluster; answers are in the journal when it returns."""
         connected = started = False
         tables: list[pa.Table] = []
-        base = {name: getattr(run.stats, name) for name in (*COUNTED, "finished")}
+        base = run.stats.counts()
         try:
             async for batch in jobs:
                 if not batch:
@@ -96,7 +96,7 @@ def _blocks(tables: list[pa.Table], workers: int) -> Iterator[pa.Table]:
         yield jobs.slice(start, size)
 
 
-async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: dict[str, Any]) -> None:
+async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: Counts) -> None:
     import ray
 
     config = run.config
@@ -115,7 +115,7 @@ async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: dict[s
 
 
 async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stats,
-                stopper: Stopper, base: dict[str, Any]) -> None:
+                stopper: Stopper, base: Counts) -> None:
     """Run `work` (Ray Data consuming the sending dataset) on a thread while the driver's loop
     keeps the counters up to date and hears signals; then raise why the cluster stopped, if it
     did, or what failed."""
@@ -151,10 +151,9 @@ def _tell_stop(limiter: Any, stopper: Stopper) -> None:
         limiter.stop.remote(error.message, isinstance(error, Interrupted))
 
 
-def _count(stats: Stats, base: dict[str, Any], totals: dict[str, float]) -> None:
+def _count(stats: Stats, base: Counts, totals: Counts) -> None:
     """The run's counters: the driver's own (its plan) plus what the workers reported."""
-    for name, value in counters(totals).items():
-        setattr(stats, name, base.get(name, 0) + (value if name == "cost_usd" else int(value)))
+    stats.set_counts(base.plus(totals))
 
 
 def connect(address: str | None) -> bool:

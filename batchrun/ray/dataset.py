@@ -33,9 +33,8 @@ from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.protocol.render import Renderer
 from batchrun.ray import import_ray
 from batchrun.ray.backend import connect, drive, sending, shut_down, start_actors
-from batchrun.ray.ledger import COUNTED
 from batchrun.running.output import RESULT_NAMES, _write_usage
-from batchrun.running.stats import Stats
+from batchrun.running.stats import Counts, Stats
 from batchrun.running.stopping import Stopper
 from batchrun.running.summary import Display, Summary, build_summary, output_metadata
 from batchrun.settings.config import RunConfig
@@ -90,7 +89,7 @@ async def _send(config: RunConfig, key: Secret | None, reporter: Display, ds: An
     try:
         with stopper.signals():
             await drive(lambda: answered.write_parquet(str(tmp)), ledger, limiter, stats,
-                        stopper, dict.fromkeys((*COUNTED, "finished"), 0))
+                        stopper, Counts())
         by_model = await ledger.usage.remote()
     finally:
         watcher.cancel()

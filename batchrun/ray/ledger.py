@@ -27,20 +27,15 @@ import contextlib
 import shutil
 import sqlite3
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from batchrun.journal.database import RESULT_COLUMNS, GroupCommit, Journal
 from batchrun.protocol.outcome import Outcome
-from batchrun.running.stats import Stats
+from batchrun.running.stats import Counts, Stats
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered answer waits for its commit
-# The counters a worker adds to the run's: what its sending did, for the progress and summary.
-COUNTED = ("sent", "retries", "rate_limited", "transient", "prompt_tokens", "completion_tokens",
-           "cost_usd", "ok", "errors")
 _SELECT = ", ".join(RESULT_COLUMNS)
 
 
@@ -63,7 +58,7 @@ class Ledger:
         self._reader.execute("CREATE INDEX IF NOT EXISTS log_key ON log (key)")
         self._commits = GroupCommit(self._journal, FLUSH_EVERY, self._committed)
         self._flusher: asyncio.Task[None] | None = None
-        self._totals: Counter[str] = Counter()
+        self._totals = Counts()  # what every worker's sending did, and the answers committed
         self._closed = False
 
     async def lookup(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, ...]]:
@@ -82,9 +77,9 @@ class Ledger:
                     found[row[0]] = tuple(row)
         return found
 
-    async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: dict[str, float]) -> None:
+    async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: Counts) -> None:
         """Make `outcomes` durable (one transaction with whatever else arrived); add the counters."""
-        self._totals.update(counted)
+        self._totals = self._totals.plus(counted)
         if not outcomes:
             return
         if self._flusher is None:
@@ -94,7 +89,7 @@ class Ledger:
         await self._commits.commit(Outcome(*outcomes[-1]))
 
     def _committed(self, n: int) -> None:
-        self._totals["finished"] += n
+        self._totals.finished += n
 
     async def usage(self) -> list[tuple[Any, ...]]:
         """Per-model usage of every request the workers looked up (a dataset output's sidecar):
@@ -112,11 +107,11 @@ class Ledger:
                          SUM(total_tokens), SUM(cost_usd)
                        FROM all_results JOIN temp.seen USING (key) GROUP BY 1 ORDER BY 1""")]
 
-    async def totals(self) -> dict[str, float]:
+    async def totals(self) -> Counts:
         """The counters of every worker so far, and the answers committed."""
-        return dict(self._totals)
+        return self._totals.counts()
 
-    async def close(self) -> dict[str, float]:
+    async def close(self) -> Counts:
         """Commit what is buffered and close the journal; returns the final counters."""
         if not self._closed:
             self._closed = True
@@ -129,7 +124,7 @@ class Ledger:
             self._journal.close()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
-        return dict(self._totals)
+        return self._totals.counts()
 
 
 class RemoteCommit:
@@ -138,7 +133,7 @@ class RemoteCommit:
     def __init__(self, ledger: Any, stats: Stats) -> None:
         self._ledger = ledger
         self._stats = stats
-        self._reported: dict[str, float] = dict.fromkeys(COUNTED, 0)
+        self._reported = Counts()
         self._buffer: list[tuple[Any, ...]] = []
         self._next: asyncio.Future[None] | None = None  # resolved when the buffer is durable
         self._task: asyncio.Task[None] | None = None
@@ -165,18 +160,8 @@ class RemoteCommit:
             if done is not None and not done.done():
                 done.set_result(None)
 
-    def _counted(self) -> dict[str, float]:
+    def _counted(self) -> Counts:
         """What this worker's counters grew by since the last commit call."""
-        delta = {}
-        for name in COUNTED:
-            value = getattr(self._stats, name)
-            if value != self._reported[name]:
-                delta[name] = value - self._reported[name]
-                self._reported[name] = value
+        now = self._stats.counts()
+        delta, self._reported = now.minus(self._reported), now
         return delta
-
-
-def counters(totals: dict[str, float]) -> dict[str, float]:
-    """The ledger's totals under the names of `Stats` fields (the ones it keeps)."""
-    names = {f.name for f in fields(Stats)}
-    return {name: value for name, value in totals.items() if name in names}

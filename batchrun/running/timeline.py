@@ -12,10 +12,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import asdict, fields
+from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import BatchrunError
 from batchrun.journal.database import Sample
+from batchrun.running.stats import Counts
 
 if TYPE_CHECKING:
     from batchrun.journal.database import Journal
@@ -24,9 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchrun")
 
 SAMPLE_EVERY = 1.0  # seconds between samples
-# Counters of Stats whose change over an interval is a sample's figure.
-COUNTERS = ("sent", "ok", "errors", "retries", "rate_limited", "transient", "prompt_tokens",
-            "completion_tokens")
+# The counters whose change over an interval is a sample's figure: those of `Counts` the
+# timeline table has a column for (its columns predate `finished` and `cost_usd`).
+SAMPLED = tuple(name for name in Sample._fields if name in {f.name for f in fields(Counts)})
 
 
 class Sampler:
@@ -37,21 +39,21 @@ class Sampler:
         self.stats = stats
         self.limits = (rpm_limit, tpm_limit)
         self._clock = clock
-        self._last = dict.fromkeys(COUNTERS, 0)
+        self._last = Counts()
         self._pauses = 0
         self._at = stats.started
 
     def sample(self) -> Sample | None:
         """The interval since the last sample; None when it is empty (no time, nothing done)."""
         now, stats = self._clock(), self.stats
-        counts = {name: getattr(stats, name) for name in COUNTERS}
+        counts = stats.counts()
         rpm, tpm, pauses = stats.pace()
         span = now - self._at
         if span <= 0:
             return None
-        deltas = [counts[name] - self._last[name] for name in COUNTERS]
-        sample = Sample._make([now, span, stats.started, *deltas, stats.in_flight,
-                               pauses - self._pauses, rpm, tpm, *self.limits])
+        sample = Sample(t=now, span=span, run=stats.started, in_flight=stats.in_flight,
+                        pauses=pauses - self._pauses, rpm=rpm, tpm=tpm, rpm_limit=self.limits[0],
+                        tpm_limit=self.limits[1], **_sampled(counts.minus(self._last)))
         self._last, self._pauses, self._at = counts, pauses, now
         return sample
 
@@ -81,8 +83,20 @@ def coarsen(samples: Sequence[Sample], most: int) -> list[Sample]:
     for start in range(0, len(samples), size):
         group = samples[start:start + size]
         last = group[-1]
-        sums = [sum(getattr(s, name) for s in group) for name in COUNTERS]
-        merged.append(Sample._make([last.t, sum(s.span for s in group), last.run, *sums,
-                                    last.in_flight, sum(s.pauses for s in group), last.rpm,
-                                    last.tpm, last.rpm_limit, last.tpm_limit]))
+        sums = Counts()
+        for sample in group:
+            sums = sums.plus(_counted(sample))
+        merged.append(last._replace(span=sum(s.span for s in group),
+                                    pauses=sum(s.pauses for s in group), **_sampled(sums)))
     return merged
+
+
+def _sampled(counts: Counts) -> dict[str, Any]:
+    """The counters a sample has a column for, by name."""
+    return {name: value for name, value in asdict(counts).items() if name in SAMPLED}
+
+
+def _counted(sample: Sample) -> Counts:
+    """A sample's counters as `Counts` (the ones it has no column for: 0)."""
+    return Counts(**{name: value for name, value in sample._asdict().items()
+                     if name in SAMPLED})

@@ -199,7 +199,7 @@ def output_line(index: int, custom_id: str, result: tuple[Any, ...], created: in
     `created` stands for the answer's own timestamp, which the journal does not keep per row.
     """
     (response, finish_reason, prompt_tokens, completion_tokens, total_tokens, status, error,
-     _attempts, _latency, model, response_id, _cost, _parsed) = result
+     _attempts, _latency, model, response_id, _cost, _parsed, *_) = result
     line_id = response_id or row_id(index)
     if status != "ok":
         code = _error_code(status, error)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from batchrun.errors import UsageError, operating_error
+from batchrun.errors import JobStopped, UsageError, operating_error
 from batchrun.protocol.outcome import OK, Outcome
 
 FORMAT = "batchrun-cache"
@@ -170,8 +170,9 @@ class Cache:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise UsageError(f"cache {self.path} cannot be written ({exc})") from None
+        except sqlite3.OperationalError as exc:  # a full disk, a file made read-only meanwhile
+            raise JobStopped(f"stopped: cache {self.path} cannot be written ({exc}); what is "
+                             "answered is kept in the journal") from None
 
     def stats(self) -> CacheStats:
         """Answers, sizes, age and models."""

@@ -38,6 +38,7 @@ import orjson
 from batchrun.data.locations import sibling
 from batchrun.errors import JobStopped, LockedError, UsageError
 from batchrun.journal import former, lookups, readback
+from batchrun.journal.cache import Cache
 from batchrun.journal.checkpoint import Checkpointer
 from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
 
@@ -243,6 +244,8 @@ class Journal:
         self._pending: list[Outcome] = []
         self._pending_rows: list[tuple[int, bytes, bytes, int]] = []
         self._progress_at = 0.0  # when `last_progress_at` was last stored
+        # The shared cache (--cache): answers enter it as they are committed here.
+        self.cache: Cache | None = None
 
     def close(self) -> None:
         """Commit what is buffered and close (the next writer to open the journal folds `log`)."""
@@ -387,6 +390,9 @@ class Journal:
         n = len(self._pending)
         if not n and not self._pending_rows:
             return 0
+        if self.cache is not None and n:
+            # Into the cache first: a kill -9 between the two leaves the answer paid for once.
+            self.cache.store(o for o in self._pending if o.attempts)
         self._db.execute("BEGIN")
         try:
             if self._pending_rows:

@@ -10,6 +10,7 @@ ERROR = "error"
 # Why a row ended in error: decides whether a plain resume sends it again.
 ROW_FATAL = "row"  # the request itself is refused (400, content filter, bad row): --retry-failed
 EXHAUSTED = "exhausted"  # transient failures outlasted the retries: a resume tries again
+# An `ok` outcome with 0 attempts was never sent: the shared cache answered it (`--cache`).
 
 
 class Outcome(NamedTuple):

@@ -22,6 +22,7 @@ from typing import Any
 from batchrun.data.locations import check_writable
 from batchrun.data.read import InputTable
 from batchrun.errors import JobStopped, UsageError, operating_error
+from batchrun.journal.cache import Cache
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.protocol.render import Renderer
 from batchrun.running.rows import open_job
@@ -75,13 +76,17 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
         lock.acquire()
     except OSError as exc:
         raise operating_error(exc, "write beside the output") from None
+    cache: Cache | None = None
     try:
+        # A cache that is not one, or of another version, is exit 2 before the journal is touched.
+        cache = Cache(config.cache) if config.cache is not None else None
         if config.fresh:
             _refuse_forgetting_live_batches(config)
         try:
             journal = Journal(journal_path(config.output), fresh=config.fresh)
         except OSError as exc:
             raise operating_error(exc, "create the journal") from None
+        journal.cache = cache
         try:
             _begin(journal, config, stats)
             async with _endpoint(config) as base_url:
@@ -94,8 +99,10 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
                     for task in run.finishing:
                         await task
         finally:
-            _close(journal)
+            _close(journal)  # its last answers go into the cache too
     finally:
+        if cache is not None:
+            cache.close()
         lock.release()
 
 
@@ -142,7 +149,8 @@ def output_layout(config: RunConfig) -> dict[str, Any]:
     where = config.input if isinstance(config.input, str) else str(Path(config.input).resolve())
     return {"input": where, "encoding": config.encoding, "id_column": config.id_column,
             "response_format": config.response_format,
-            "schema": dict(config.schema) if config.schema is not None else None}
+            "schema": dict(config.schema) if config.schema is not None else None,
+            "cache": config.cache is not None}
 
 
 def _close(journal: Journal) -> None:

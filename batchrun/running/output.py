@@ -42,7 +42,9 @@ RESULT_FIELDS = (
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group: big enough for readers, small enough for memory
 RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",)
 # A row with no result yet, as `readback.output_rows` lays one out (status "pending", 0 attempts).
-PENDING_ROW = (None, None, None, None, None, "pending", None, 0, None, None, None, None, None)
+PENDING_ROW = (None, None, None, None, None, "pending", None, 0, None, None, None, None, None,
+               False)
+CACHED_FIELD = pa.field("cached", pa.bool_())  # with --cache: the shared cache answered the row
 USAGE_SCHEMA = pa.schema([
     pa.field("model", pa.string()), pa.field("rows_ok", pa.int64()),
     pa.field("rows_error", pa.int64()), pa.field("requests", pa.int64()),
@@ -63,14 +65,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     _remove_stale_temporaries(output)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        _write_rows(tmp, output, config.id_column, _parsed_type(config, journal), table, journal,
-                    metadata)
+        _write_rows(tmp, output, config.id_column, _parsed_type(config, journal),
+                    config.cache is not None, table, journal, metadata)
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     sidecar = usage_path(output)
-    _write_usage(sidecar, journal.by_model(), metadata)
+    _write_usage(sidecar, journal.by_model(), metadata, cached=config.cache is not None)
     if config.output_url is None:
         return output, sidecar
     remote_sidecar = usage_url(config.output_url)
@@ -81,13 +83,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     return config.output_url, remote_sidecar
 
 
-def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | None,
+def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | None, cached: bool,
                   table: InputTable, journal: Journal, metadata: Mapping[str, Any]) -> None:
     """What a stopped or running output has so far, atomically at `to` (`batchrun export`): the
     output's columns, with the rows not answered yet as `status = "pending"`."""
     tmp = to.with_name(f".{to.name}.{os.getpid()}.tmp")
     try:
-        _write_rows(tmp, to, id_column, parsed_type, table, journal, metadata, partial=True)
+        _write_rows(tmp, to, id_column, parsed_type, cached, table, journal, metadata,
+                    partial=True)
         os.replace(tmp, to)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -95,23 +98,25 @@ def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | No
 
 
 def _write_rows(tmp: Path, output: Path, id_column: str | None, parsed_type: pa.DataType | None,
-                table: InputTable, journal: Journal, metadata: Mapping[str, Any],
+                cached: bool, table: InputTable, journal: Journal, metadata: Mapping[str, Any],
                 partial: bool = False) -> None:
     """The output's rows into `tmp`, in the format `output`'s name asks for."""
     results = _with_results(table, journal, partial)
     if is_jsonl_output(output):
         _write_jsonl(tmp, id_column, table, results, metadata)
     else:
-        _write_parquet(tmp, parsed_type, table, results, metadata)
+        _write_parquet(tmp, parsed_type, cached, table, results, metadata)
 
 
-def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, table: InputTable,
+def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, cached: bool, table: InputTable,
                    results: Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]],
                    metadata: Mapping[str, Any]) -> None:
     """Every input column, then the result columns; the totals in the `batchrun` metadata key."""
     fields = list(RESULT_FIELDS)
     if parsed_type is not None:
         fields.append(pa.field("parsed", parsed_type))
+    if cached:
+        fields.append(CACHED_FIELD)
     input_schema = table.schema.remove_metadata()
     schema = pa.schema(list(input_schema) + fields,
                        metadata={b"batchrun": orjson.dumps(metadata)})
@@ -119,7 +124,7 @@ def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, table: InputTable
         group: list[pa.RecordBatch] = []
         grouped, written = 0, 0
         for _, batch, rows in results:
-            arrays = list(batch.columns) + _result_arrays(rows, parsed_type)
+            arrays = list(batch.columns) + _result_arrays(rows, parsed_type, cached)
             group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
             grouped += batch.num_rows
             written += batch.num_rows
@@ -179,13 +184,19 @@ def _remove_stale_temporaries(output: Path) -> None:
                 stale.unlink()
 
 
-def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None) -> list[pa.Array]:
-    """Arrow columns of the journal's output rows (RESULT_FIELDS, then `parsed`)."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 1)
+def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None,
+                   cached: bool = False) -> list[pa.Array]:
+    """Arrow columns of the journal's output rows (RESULT_FIELDS, then `parsed` and `cached`
+    when the output has them)."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 2)
     arrays = [_column(values, f.type) for values, f in zip(cols, RESULT_FIELDS, strict=False)]
     if parsed_type is not None:
-        parsed = [conform(orjson.loads(p), parsed_type) if p else None for p in cols[-1]]
+        texts = cols[len(RESULT_FIELDS)]
+        parsed = [conform(orjson.loads(p), parsed_type) if p else None for p in texts]
         arrays.append(pa.array(parsed, parsed_type))
+    if cached:
+        flags = cols[len(RESULT_FIELDS) + 1]
+        arrays.append(pa.array([bool(f) for f in flags], pa.bool_()))
     return arrays
 
 
@@ -228,11 +239,14 @@ def parsed_type(response_format: str, schema: Mapping[str, Any] | None,
     return infer_type(journal.parsed_texts())
 
 
-def _write_usage(path: Path, by_model: list[tuple[Any, ...]], metadata: Mapping[str, Any]) -> None:
-    columns: list[Any] = list(zip(*by_model, strict=True)) if by_model else [() for _ in USAGE_SCHEMA]
+def _write_usage(path: Path, by_model: list[tuple[Any, ...]], metadata: Mapping[str, Any],
+                 cached: bool = False) -> None:
+    """The sidecar: one row per model (`journal.by_model`); with --cache, `rows_cached` too."""
+    schema = USAGE_SCHEMA.append(pa.field("rows_cached", pa.int64())) if cached else USAGE_SCHEMA
+    columns: list[Any] = list(zip(*by_model, strict=True)) if by_model else [() for _ in schema]
     table = pa.Table.from_arrays(
-        [_column(values, f.type) for values, f in zip(columns, USAGE_SCHEMA, strict=True)],
-        schema=USAGE_SCHEMA.with_metadata({b"batchrun": orjson.dumps(metadata)}),
+        [_column(values, f.type) for values, f in zip(columns, schema, strict=False)],
+        schema=schema.with_metadata({b"batchrun": orjson.dumps(metadata)}),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)

@@ -15,15 +15,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 
 from batchrun.data.read import BATCH_ROWS, InputTable, open_input
 from batchrun.errors import UsageError
+from batchrun.journal.cache import Hit
 from batchrun.journal.database import Journal, resend
-from batchrun.protocol.outcome import ERROR, ROW_FATAL, Outcome
+from batchrun.protocol.outcome import ERROR, OK, ROW_FATAL, Outcome
 from batchrun.protocol.render import (
     BodyRenderer,
     Invalid,
@@ -46,7 +47,7 @@ def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
     table = open_input(config.input, config.encoding)
     renderer = (BodyRenderer(config, table.first_without_model) if table.format == "jsonl"
                 else Renderer(config, table.columns))
-    clash = sorted(set(table.columns) & set(RESULT_NAMES))
+    clash = sorted(set(table.columns) & {*RESULT_NAMES, *(("cached",) if config.cache else ())})
     if clash:
         raise UsageError(
             f"input column '{clash[0]}' has the name of an output column; rename it in the input"
@@ -88,6 +89,13 @@ class NothingEarlier:
         return frozenset()
 
 
+class Answered(Protocol):
+    """Answers paid for before, by any run (the shared cache, `--cache`): a request found there is
+    answered from it instead of being sent."""
+
+    def lookup(self, keys: Sequence[bytes]) -> Mapping[bytes, Hit]: ...
+
+
 class Placements(Protocol):
     """Where the rows placed so far are kept: the run's journal records them (`rows` table)."""
 
@@ -121,6 +129,7 @@ class Selection:
     rendered: list[Rendered]  # every row of the batch, in order
     copies: int  # rows answered by an identical request of this run (dedup)
     send: list[tuple[int, bytes, Request]]  # (row, key, request) of each distinct request to send
+    cached: list[tuple[int, bytes, Hit]]  # requests the shared cache answers: never sent
     invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
     reused: int  # answered (or failed for good) in an earlier run
     held: int  # waiting in a live Batch API batch: collected there, never sent meanwhile
@@ -128,9 +137,10 @@ class Selection:
 
 def select(table: InputTable, renderer: Renderer, config: RunConfig,
            earlier: Earlier | None = None, placements: Placements | None = None,
-           rows: int = BATCH_ROWS) -> Iterator[Selection]:
+           answered: Answered | None = None, rows: int = BATCH_ROWS) -> Iterator[Selection]:
     """The input, a batch at a time, in order: rendered, placed against the rows before it (in
-    `placements`: the run's journal records them), and sorted out against `earlier`."""
+    `placements`: the run's journal records them), sorted out against `earlier`, and what is
+    left to send looked up in `answered` (the shared cache)."""
     earlier = earlier if earlier is not None else NothingEarlier()
     placements = placements if placements is not None else Unrecorded()
     dedup, retry_failed = config.dedup_enabled, config.retry_failed
@@ -141,8 +151,14 @@ def select(table: InputTable, renderer: Renderer, config: RunConfig,
             rendered, start, placements.prior_counts([item.key for item in rendered]), dedup)
         placements.map_rows(mapping)
         keys = [key for _, key, _ in firsts]
-        yield _sort_out(start, rendered, copies, firsts, earlier.finished(keys), retry_failed,
-                        earlier.held(keys))
+        chosen = _sort_out(start, rendered, copies, firsts, earlier.finished(keys), retry_failed,
+                           earlier.held(keys))
+        if answered is not None and chosen.send:
+            hits = answered.lookup([key for _, key, _ in chosen.send])
+            if hits:
+                chosen = replace(chosen, send=[s for s in chosen.send if s[1] not in hits],
+                                 cached=[(i, k, hits[k]) for i, k, _ in chosen.send if k in hits])
+        yield chosen
         start += len(rendered)
 
 
@@ -192,7 +208,7 @@ def _sort_out(start: int, rendered: list[Rendered], copies: int,
             invalid.append((idx, key, item))
         else:
             send.append((idx, key, item))
-    return Selection(start, rendered, copies, send, invalid, reused, waiting)
+    return Selection(start, rendered, copies, send, [], invalid, reused, waiting)
 
 
 # --- the engine's producer ----------------------------------------------------------------
@@ -210,9 +226,11 @@ class Job(NamedTuple):
 async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
                        journal: Journal, stats: Stats, price: Price | None
                        ) -> AsyncGenerator[list[Job], None]:
-    """Yield the jobs this run must send, a batch of input rows at a time, in input order."""
+    """Yield the jobs this run must send, a batch of input rows at a time, in input order; a
+    request the shared cache (the journal's, with --cache) holds is answered from it here."""
     reserve = completion_reserve(config)
-    for chosen in select(table, renderer, config, journal, journal):
+    cache = journal.cache
+    for chosen in select(table, renderer, config, journal, journal, cache):
         stats.copies += chosen.copies
         stats.reused += chosen.reused
         for _, key, item in chosen.invalid:
@@ -220,12 +238,28 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
             stats.errors += 1
             journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
                                    error_kind=ROW_FATAL, finished_at=time.time()))
+        if chosen.cached:
+            assert cache is not None
+            now, free = time.time(), 0.0 if price is not None else None
+            for _, key, hit in chosen.cached:
+                journal.record(from_cache(key, hit, free, now))
+            cache.touch([key for _, key, _ in chosen.cached])
+            stats.cached += len(chosen.cached)
         jobs = [job_of(key, request, reserve, price) for _, key, request in chosen.send]
         stats.mapped += len(chosen.rendered)
         stats.to_send += len(jobs)
         yield jobs
     journal.flush()
     stats.producing_done = True
+
+
+def from_cache(key: bytes, hit: Hit, cost: float | None, now: float) -> Outcome:
+    """A request answered from the shared cache: the answer as first paid for, with none of its
+    usage (this run paid nothing: 0 tokens, cost 0 and 0 attempts, as a dedup copy shows)."""
+    return Outcome(key, OK, response=hit.response, finish_reason=hit.finish_reason,
+                   prompt_tokens=0, completion_tokens=0, total_tokens=0, attempts=0,
+                   model=hit.model, response_id=hit.response_id, cost_usd=cost,
+                   parsed=hit.parsed, finished_at=now)
 
 
 def job_of(key: bytes, request: Request, reserve: int, price: Price | None) -> Job:

@@ -58,6 +58,7 @@ class Summary:
     cost_this_run: float | None = None  # spent by this run alone (None: no price known)
     report: Path | None = None  # the HTML report, when the run wrote one (--report)
     export_command: str | None = None  # a stopped run: the command that writes its rows so far
+    cached: int = 0  # rows the shared cache answered (--cache), at no cost
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +95,9 @@ class Summary:
             f" = {self.total_tokens:,}",
             f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
         ]
+        if self.cached:
+            lines.append(f"  cached    {self.cached:,} rows answered from the shared cache, "
+                         "at no cost")
         if self.dedup_saved:
             lines.append(f"  dedup     {self.dedup_saved:,} rows repeated an identical request: "
                          f"{self.dedup_saved:,} requests saved")
@@ -147,6 +151,7 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         model=config.model,
         stopped=stopped,
         cost_this_run=stats.cost_usd if priced else None,
+        cached=counts.get("cached", 0),
     )
 
 
@@ -154,10 +159,13 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
                     started_at: float, finished_at: float) -> dict[str, Any]:
     """The `batchrun` key of the output's Parquet metadata."""
     requests_total = counts["attempts"]
-    distinct = counts["mapped"] - counts["copies"]
+    distinct = counts["mapped"] - counts["copies"] - counts.get("cached", 0)  # each sent once
+    rows = {"total": summary.rows_total, "ok": summary.rows_ok, "error": summary.rows_error}
+    if config.cache is not None:
+        rows["cached"] = summary.cached
     return {
         "version": 1,
-        "rows": {"total": summary.rows_total, "ok": summary.rows_ok, "error": summary.rows_error},
+        "rows": rows,
         "usage": {
             "prompt_tokens": summary.prompt_tokens,
             "completion_tokens": summary.completion_tokens,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ from batchrun.settings.prices import Price, run_price
 from batchrun.settings.providers import PRESETS, Preset
 from batchrun.settings.setting import Setting, declaration, declared, setting, settings_field
 
+CACHE_ENV = "BATCHRUN_CACHE"  # the shared response cache of every run that names none
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -218,6 +220,14 @@ class RunConfig:
         True, "run", bool, flag="--no-progress", flag_value=False, help="No progress display.",
         doc="Progress display, progress lines and `progress` events; `--no-progress` (or "
             "`false`) turns them off.")
+    cache: Path | None = setting(
+        None, "run", str, flag="--cache", metavar="PATH", path=True,
+        help="Shared response cache: answer rows another run already paid for, at no cost "
+             f"(default ${CACHE_ENV} if set).",
+        doc="A [shared response cache](cache.md) file: a row whose request was answered before "
+            f"(by any run, to any output) is answered from it at no cost; `${CACHE_ENV}` sets it "
+            "for every run. Opt-in.",
+        shown_default=f"`${CACHE_ENV}`, else none")
     report: bool = setting(
         False, "run", bool, flag="--report",
         help="Write an HTML report of the run beside the output (OUTPUT.report.html).",
@@ -456,6 +466,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
             "output_per_million; no flag sets a price), or use --max-total-tokens"
         )
     api_key_file = s.pop("api_key_file", None)
+    cache = s.pop("cache", None) or os.environ.get(CACHE_ENV) or None
     known = {f.name for f in fields(RunConfig)}
     unknown = set(s) - known
     if unknown:  # a programming error in a caller, not a user mistake
@@ -472,6 +483,7 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         price=price,
         batch_price=batch_price,
         api_key_file=Path(api_key_file) if api_key_file else None,
+        cache=Path(cache).expanduser() if cache else None,
         tools=tools,
         job_file=job_file,
         output_url=output_url,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 
 from batchrun.data.locations import STATE_ENV
-from batchrun.settings.config import SETTINGS
+from batchrun.settings.config import CACHE_ENV, SETTINGS
 from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS
 from batchrun.settings.setting import Setting, show
 
@@ -94,6 +94,8 @@ def _environment() -> list[tuple[str, str]]:
          "events when stderr is not a terminal (default 5; any number above 0)."),
         ("`BATCHRUN_BATCH_POLL`", "Batch: poll batches every this many seconds (default: from "
          "5 s, growing to 60 s)."),
+        (f"`{CACHE_ENV}`", "The [shared response cache](cache.md) of a run that gives no "
+         "`--cache`."),
         (f"`{STATE_ENV}`", "Where the journal and lock of an `s3://` output live on this "
          "machine (default `$XDG_STATE_HOME/batchrun`, else `~/.local/state/batchrun`)."),
         ("`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, `AWS_REGION`, "

@@ -46,6 +46,9 @@ def export(output: Path | str, to: Path | None = None) -> tuple[Path, dict[str, 
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"journal {path} is not readable ({exc})") from None
     try:
+        # One read transaction: a running run's commits after this point are not seen, so the
+        # counts in the metadata are the rows' own (WAL gives a reader a snapshot).
+        journal.db.execute("BEGIN")
         meta = journal.meta()
         layout = meta.get("layout")
         if not isinstance(layout, dict):
@@ -60,9 +63,11 @@ def export(output: Path | str, to: Path | None = None) -> tuple[Path, dict[str, 
         total = table.count_rows()
         rows = {"total": total, "ok": counts["ok"], "error": counts["error"],
                 "pending": max(0, total - counts["ok"] - counts["error"])}
+        if layout.get("cache"):
+            rows["cached"] = counts["cached"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_partial(target, layout.get("id_column"), kind, table, journal,
-                      _metadata(meta, counts, rows))
+        write_partial(target, layout.get("id_column"), kind, bool(layout.get("cache")), table,
+                      journal, _metadata(meta, counts, rows))
     finally:
         journal.close()
     return target, rows

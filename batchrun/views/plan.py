@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from batchrun.data.openai_api import CHAT_PATH, MAX_BATCH_MB
+from batchrun.journal.cache import Cache
 from batchrun.journal.database import Journal, journal_path
 from batchrun.protocol.render import (
     Request,
@@ -60,6 +61,7 @@ class Plan:
     request_bytes: int = 0  # request bodies to send, summed (Batch API files are split by size)
     batch_price: Price | None = None  # set for --backend batch
     key_from: str | None = None  # where the key comes from (a variable's name), never the key
+    cached: int = 0  # requests the shared cache (--cache) answers: not sent, not paid
 
     @property
     def cost_usd(self) -> float | None:
@@ -86,13 +88,18 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
     table, renderer = open_job(config)
     reserve = completion_reserve(config)
     journal, journal_note, learned = _journal_reader(config)
+    # The shared cache, if there is one yet: a plan creates nothing.
+    cache = (Cache(config.cache, create=False)
+             if config.cache is not None and config.cache.exists() else None)
     total = to_send = reused = copies = invalid = prompt_tokens = held = request_bytes = 0
+    cached = 0
     first_invalid: tuple[int, str] | None = None
     sample: Sample | None = None
     fallback: tuple[int, Request] | None = None
     try:
-        for chosen in select(table, renderer, config, journal):
+        for chosen in select(table, renderer, config, journal, answered=cache):
             total += len(chosen.rendered)
+            cached += len(chosen.cached)
             copies += chosen.copies
             reused += chosen.reused
             held += chosen.held
@@ -112,6 +119,8 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
     finally:
         if journal is not None:
             journal.close()
+        if cache is not None:
+            cache.close()
     if sample is None and fallback is not None:
         sample = _sample(config, key, fallback[0], fallback[1], already_answered=True)
     # How the provider counted the prompts of earlier runs on this output, against our estimate.
@@ -127,6 +136,7 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         batch_price=(batch_price(price_for(config.model, config.price), config.batch_price)
                      if config.backend == "batch" else None),
         key_from=key.source if key is not None else None,
+        cached=cached,
     )
 
 
@@ -169,6 +179,8 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     skipped = []
     if plan.reused:
         skipped.append(f"{plan.reused:,} settled by earlier runs")
+    if plan.cached:
+        skipped.append(f"{plan.cached:,} answered by the shared cache, at no cost")
     if plan.copies:
         skipped.append(f"{plan.copies:,} identical rows share one request (dedup)")
     if plan.invalid:
@@ -225,6 +237,7 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
         "job_file": str(config.job_file) if config.job_file else None,
         "input": str(config.input), "output": config.output_name, "journal": plan.journal,
         "rows": plan.total_rows, "to_send": plan.to_send, "reused": plan.reused,
+        "cached": plan.cached,
         "copies": plan.copies, "invalid": plan.invalid,
         "first_invalid": ({"row": plan.first_invalid[0], "message": plan.first_invalid[1]}
                           if plan.first_invalid else None),

@@ -112,7 +112,7 @@ def snapshot(stats: Stats, rates: Rates, now: float | None = None) -> Snapshot:
     """What the run has done so far, with current rates and an ETA."""
     requests_per_s, tokens_per_s, rows_per_s = rates.measure(
         stats, time.monotonic() if now is None else now)
-    done = stats.reused + stats.copies + stats.invalid + stats.finished
+    done = stats.reused + stats.cached + stats.copies + stats.invalid + stats.finished
     if stats.producing_done:
         left = max(0, stats.to_send - stats.finished)
     else:  # not all rows planned yet: every row not done may still need a request

@@ -34,7 +34,7 @@ def describe(output: Path | str, now: float | None = None) -> str:
         try:
             meta = journal.meta()
             counts = journal.counts()
-            priced = any(cost is not None for *_, cost in journal.by_model())
+            priced = any(usage[7] is not None for usage in journal.by_model())  # cost_usd
             batches = submissions(journal, SHOWN_BATCHES)
         finally:
             journal.close()
@@ -82,6 +82,9 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
         f"  requests  {counts['attempts']:,} sent for these rows"
         + (f"; {held:,} in live Batch API batches" if held else ""),
     ]
+    if counts["cached"]:
+        lines.append(f"  cached    {counts['cached']:,} rows answered from the shared cache, "
+                     "at no cost")
     if counts["copies"]:
         lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
     if meta.get("model") or meta.get("base_url"):

@@ -56,6 +56,7 @@ class Header:
     endpoint: str | None
     exit_code: int | None
     stop_reason: str | None = None
+    rows_cached: int | None = None  # answered by the shared cache (a run with --cache)
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def _header(output: Path, meta: dict[str, Any], metadata: dict[str, Any], result
         endpoint=metadata.get("base_url", meta.get("base_url")),
         exit_code=_exit_code(meta, state, int(rows["error"])),
         stop_reason=meta.get("stop_reason") if state == "stopped" else None,
+        rows_cached=int(rows["cached"]) if "cached" in rows else None,
     )
 
 

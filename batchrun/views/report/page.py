@@ -64,6 +64,7 @@ def _header(head: Header) -> str:
     cards = [
         ("state", head.state), ("rows", f"{head.rows_total:,}"), ("ok", f"{head.rows_ok:,}"),
         ("error", f"{head.rows_error:,}"), ("pending", f"{head.rows_pending:,}"),
+        *([("cached", f"{head.rows_cached:,}")] if head.rows_cached is not None else []),
         ("time", duration(head.seconds)),
         ("cost", "unknown" if head.cost_usd is None else f"${head.cost_usd:.4f}"),
         ("tokens", f"{head.total_tokens:,}"),

@@ -15,6 +15,7 @@ from batchrun.errors import BatchrunError, UsageError
 from batchrun.settings.config import SETTINGS
 from batchrun.settings.setting import Setting
 
+
 def _option(spec: Setting) -> Callable[[Any], Any]:
     """The click option of one declared setting (`batchrun.settings.config.RunConfig`)."""
     assert spec.flag is not None
@@ -73,14 +74,18 @@ def run(job: Path | None, **options: Any) -> None:
               show_default=True, help="Print the plan for people, or as one JSON object.")
 def plan(job: Path | None, plan_format: str, **options: Any) -> None:
     """Dry run: rows to send, a sample request, token, cost and time estimates. Sends nothing."""
+    from batchrun.errors import MissingKey
     from batchrun.settings.config import build_config
     from batchrun.settings.keys import check_transport, resolve_key
     from batchrun.views.plan import make_plan, plan_json, render_plan
 
     config = build_config(job, options)
-    key = resolve_key(config)
+    try:
+        key, needed = resolve_key(config), None
+    except MissingKey as missing:  # look before you pay: the plan says which key a run needs
+        key, needed = None, missing.message
     check_transport(config, key)
-    made = make_plan(config, key)
+    made = make_plan(config, key, needed)
     if plan_format == "json":
         import orjson
 

@@ -3,7 +3,8 @@
     BatchrunError                 exit code on the class, message a user can act on
     ├── UsageError          (2)   bad option, config, job file or input; nothing was sent
     │   ├── InputError      (2)   the input file cannot be read as asked
-    │   └── LockedError     (2)   another run holds this output
+    │   ├── LockedError     (2)   another run holds this output
+    │   └── MissingKey      (2)   no API key for a remote endpoint (`plan` goes on without one)
     ├── JobStopped          (3)   a job-wide failure or budget stopped the run; progress kept
     ├── StillRunning       (75)   Batch API batches are still running; run again later to collect
     └── Interrupted       (130)   SIGINT/SIGTERM; progress kept
@@ -56,6 +57,10 @@ class InputError(UsageError):
 
 class LockedError(UsageError):
     """Another batchrun process is writing the same output."""
+
+
+class MissingKey(UsageError):
+    """No API key was found for a remote endpoint; the message names the variable to set."""
 
 
 class JobStopped(BatchrunError):

@@ -82,12 +82,20 @@ def test_a_remote_preset_with_only_the_openai_key_exits_2_having_sent_nothing(
         tmp_path: Path, flags: tuple[str, ...], variable: str) -> None:
     src = prompts_csv(tmp_path / "in.csv", 2)
     out = tmp_path / "out.parquet"
-    for command in ("run", "plan"):
-        result = run_cli(command, "--input", src, "--output", out, *flags, "--no-progress",
-                         env=clean_env(OPENAI_API_KEY=TEST_KEY))
-        line = refused(result, "no API key", variable, "OPENAI_API_KEY is set")
-        assert line.index(variable) < line.index("BATCHRUN_API_KEY")  # its own variable first
-        assert TEST_KEY not in result.stdout + result.stderr
+    result = run_cli("run", "--input", src, "--output", out, *flags, "--no-progress",
+                     env=clean_env(OPENAI_API_KEY=TEST_KEY))
+    line = refused(result, "no API key", variable, "OPENAI_API_KEY is set")
+    assert line.index(variable) < line.index("BATCHRUN_API_KEY")  # its own variable first
+    assert TEST_KEY not in result.stdout + result.stderr
+    # plan sends nothing, so it goes on without a key, and says which one a run will need.
+    planned = run_cli("plan", "--input", src, "--output", out, *flags,
+                      env=clean_env(OPENAI_API_KEY=TEST_KEY))
+    assert planned.returncode == 0, planned.stderr
+    key_line = next(ln for ln in planned.stdout.splitlines() if ln.startswith("  key "))
+    assert key_line.startswith("  key       none found; before a run, set " + variable)
+    assert "OPENAI_API_KEY is set" in key_line
+    assert "Authorization:" not in planned.stdout  # the sample request carries no key at all
+    assert TEST_KEY not in planned.stdout + planned.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no journal, no lock
 
 

@@ -121,9 +121,24 @@ def test_plan_refuses_bad_input_exactly_like_run(tmp_path: Path, sim) -> None:
         planned = run_cli("plan", *base, *bad)
         assert (ran.returncode, planned.returncode) == (2, 2)
         assert planned.stderr == ran.stderr and "Traceback" not in planned.stderr
-    remote = run_cli("plan", "--input", src, "--model", "gpt-4o")
-    assert remote.returncode == 2 and "no API key" in remote.stderr
     assert server.stats.requests == 0
+
+
+def test_plan_without_a_key_says_which_variable_a_run_needs(tmp_path: Path) -> None:
+    # Look before you pay: no key yet, and the plan still shows rows, tokens and cost.
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    remote = run_cli("plan", "--input", src, "--model", "gpt-4o", env=clean_env())
+    assert remote.returncode == 0, remote.stderr
+    text = parse_plan(remote.stdout)
+    assert text["key"] == ("none found; before a run, set OPENAI_API_KEY or BATCHRUN_API_KEY in "
+                           "the environment (or use --api-key-file)")
+    assert "(no Authorization header: no key found yet; a run sends one)" in remote.stdout
+    as_json = json.loads(run_cli("plan", "--input", src, "--model", "gpt-4o", "--format", "json",
+                                 env=clean_env()).stdout)
+    assert as_json["key_from"] is None and as_json["key_needed"].startswith("no API key: set ")
+    assert as_json["to_send"] == 3 and as_json["cost_usd_max"] > 0
+    ran = run_cli("run", "--input", src, "--model", "gpt-4o", env=clean_env())
+    assert ran.returncode == 2 and "no API key" in ran.stderr  # a run still needs it
 
 
 def test_plan_sample_shows_images_short_and_invalid_rows(tmp_path: Path,
@@ -149,6 +164,7 @@ def test_plan_sample_shows_images_short_and_invalid_rows(tmp_path: Path,
     assert part["image_url"]["url"].startswith("data:image/png;base64,...(")
 
 
+@pytest.mark.slow
 def test_plan_and_status_read_the_answers_a_killed_run_left_in_the_journal_log(
         tmp_path: Path, sim) -> None:
     """A run killed mid-way leaves its answers in the journal's `log` (folded into `results` only
@@ -205,6 +221,7 @@ def test_plan_json_is_one_object_that_agrees_with_the_text(tmp_path: Path, sim) 
     assert server.stats.requests == 0
 
 
+@pytest.mark.slow
 def test_plan_cuts_a_huge_cell_in_the_sample_and_marks_the_cut(tmp_path: Path, sim) -> None:
     server = sim()
     huge = "word " * (6 * 1024 * 1024)  # a 30 MiB cell

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from batchrun.errors import UsageError
+from batchrun.errors import MissingKey, UsageError
 from batchrun.settings.config import RunConfig, is_loopback
 from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
 
@@ -49,7 +49,7 @@ def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> S
             return _checked_key(value, name)
     if config.is_local:
         return None  # never a key meant for someone else: a local server gets no header instead
-    raise UsageError(_missing(config, names, environ))
+    raise MissingKey(_missing(config, names, environ))
 
 
 def key_names(config: RunConfig) -> tuple[str, ...]:

@@ -61,6 +61,7 @@ class Plan:
     request_bytes: int = 0  # request bodies to send, summed (Batch API files are split by size)
     batch_price: Price | None = None  # set for --backend batch
     key_from: str | None = None  # where the key comes from (a variable's name), never the key
+    key_needed: str | None = None  # no key found: what a run will need (plan goes on without)
     cached: int = 0  # requests the shared cache (--cache) answers: not sent, not paid
 
     @property
@@ -83,7 +84,7 @@ class Plan:
         return self.batch_cost_usd if self.batch_price is not None else self.cost_usd
 
 
-def make_plan(config: RunConfig, key: Secret | None) -> Plan:
+def make_plan(config: RunConfig, key: Secret | None, key_needed: str | None = None) -> Plan:
     """Read the input and the journal (read-only) and work out what a run would send now."""
     table, renderer = open_job(config)
     reserve = completion_reserve(config)
@@ -136,6 +137,7 @@ def make_plan(config: RunConfig, key: Secret | None) -> Plan:
         batch_price=(batch_price(price_for(config.model, config.price), config.batch_price)
                      if config.backend == "batch" else None),
         key_from=key.source if key is not None else None,
+        key_needed=key_needed,
         cached=cached,
     )
 
@@ -193,7 +195,10 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         add(f"  invalid   first at row {plan.first_invalid[0]}: {plan.first_invalid[1]}")
     model = config.model or "(the account's default model)"
     add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
-    add(f"  key       {plan.key_from or 'none (a local server needs none)'}")
+    if plan.key_needed:
+        add(f"  key       none found; before a run, {plan.key_needed.removeprefix('no API key: ')}")
+    else:
+        add(f"  key       {plan.key_from or 'none (a local server needs none)'}")
     reserve_note = "" if config.max_tokens else "; no --max-tokens, so the server default is assumed"
     add(f"  tokens    ~{plan.prompt_tokens:,} prompt ({_ratio_note(plan)}) + at most "
         f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
@@ -211,7 +216,9 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         add(f"sample request (row {s.row}){note}:")
         add(f"  POST {s.url}")
         if "Authorization" not in s.headers:
-            add("  (no Authorization header: no key set, none needed for a local server)")
+            add("  (no Authorization header: " + ("no key found yet; a run sends one)"
+                                                    if plan.key_needed else
+                                                    "no key set, none needed for a local server)"))
         for name, value in s.headers.items():
             add(f"  {name}: {value}")
         body = orjson.dumps(_abbreviate(s.body), option=orjson.OPT_INDENT_2).decode()
@@ -242,6 +249,7 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
         "first_invalid": ({"row": plan.first_invalid[0], "message": plan.first_invalid[1]}
                           if plan.first_invalid else None),
         "model": config.model, "provider": config.provider, "key_from": plan.key_from,
+        "key_needed": plan.key_needed,
         "tokens": {"prompt_estimate": plan.prompt_tokens, "completion_max": plan.completion_tokens,
                    "reserve_per_request": plan.reserve, "prompt_ratio": plan.token_ratio,
                    "prompt_ratio_source": ("journal" if plan.ratio_answers else "estimate"),

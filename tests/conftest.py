@@ -15,6 +15,15 @@ from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread
 from .helpers import BUCKET, KEY_VARS, S3
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `ray` tests share the session's one Ray (`ray_address`): under xdist (`--dist
+    loadgroup`) they all go to one worker, which starts it once."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No real key from the developer's shell reaches a test."""

@@ -8,6 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from .batch_support import (
     batch_args,
     batch_statuses,
@@ -23,6 +25,7 @@ def _prompts(n: int) -> list[str]:
     return [f"Summarize review number {i}." for i in range(n)]
 
 
+@pytest.mark.slow
 def test_cron_no_wait_exits_75_until_the_batch_ends_then_0_with_the_whole_output(
         tmp_path: Path, sim) -> None:
     server = sim(batch_duration_s=6.0)
@@ -132,6 +135,7 @@ def test_rows_in_a_live_batch_are_not_sent_online_and_cancel_gives_them_back(
     check_billed_once(server, [r["prompt"] for r in check_complete(out, n)])
 
 
+@pytest.mark.slow
 def test_fresh_refuses_to_forget_a_live_batch_and_sends_nothing(tmp_path: Path, sim) -> None:
     # The journal is all that knows of a live batch: --fresh would delete it, and the provider
     # would bill the batch and the rows sent again alike.

@@ -7,6 +7,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from batchrun.protocol.tokens import count_prompt_tokens
 
 from .helpers import journal_file, prompts_csv, read_output, run_cli, run_job
@@ -22,6 +24,7 @@ def learned(out: Path) -> dict[str, dict[str, float]]:
     return dict(json.loads(value))
 
 
+@pytest.mark.slow
 def test_a_tokenizer_counting_twice_ours_is_learned_paced_and_kept_for_plan(
         tmp_path: Path, sim) -> None:
     prompt = [{"role": "user", "content": "Summarize review number 10."}]

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchrun.sim import expected_answer
 
 from .helpers import (
@@ -55,6 +57,7 @@ def _check_complete(out: Path, n: int) -> None:
     assert not _tmp_files(out)
 
 
+@pytest.mark.slow
 def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight(
         tmp_path: Path, sim) -> None:
     server = sim(latency=0.035, latency_jitter=0.015)
@@ -89,6 +92,7 @@ def test_sigkill_early_and_middle_then_rerun_pays_at_most_the_requests_in_flight
     assert max(billed.values()) <= 2
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_final_write_keeps_the_old_output_and_sends_nothing_again(
         tmp_path: Path, sim) -> None:
     server = sim(latency=0.0)

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 from aiohttp import web
 
 from batchrun.protocol.retry import Kind
@@ -66,6 +67,7 @@ CASES: dict[str, tuple[tuple[Step, ...], str, str | None]] = {
 }
 
 
+@pytest.mark.slow
 def test_every_hostile_answer_is_a_row_error_or_a_retry(tmp_path: Path, sim) -> None:
     server = sim()
     for word, (steps, _, _) in CASES.items():

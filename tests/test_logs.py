@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchrun.sim import Step
 from batchrun.views.logs import JsonFormatter, TextFormatter
 
@@ -31,6 +33,7 @@ def _args(src: Path, out: Path, base_url: str, *extra: object) -> list[object]:
             "--log-format", "json", *extra]
 
 
+@pytest.mark.slow
 def test_json_events_of_a_run_all_parse(tmp_path: Path, sim) -> None:
     server = sim(latency=0.01)
     # Four 429s in a row are evidence the run is too fast: the whole run pauses (one event).

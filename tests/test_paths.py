@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.data.locations import former_sibling, sibling, state_dir, usage_path, usage_url
 from batchrun.journal.database import OutputLock, journal_path
@@ -72,6 +73,7 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, s
     assert server.stats.requests == 0
 
 
+@pytest.mark.slow
 def test_output_appears_whole_or_not_at_all(tmp_path: Path, sim) -> None:
     server = sim()
     rows = [{"id": str(i), "prompt": f"prompt {i} " + "word " * 60} for i in range(2500)]

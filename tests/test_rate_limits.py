@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import Step
@@ -38,6 +39,7 @@ def all_ok(out: Path, n: int) -> bool:
     return len(rows) == n and all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_run_at_the_declared_rpm_is_paced_with_no_429(tmp_path: Path, sim) -> None:
     server = sim(rpm=RPM, window_s=1.0, latency=0.05)
     src = prompts_csv(tmp_path / "in.csv", 300)
@@ -53,6 +55,7 @@ def test_a_run_at_the_declared_rpm_is_paced_with_no_429(tmp_path: Path, sim) -> 
     # it): test_limiter proves the pace on a fake clock, benchmarks/ratelimit.py measures it.
 
 
+@pytest.mark.slow
 def test_a_run_at_the_declared_tpm_is_paced_with_no_429(tmp_path: Path, sim) -> None:
     src = prompts_csv(tmp_path / "in.csv", 300)
     prompt_tokens = count_prompt_tokens([{"role": "user", "content": "Summarize review number 10."}])
@@ -70,6 +73,7 @@ def test_a_run_at_the_declared_tpm_is_paced_with_no_429(tmp_path: Path, sim) -> 
     assert arrivals[-1] - arrivals[0] > 290 / 100
 
 
+@pytest.mark.slow
 def test_a_limit_configured_too_high_is_learned_from_headers(tmp_path: Path, sim) -> None:
     server = sim(rpm=RPM, window_s=1.0, latency=0.05)
     src = prompts_csv(tmp_path / "in.csv", 400)
@@ -82,6 +86,7 @@ def test_a_limit_configured_too_high_is_learned_from_headers(tmp_path: Path, sim
     assert most_in_window(late) <= 100
 
 
+@pytest.mark.slow
 def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim) -> None:
     # vLLM and LLMost send no x-ratelimit headers; no --rpm either.
     server = sim(rpm=RPM, window_s=1.0, latency=0.05, rate_limit_headers=False)
@@ -101,6 +106,7 @@ def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim)
     assert most_in_window(late) <= 102
 
 
+@pytest.mark.slow
 def test_a_concurrency_limit_is_learned_from_its_429s(tmp_path: Path, sim) -> None:
     # MegaLLM Basic allows 10 requests in flight; the run was told 16 (here: 4 allowed).
     server = sim(max_concurrency=4, latency=0.1)
@@ -146,6 +152,7 @@ def test_stray_429s_at_two_percent_never_pause_the_run(tmp_path: Path, sim) -> N
     assert finish["rate_limited"] == server.stats.rate_limited
 
 
+@pytest.mark.slow
 def test_a_storm_of_429s_pauses_the_whole_run_for_its_retry_after(tmp_path: Path, sim) -> None:
     server = sim(latency=0.02)
     server.script(*[Step.status(429, retry_after=1)] * 4)  # every answer a 429: not noise

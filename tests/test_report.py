@@ -75,6 +75,7 @@ def _events(stderr: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+@pytest.mark.browser
 def test_the_demo_run_writes_its_report_and_names_it(tmp_path: Path) -> None:
     out = tmp_path / "demo.parquet"
     result = run_cli("run", REPO / "jobs" / "demo.toml", "--output", out, "--report",
@@ -113,6 +114,7 @@ def test_the_demo_run_writes_its_report_and_names_it(tmp_path: Path) -> None:
     assert probe["samples"] == ["ok"] * 10
 
 
+@pytest.mark.browser
 def test_a_run_with_429s_and_errors_shows_them_on_the_timeline(tmp_path: Path, sim) -> None:
     server = sim(api_key=TEST_KEY)
     server.rule("number 7.", Step.status(400, f"bad request from key {TEST_KEY}"))  # row-fatal
@@ -163,6 +165,7 @@ def test_a_run_with_429s_and_errors_shows_them_on_the_timeline(tmp_path: Path, s
     assert probe["samples"][:3] == ["error"] * 3 and set(probe["samples"][3:]) == {"ok"}
 
 
+@pytest.mark.browser
 def test_failures_that_were_all_retried_say_so_instead_of_no_examples(tmp_path: Path, sim) -> None:
     server = sim()
     server.script(Step.status(503), Step.status(502), Step.status(500))  # retried, then answered
@@ -177,6 +180,7 @@ def test_failures_that_were_all_retried_say_so_instead_of_no_examples(tmp_path: 
     assert errors["rate"][3] == "none"  # nothing of that class happened at all
 
 
+@pytest.mark.browser
 def test_a_stopped_run_is_reported_from_its_journal(tmp_path: Path, sim) -> None:
     server = sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)

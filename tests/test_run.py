@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.sim import Step, expected_answer
 
@@ -140,6 +141,7 @@ def test_simulate_command_prints_its_url_serves_a_run_and_stops_on_sigterm(tmp_p
                 proc.communicate()
 
 
+@pytest.mark.slow
 def test_the_demo_job_runs_from_the_repository_root(tmp_path: Path) -> None:
     """`jobs/demo.toml` (what `make demo` runs) answers every sample review against the simulator."""
     root = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.sim import expected_answer
 
@@ -21,6 +22,7 @@ from .helpers import prompts_csv, read_output, run_cli
 ROWS = 1500
 
 
+@pytest.mark.slow
 def test_every_row_survives_a_storm_of_faults_billed_exactly_once(tmp_path: Path, sim) -> None:
     server = sim(fail_rate=0.05, drop_rate=0.02, garbage_rate=0.01, hang_rate=0.01,
                  stray_429_rate=0.01, latency=0.01, seed=11)

@@ -13,7 +13,7 @@ from batchrun.errors import UsageError
 from batchrun.protocol.render import compile_template
 from batchrun.sim import expected_answer
 
-from .helpers import clean_env, read_output, run_cli, start_cli, write_csv
+from .helpers import clean_env, read_output, run_cli, write_csv
 
 REFUSED = [
     ("{prompt.__class__}", "attributes"),
@@ -43,17 +43,13 @@ def _run(tmp_path: Path, base_url: str, template: str, rows: list[dict[str, str]
 def test_refused_templates_exit_2_before_anything_is_sent(tmp_path: Path, sim) -> None:
     server = sim()
     src = write_csv(tmp_path / "in.csv", [{"id": "1", "prompt": "hello"}])
-    # Every refusal through the real CLI, the processes started together to save time.
-    procs = []
-    for i, (template, _) in enumerate(REFUSED):
+    # Every refusal through the real CLI.
+    for i, (template, reason) in enumerate(REFUSED):
         out = tmp_path / f"out{i}.parquet"
-        procs.append((out, start_cli("run", "--input", src, "--output", out, "--base-url",
-                                     server.base_url, "--model", "sim-1", "--no-progress",
-                                     "--template", template)))
-    for (template, reason), (out, proc) in zip(REFUSED, procs, strict=True):
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 2, (template, stderr)
-        line = stderr.strip()
+        result = run_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                         "--model", "sim-1", "--no-progress", "--template", template)
+        assert result.returncode == 2, (template, result.stderr)
+        line = result.stderr.strip()
         assert len(line.splitlines()) == 1 and "Traceback" not in line, line
         assert "--template" in line and reason in line, (template, line)
         assert not out.exists()

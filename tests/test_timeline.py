@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import batchrun
 from batchrun.journal.database import Journal, Sample, journal_path
 from batchrun.running.stats import Stats
@@ -74,6 +76,7 @@ def test_the_journal_keeps_samples_until_fresh(tmp_path: Path) -> None:
     journal.close()
 
 
+@pytest.mark.slow
 def test_a_runs_timeline_adds_up_to_its_totals(tmp_path: Path, sim) -> None:
     server = sim(latency=0.005)
     server.rule("number 3.", Step.status(429, "Rate limit reached", retry_after_ms=10), Step.ok())

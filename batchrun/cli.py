@@ -60,9 +60,10 @@ def run(job: Path | None, **options: Any) -> None:
     try:
         summary = run_job(config)
     except BatchrunError as stop:
-        partial = stop.summary
-        if partial is not None:  # JSON logs keep stderr pure JSON: the summary goes to stdout
-            click.echo(partial.render(), err=config.log_format != "json")
+        # The summary is the command's report, on stdout however the run ended (and stderr
+        # stays pure JSON with --log-format json); the one line of why follows on stderr.
+        if stop.summary is not None:
+            click.echo(stop.summary.render())
         raise
     click.echo(summary.render())
     sys.exit(summary.exit_code)

@@ -50,7 +50,7 @@ def test_export_after_a_job_wide_stop_has_every_row_and_the_stopped_run_names_it
     server.rule("number 40.", Step.status(402, "Insufficient credits"), times=1)  # job-wide: exit 3
     result = run_job(src, out, server.base_url, "--concurrency", 1)
     assert result.returncode == 3, result.stderr
-    assert f"partial   batchrun export {out} writes what is answered so far" in result.stderr
+    assert f"partial   batchrun export {out} writes what is answered so far" in result.stdout
 
     done = run_cli("export", out)
     assert done.returncode == 0, done.stderr
@@ -82,9 +82,9 @@ def test_export_after_an_interrupt_and_while_running_to_a_chosen_path(tmp_path: 
     assert sum(r["status"] == "ok" for r in live) >= 20
 
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+    stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert f"batchrun export {out}" in stderr
+    assert f"batchrun export {out}" in stdout
     done = run_cli("export", out, "--to", tmp_path / "after.parquet")
     assert done.returncode == 0, done.stderr
     after = _check_partial(tmp_path / "after.parquet", n, out)

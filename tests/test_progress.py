@@ -136,9 +136,14 @@ def test_live_display_stops_before_a_job_wide_stop_is_reported(tmp_path: Path, s
         _args(src, tmp_path / "out.parquet", server.base_url), env)
     assert code == 3, screen
     assert screen.rfind("\x1b[?25h") > screen.rfind("\x1b[?25l") >= 0
-    # The partial summary and the error line come after the display has stopped.
-    assert screen.rfind("\x1b[?25h") < screen.find("batchrun: 20 rows")
-    assert screen.rstrip().splitlines()[-1].startswith("batchrun: stopped:")
+    # The partial summary is on stdout, as a finished run's is; the error line comes on the
+    # terminal after the display has stopped.
+    assert stdout.startswith("batchrun: 20 rows: 0 ok, 0 error")
+    assert "batchrun: 20 rows" not in screen
+    assert screen.rfind("\x1b[?25h") < screen.rfind("batchrun: stopped:")
+    assert screen.rstrip().splitlines()[-1].removeprefix("\x1b[?25h").startswith(
+        "batchrun: stopped: HTTP 401 Unauthorized (invalid_api_key): Incorrect API key provided.; "
+        "check the API key (it came from BATCHRUN_API_KEY)")
     assert TEST_KEY not in screen + stdout
 
 

@@ -22,7 +22,7 @@ from batchrun.settings.config import RunConfig, is_loopback
 from batchrun.settings.keys import Secret, check_transport
 from batchrun.sim import Step
 
-from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, start_cli
+from .helpers import TEST_KEY, clean_env, prompts_csv, read_output, run_cli, run_job, start_cli
 
 # Parts of the key that must not show up either (a cut-off key is still a leak).
 KEY_PARTS = (TEST_KEY, TEST_KEY[:12], TEST_KEY[-12:])
@@ -321,3 +321,21 @@ def test_redirects_are_not_followed(tmp_path: Path, sim) -> None:
     assert "redirect" in result.stderr and "--base-url" in result.stderr
     assert elsewhere.stats.requests == 0
     _assert_clean(result.stdout, result.stderr)
+
+
+def test_a_refused_key_names_where_it_came_from_never_a_flag_that_was_not_used(
+        tmp_path: Path, sim) -> None:
+    server = sim(api_key="the-right-key")
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(TEST_KEY)
+    key_file.chmod(0o600)
+    by_file = run_job(src, tmp_path / "a.parquet", server.base_url, "--api-key-file", key_file)
+    assert by_file.returncode == 3
+    assert by_file.stderr.rstrip().endswith(
+        f"; check the API key (it came from --api-key-file {key_file})")
+    by_env = run_job(src, tmp_path / "b.parquet", server.base_url,
+                     env=clean_env(BATCHRUN_API_KEY=TEST_KEY))
+    assert by_env.stderr.rstrip().endswith("; check the API key (it came from BATCHRUN_API_KEY)")
+    assert "--api-key-env" not in by_file.stderr + by_env.stderr
+    assert TEST_KEY not in by_file.stdout + by_file.stderr + by_env.stdout + by_env.stderr

@@ -22,7 +22,7 @@ import orjson
 from batchrun.data.openai_api import BATCH_URL
 from batchrun.errors import JobStopped, UsageError
 from batchrun.protocol.retry import Failure, Kind, RetryPolicy, classify_http, parse_retry_after
-from batchrun.sending.http import request_headers
+from batchrun.sending.http import key_hint, request_headers
 from batchrun.settings.keys import Secret
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -105,6 +105,7 @@ class BatchApi:
         self._session = session
         self._base = base_url
         self._headers = request_headers(key)
+        self._key_hint = key_hint(key)
         self._headers.pop("Content-Type")  # JSON or multipart: aiohttp sets it per call
         self._scrub = (key.reveal(),) if key else ()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
@@ -204,7 +205,7 @@ class BatchApi:
             data: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = {"error": {"message": body.decode("utf-8", "replace").strip()[:300]}}
-        failure = classify_http(status, data, parse_retry_after(headers))
+        failure = classify_http(status, data, parse_retry_after(headers), self._key_hint)
         message = f"{what}: {failure.message}"
         for secret in self._scrub:
             message = message.replace(secret, "***")

@@ -133,7 +133,7 @@ def error_fields(body: Any) -> tuple[str, str | None, str | None]:
 
 
 FIX_HINTS = {
-    401: "check the API key (the variable named by --api-key-env)",
+    401: "check the API key",
     402: "add credits to the account",
     403: "check the account's access to this model",
     404: "check --model and --base-url",
@@ -148,8 +148,10 @@ def _phrase(status: int) -> str:
         return ""
 
 
-def classify_http(status: int, body: Any, retry_after: float | None) -> Failure:
-    """Classify an HTTP error answer; both error-body styles are understood."""
+def classify_http(status: int, body: Any, retry_after: float | None,
+                  key_hint: str = FIX_HINTS[401]) -> Failure:
+    """Classify an HTTP error answer; both error-body styles are understood. `key_hint` says what
+    to check about the key on a 401 (the sender knows where its key came from)."""
     message, err_type, code = error_fields(body)
     label = code if code and not code.isdigit() else err_type  # the provider's error class
     text = f"HTTP {status} {_phrase(status)}".rstrip() + (f" ({label})" if label else "")
@@ -166,7 +168,8 @@ def classify_http(status: int, body: Any, retry_after: float | None) -> Failure:
             )
         return Failure(Kind.RETRY, line, status, retry_after, rate_limited=True)
     if status in (401, 402) or code == "invalid_api_key":
-        return Failure(Kind.JOB, f"{line}; {FIX_HINTS.get(status, FIX_HINTS[401])}", status)
+        hint = FIX_HINTS[402] if status == 402 else key_hint
+        return Failure(Kind.JOB, f"{line}; {hint}", status)
     if status == 404 or code == "model_not_found":
         return Failure(Kind.JOB, f"{line}; {FIX_HINTS[404]}", status)
     if status in (408, 409) or status >= 500:

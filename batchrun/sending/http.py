@@ -48,6 +48,13 @@ def request_headers(key: Secret | None, *, hidden: bool = False) -> dict[str, st
     return headers
 
 
+def key_hint(key: Secret | None) -> str:
+    """What to check when the server refuses the key: where it came from (never the key)."""
+    if key is None:
+        return "no API key was sent: set one (batchrun plan names the variable)"
+    return f"check the API key (it came from {key.source})"
+
+
 class Sender:
     """Posts request bodies to the chat-completions URL with the run's one session."""
 
@@ -56,6 +63,7 @@ class Sender:
         self._session = session
         self._url = URL(base_url + CHAT_PATH)  # parsed once, not per request
         self._headers = CIMultiDict(request_headers(key))  # aiohttp would convert a dict per request
+        self._key_hint = key_hint(key)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_s = timeout
         # Servers sometimes echo request headers in error bodies; these strings are cut out.
@@ -109,7 +117,8 @@ class Sender:
         except orjson.JSONDecodeError:
             # Whole, not a slice: a cut could split an echoed key and leave a prefix unscrubbed.
             data = {"error": {"message": raw.decode("utf-8", "replace").strip()}}
-        failure = _patience(classify_http(status, data, parse_retry_after(headers)))
+        failure = _patience(classify_http(status, data, parse_retry_after(headers),
+                                          self._key_hint))
         return Reply(None, self._scrubbed(failure), headers)
 
     def _scrubbed(self, failure: Failure) -> Failure:

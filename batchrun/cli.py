@@ -134,10 +134,11 @@ def cancel(output: Path, api_key_env: str | None, api_key_file: Path | None) -> 
               help="Where to write it (default: OUTPUT with .partial before its suffix).")
 def export(output: str, to: Path | None) -> None:
     """Write what a stopped or running OUTPUT has so far; rows not answered yet are pending."""
+    from batchrun.running.summary import count
     from batchrun.views.export import export as export_output
 
     target, rows = export_output(output, to)
-    click.echo(f"{target}: {rows['total']:,} rows: {rows['ok']:,} ok, {rows['error']:,} error, "
+    click.echo(f"{target}: {count(rows['total'], 'row')}: {rows['ok']:,} ok, {rows['error']:,} error, "
                f"{rows['pending']:,} pending (partial)")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from batchrun.running.summary import Summary
 from batchrun.sim import Step
 
-from .helpers import clean_env, run_cli, write_csv
+from .helpers import clean_env, prompts_csv, run_cli, run_job, write_csv
 
 BASE = Summary(
     rows_total=1200, rows_ok=1190, rows_error=10, prompt_tokens=120_000,
@@ -84,3 +84,14 @@ def test_pending_hint_is_not_repeated() -> None:
     lines = replace(BASE, rows_ok=10, rows_error=0, stopped=reason).render().splitlines()
     assert f"  stopped   {reason}" in lines
     assert "  pending   1,190 rows not answered yet" in lines
+
+
+def test_one_row_reads_as_one_row_in_the_summary_and_the_plan(tmp_path: Path, sim) -> None:
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 1)
+    planned = run_cli("plan", "--input", src, "--base-url", server.base_url, "--model", "sim-1")
+    assert f"  input     {src}: 1 row\n" in planned.stdout
+    assert "  to send   1 request now\n" in planned.stdout
+    ran = run_job(src, tmp_path / "out.parquet", server.base_url, check=True)
+    assert ran.stdout.startswith("batchrun: 1 row: 1 ok, 0 error\n")
+    assert " 1 rows" not in planned.stdout + ran.stdout

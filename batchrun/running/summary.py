@@ -76,7 +76,7 @@ class Summary:
     def render(self) -> str:
         """The one-screen report printed at the end of a run."""
         rate = self.requests_sent / self.seconds if self.seconds > 0 else 0.0
-        head = f"batchrun: {self.rows_total:,} rows: {self.rows_ok:,} ok, {self.rows_error:,} error"
+        head = f"batchrun: {count(self.rows_total, 'row')}: {self.rows_ok:,} ok, {self.rows_error:,} error"
         if self.reused:
             head += f" ({self.reused:,} answered by earlier runs, not sent again)"
         pending = max(0, self.rows_total - self.rows_ok - self.rows_error)
@@ -96,13 +96,13 @@ class Summary:
             f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
         ]
         if self.cached:
-            lines.append(f"  cached    {self.cached:,} rows answered from the shared cache, "
+            lines.append(f"  cached    {count(self.cached, 'row')} answered from the shared cache, "
                          "at no cost")
         if self.dedup_saved:
-            lines.append(f"  dedup     {self.dedup_saved:,} rows repeated an identical request: "
-                         f"{self.dedup_saved:,} requests saved")
+            lines.append(f"  dedup     {count(self.dedup_saved, 'row')} repeated an identical "
+                         f"request: {count(self.dedup_saved, 'request')} saved")
         if self.rows_error:
-            lines.append(f"  errors    {self.rows_error:,} rows failed: their reason is in the "
+            lines.append(f"  errors    {count(self.rows_error, 'row')} failed: their reason is in the "
                          "error column (status = 'error')")
         if self.output:
             lines.append(f"  output    {_shown(self.output)}")
@@ -114,7 +114,7 @@ class Summary:
             if pending:
                 hint = "" if "run the same command again" in self.stopped else (
                     ": run the same command again to resume")
-                lines.append(f"  pending   {pending:,} rows not answered yet{hint}")
+                lines.append(f"  pending   {count(pending, 'row')} not answered yet{hint}")
                 if self.export_command:
                     lines.append(f"  partial   {self.export_command} writes what is answered "
                                  "so far")
@@ -185,6 +185,11 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
         "finished_at": finished_at,
         "config_fingerprint": request_fingerprint(config),  # as batch metadata names the job
     }
+
+
+def count(n: int, noun: str) -> str:
+    """How a number of things reads everywhere: '1 row', '1,200 rows'."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def duration(seconds: float | None) -> str:

@@ -21,7 +21,7 @@ from batchrun.protocol.render import (
 )
 from batchrun.protocol.tokens import CALIBRATION_META, Calibration
 from batchrun.running.rows import open_job, select
-from batchrun.running.summary import duration
+from batchrun.running.summary import count, duration
 from batchrun.sending.http import request_headers
 from batchrun.settings.config import RunConfig
 from batchrun.settings.keys import Secret
@@ -174,10 +174,10 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     """The plan as a few lines a person reads before paying for a run."""
     lines = [f"batchrun plan: {config.job_file or 'flags only'} (nothing is sent)"]
     add = lines.append
-    add(f"  input     {config.input}: {plan.total_rows:,} rows")
+    add(f"  input     {config.input}: {count(plan.total_rows, 'row')}")
     add(f"  output    {config.output_name}")
     add(f"  journal   {plan.journal}")
-    add(f"  to send   {plan.to_send:,} requests now")
+    add(f"  to send   {count(plan.to_send, 'request')} now")
     skipped = []
     if plan.reused:
         skipped.append(f"{plan.reused:,} settled by earlier runs")

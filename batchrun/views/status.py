@@ -12,7 +12,7 @@ from batchrun.data.locations import check_url, home, is_url
 from batchrun.errors import UsageError
 from batchrun.journal.batches import Submission, submissions
 from batchrun.journal.database import Journal, OutputLock, journal_path
-from batchrun.running.summary import duration
+from batchrun.running.summary import count, duration
 
 SHOWN_BATCHES = 20  # `status` lists this many batches, the newest
 
@@ -83,10 +83,10 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
         + (f"; {held:,} in live Batch API batches" if held else ""),
     ]
     if counts["cached"]:
-        lines.append(f"  cached    {counts['cached']:,} rows answered from the shared cache, "
+        lines.append(f"  cached    {count(counts['cached'], 'row')} answered from the shared cache, "
                      "at no cost")
     if counts["copies"]:
-        lines.append(f"  dedup     {counts['copies']:,} rows answered by an identical request")
+        lines.append(f"  dedup     {count(counts['copies'], 'row')} answered by an identical request")
     if meta.get("model") or meta.get("base_url"):
         where = f" at {meta['base_url']}" if meta.get("base_url") else ""  # older journals: ""
         lines.append(f"  model     {meta.get('model') or '(default)'}{where}")

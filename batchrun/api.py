@@ -27,7 +27,7 @@ from batchrun.running.execute import execute
 from batchrun.running.output import RESULT_NAMES, write_output
 from batchrun.running.summary import Summary, build_summary, output_metadata
 from batchrun.running.timeline import Sampler
-from batchrun.settings.config import RunConfig, build_config
+from batchrun.settings.config import RunConfig, as_keywords, build_config
 from batchrun.settings.keys import Secret, resolve_key
 from batchrun.views.progress import Reporter
 
@@ -192,14 +192,25 @@ def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
     Rows that fail are in the frame with ``status == "error"``; a job-wide stop (bad key, no
     credits, budget) or an interrupt raises JobStopped / Interrupted.
     """
+    if "input" in options:
+        raise TypeError("run_dataframe() takes its rows from df; use run() for an input file")
+    secret = Secret(key) if isinstance(key, str) else key
+    try:
+        return _run_frame(df, output, secret, reporter, options)
+    except BatchrunError as err:  # settings were given by name here, not as flags
+        err.message = as_keywords(err.message)
+        err.args = (err.message,)
+        raise
+
+
+def _run_frame(df: pd.DataFrame, output: str | Path | None, secret: Secret | None,
+               reporter: Reporter | None, options: dict[str, Any]) -> pd.DataFrame:
+    """`run_dataframe`, whose errors still name flags."""
     import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if "input" in options:
-        raise TypeError("run_dataframe() takes its rows from df; use run() for an input file")
-    secret = Secret(key) if isinstance(key, str) else key
     with tempfile.TemporaryDirectory(prefix="batchrun-") as tmp:
         source = Path(tmp) / "input.parquet"
         try:

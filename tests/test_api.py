@@ -138,3 +138,17 @@ def test_a_budget_stop_in_a_python_process_prints_nothing_of_its_own(sim) -> Non
                           timeout=120, env=clean_env())
     assert done.stdout == "stopped: 3\n", done.stderr
     assert done.stderr == ""
+
+
+def test_the_python_api_names_settings_by_keyword_not_by_flag(sim) -> None:
+    server = sim()
+    frame = pd.DataFrame({"prompt": [f"Summarize review number {i}." for i in range(40)]})
+    with pytest.raises(batchrun.UsageError) as bad:
+        batchrun.run_dataframe(frame, model="sim-1", base_url=server.base_url, rpm=-1,
+                               progress=False)
+    assert bad.value.message == "rpm must be greater than 0 (got -1)" == str(bad.value)
+    with pytest.raises(batchrun.JobStopped) as stop:
+        batchrun.run_dataframe(frame, model="sim-1", base_url=server.base_url, max_cost=0.0001,
+                               progress=False)
+    assert stop.value.message.startswith("budget reached: max_cost 0.0001 USD")
+    assert "--" not in stop.value.message + bad.value.message

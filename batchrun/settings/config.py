@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -539,3 +540,20 @@ def _price(s: dict[str, Any], prefix: str = "") -> Price | None:
     if len(given) == 1:
         raise UsageError(f"[pricing] needs both {names[0]} and {names[1]}")
     return Price(float(s.pop(names[0])), float(s.pop(names[1])))
+
+
+def as_keywords(message: str) -> str:
+    """A message for a Python caller: the flags it names as the keyword arguments that set them
+    (`--max-cost` reads `max_cost`, `--no-progress` reads `progress=False`), for the APIs that
+    take settings by name."""
+    for spec in sorted(SETTINGS, key=lambda s: -len(s.flag or "")):
+        flags = (spec.flag or "").split("/")
+        for i, flag in enumerate(f for f in flags if f):
+            if spec.value is not bool:
+                word = spec.name
+            elif len(flags) == 2:  # --dedup/--no-dedup
+                word = f"{spec.name}={i == 0}"
+            else:
+                word = f"{spec.name}={spec.flag_value}"
+            message = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", word, message)
+    return message

@@ -8,9 +8,10 @@ import signal
 from pathlib import Path
 
 import click
+import pytest
 
 from batchrun.cli import cli
-from batchrun.running.output import RESULT_NAMES
+from batchrun.running.output import CACHED_FIELD, RESULT_NAMES
 from batchrun.settings.config import FIELDS
 
 from .helpers import clean_env, journal_count, run_cli, start_cli, wait_until
@@ -160,7 +161,7 @@ def test_job_file_reference_lists_every_key() -> None:
 
 def test_output_columns_and_exit_codes_are_documented() -> None:
     columns = {row[0].strip("`") for row in _table(section(DOCS / "output.md", "Output"))}
-    assert columns == set(RESULT_NAMES)
+    assert columns == {*RESULT_NAMES, CACHED_FIELD.name}
     codes = [row[0] for row in _table(section(README, "Exit codes"))]
     assert codes == ["0", "1", "2", "3", "75", "130"]
 
@@ -208,6 +209,7 @@ def _tour_commands(step: int) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow  # the demo job's own pace: about 10 s of sending
 def test_the_tour_shows_what_each_step_claims(tmp_path: Path) -> None:
     """Steps 1-4 as written, from a copy of the repository's demo job, right after `make demo`
     (which answered out/demo.parquet, not the tour's output)."""

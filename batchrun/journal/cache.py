@@ -41,6 +41,17 @@ CREATE INDEX IF NOT EXISTS answers_used ON answers (used_at);
 INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');
 INSERT OR IGNORE INTO meta VALUES ('version', '{VERSION}');
 """
+CACHE_EVERY = 0.5  # seconds: how often a journal's commits copy their answers into the cache
+# What a journal that attached the cache (as `shared`) copies in a commit's transaction: the
+# successful answers it logged since the last copy (seq above the mark), sent and paid for (a
+# cache hit has 0 attempts and is in the cache already). Params: (now, mark).
+_COPY = """INSERT OR IGNORE INTO shared.answers
+    SELECT key, response, finish_reason, prompt_tokens, completion_tokens, total_tokens, model,
+           response_id, parsed, latency_ms, ?1, ?1,
+           length(COALESCE(response, '')) + length(COALESCE(parsed, ''))
+    FROM main.{table} WHERE status = 'ok' AND attempts > 0"""
+CACHE_FROM_LOG = _COPY.format(table="log") + " AND seq > ?2"
+CACHE_FROM_RESULTS = _COPY.format(table="results")  # what earlier runs folded: at attach, once
 _COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
             "model", "response_id", "parsed", "latency_ms")
 

@@ -86,7 +86,8 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
             journal = Journal(journal_path(config.output), fresh=config.fresh)
         except OSError as exc:
             raise operating_error(exc, "create the journal") from None
-        journal.cache = cache
+        if cache is not None:
+            journal.attach_cache(cache)
         try:
             _begin(journal, config, stats)
             async with _endpoint(config) as base_url:

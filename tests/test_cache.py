@@ -197,3 +197,22 @@ def test_batchrun_cache_sets_the_cache_of_every_run(tmp_path: Path, sim) -> None
     run_job(src, tmp_path / "b.parquet", server.base_url, env=env, check=True)
     assert server.stats.requests == 0
     assert all(r["cached"] for r in read_output(tmp_path / "b.parquet"))
+
+
+def test_a_hit_keeps_its_answer_from_being_pruned_as_unused(tmp_path: Path, sim) -> None:
+    import sqlite3
+    import time
+
+    server = sim()
+    cache = tmp_path / "c.cache"
+    src = prompts_csv(tmp_path / "in.csv", 10)
+    run_job(src, tmp_path / "a.parquet", server.base_url, "--cache", cache, check=True)
+    db = sqlite3.connect(cache)  # as if last used 40 days ago
+    db.execute("UPDATE answers SET used_at = ?", (time.time() - 40 * 86_400,))
+    db.commit()
+    db.close()
+    half = write_csv(tmp_path / "half.csv",
+                     [{"id": i, "prompt": f"Summarize review number {i}."} for i in range(5)])
+    run_job(half, tmp_path / "b.parquet", server.base_url, "--cache", cache, check=True)
+    pruned = run_cli("cache", "prune", cache, "--older-than", "30d")
+    assert pruned.stdout.startswith(f"{cache}: 5 answers dropped, 5 kept")  # the 5 just used stay

@@ -53,7 +53,8 @@ _COPY = """INSERT OR IGNORE INTO shared.answers
 CACHE_FROM_LOG = _COPY.format(table="log") + " AND seq > ?2"
 CACHE_FROM_RESULTS = _COPY.format(table="results")  # what earlier runs folded: at attach, once
 _COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-            "model", "response_id", "parsed", "latency_ms")
+            "model", "response_id", "parsed", "latency_ms", "used_at")
+TOUCH_AFTER = 3600.0  # seconds: a hit marks its answer used again only when it was not this hour
 
 
 class Hit(NamedTuple):
@@ -68,6 +69,13 @@ class Hit(NamedTuple):
     response_id: str | None
     parsed: str | None
     latency_ms: float | None
+    used_at: float  # when a run last used it (`prune --older-than` goes by it)
+
+    @property
+    def stale(self) -> bool:
+        """Not marked used this hour: worth marking again (`Cache.touch`); every hit would cost a
+        random write per row."""
+        return self.used_at < time.time() - TOUCH_AFTER
 
 
 @dataclass(frozen=True)

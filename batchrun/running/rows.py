@@ -13,8 +13,7 @@ here, without touching the network.
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
@@ -34,6 +33,7 @@ from batchrun.protocol.render import (
     occurrence_key,
 )
 from batchrun.running.output import RESULT_NAMES
+from batchrun.running.seen import Seen
 from batchrun.running.stats import Stats
 from batchrun.settings.config import RunConfig
 from batchrun.settings.prices import Price
@@ -96,28 +96,6 @@ class Answered(Protocol):
     def lookup(self, keys: Sequence[bytes]) -> Mapping[bytes, Hit]: ...
 
 
-class Placements(Protocol):
-    """Where the rows placed so far are kept: the run's journal records them (`rows` table)."""
-
-    def prior_counts(self, bases: Sequence[bytes]) -> Mapping[bytes, int]: ...
-    def map_rows(self, rows: Iterable[Mapped]) -> None: ...
-
-
-class Unrecorded:
-    """Placements kept only as long as the loop runs (`plan`, a re-render): counts per base."""
-
-    def __init__(self) -> None:
-        self._seen: Counter[bytes] = Counter()
-
-    def prior_counts(self, bases: Sequence[bytes]) -> Mapping[bytes, int]:
-        """Rows placed before with each base hash."""
-        return self._seen
-
-    def map_rows(self, rows: Iterable[Mapped]) -> None:
-        """Count the rows of a batch just placed."""
-        self._seen.update(base for _, base, _, _ in rows)
-
-
 # --- the loop -----------------------------------------------------------------------------
 
 
@@ -136,20 +114,21 @@ class Selection:
 
 
 def select(table: InputTable, renderer: Renderer, config: RunConfig,
-           earlier: Earlier | None = None, placements: Placements | None = None,
+           earlier: Earlier | None = None, record: Callable[[list[Mapped]], None] | None = None,
            answered: Answered | None = None, rows: int = BATCH_ROWS) -> Iterator[Selection]:
-    """The input, a batch at a time, in order: rendered, placed against the rows before it (in
-    `placements`: the run's journal records them), sorted out against `earlier`, and what is
-    left to send looked up in `answered` (the shared cache)."""
+    """The input, a batch at a time, in order: rendered, placed against the rows before it, sorted
+    out against `earlier`, and what is left to send looked up in `answered` (the shared cache).
+    `record` keeps each batch's mapping (the run's journal)."""
     earlier = earlier if earlier is not None else NothingEarlier()
-    placements = placements if placements is not None else Unrecorded()
+    seen = Seen()  # the only thing kept from batch to batch: a compact set of keys
     dedup, retry_failed = config.dedup_enabled, config.retry_failed
     start = 0
     for batch in table.batches(rows):
         rendered = render_batch(renderer, batch)
         mapping, firsts, copies = _place(
-            rendered, start, placements.prior_counts([item.key for item in rendered]), dedup)
-        placements.map_rows(mapping)
+            rendered, start, seen.counts_before([item.key for item in rendered]), dedup)
+        if record is not None:
+            record(mapping)
         keys = [key for _, key, _ in firsts]
         chosen = _sort_out(start, rendered, copies, firsts, earlier.finished(keys), retry_failed,
                            earlier.held(keys))
@@ -230,7 +209,7 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
     request the shared cache (the journal's, with --cache) holds is answered from it here."""
     reserve = completion_reserve(config)
     cache = journal.cache
-    for chosen in select(table, renderer, config, journal, journal, cache):
+    for chosen in select(table, renderer, config, journal, journal.map_rows, cache):
         stats.copies += chosen.copies
         stats.reused += chosen.reused
         for _, key, item in chosen.invalid:
@@ -243,7 +222,7 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
             now, free = time.time(), 0.0 if price is not None else None
             for _, key, hit in chosen.cached:
                 journal.record(from_cache(key, hit, free, now))
-            cache.touch([key for _, key, _ in chosen.cached])
+            cache.touch([key for _, key, hit in chosen.cached if hit.stale])
             stats.cached += len(chosen.cached)
         jobs = [job_of(key, request, reserve, price) for _, key, request in chosen.send]
         stats.mapped += len(chosen.rendered)

@@ -80,16 +80,10 @@ def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
 
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
-    """One local Ray for the whole test session (its start takes seconds); CLI runs join it.
+    """One two-node Ray cluster for the whole test session (`tests/ray_cluster.py`: its start
+    takes seconds); CLI runs join it with --ray-address, and this process joins it as a driver."""
+    pytest.importorskip("ray", reason="the Ray engine's tests need pip install '.[ray]'")
+    from .ray_cluster import joined_cluster
 
-    Two CPUs, as on this machine: the sender actors ask for a quarter of one each.
-    """
-    ray = pytest.importorskip("ray", reason="the Ray engine's tests need pip install '.[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with joined_cluster() as address:
+        yield address

@@ -1,16 +1,21 @@
-"""The Ray engine end to end: the real CLI joining the session's local Ray, against the simulator.
+"""The Ray engine end to end: the real CLI joining the session's two-node Ray cluster with
+--ray-address, as a cluster's users run it, against the simulator.
 
-One Ray for the whole session (`ray_address`); inputs stay small so that all Ray tests together
-take a minute or two on two shared cores.
+One cluster for the whole session (`ray_address`, `tests/ray_cluster.py`): two nodes of one CPU
+each on this machine. Inputs stay small so that all Ray tests together take a minute or two on
+two shared cores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.running.output import usage_path
 from batchrun.sending.limiter import NOISE
@@ -23,8 +28,12 @@ from .helpers import (
     prompts_csv,
     read_output,
     run_cli,
+    start_cli,
     wait_until,
 )
+from .ray_cluster import alive_nodes, run_workers
+
+pytestmark = pytest.mark.ray
 
 # Columns that differ between two runs of the same rows by nature (timing, the server's ids).
 VARYING = {"latency_ms", "response_id"}
@@ -71,18 +80,6 @@ def test_a_ray_run_writes_what_the_local_engine_writes(tmp_path: Path, sim, ray_
     assert local.returncode == 0, local.stderr
     assert server.stats.requests == 250
     assert [r["status"] for r in read_output(tmp_path / "ray.parquet")] == ["ok"] * 130
-
-
-def test_without_ray_the_engine_is_refused_with_how_to_install_it(tmp_path: Path) -> None:
-    hide = tmp_path / "no_ray"
-    (hide / "ray").mkdir(parents=True)
-    (hide / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
-    src = prompts_csv(tmp_path / "in.csv", 3)
-    result = run_cli("run", "--input", src, "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
-                     "--engine", "ray", env=clean_env(PYTHONPATH=str(hide)))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "batchrun: --engine ray needs Ray: pip install 'batchrun[ray]'"]
 
 
 def test_a_job_wide_failure_on_a_worker_stops_the_cluster_and_keeps_rows_pending(
@@ -171,62 +168,139 @@ def test_an_output_folder_is_a_parquet_dataset_read_and_written_by_ray(
     assert pq.read_table(out).num_rows == 60
 
 
-def _ray_processes() -> set[tuple[int, str]]:
-    """Every live process run from Ray's package (GCS, raylet, monitor, agents, workers)."""
+def test_the_workers_of_a_run_send_from_both_nodes_of_the_cluster(
+        tmp_path: Path, sim, ray_address) -> None:
+    # Two nodes of one CPU each: Ray Data spreads the run's two sender actors over them, and each
+    # leases starts from the one limiter actor (its workers are those that leased).
+    server = sim(latency=0.05)
+    src = prompts_csv(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.parquet"
+    proc = start_cli("run", "--input", src, "--output", out, "--base-url", server.base_url,
+                     "--model", "sim-1", "--no-progress", "--engine", "ray", "--workers", 2,
+                     "--ray-address", ray_address, "--rpm", 1500, env=clean_env())
+    try:
+        workers = wait_until(lambda: len(run_workers(proc.pid)) == 2 and run_workers(proc.pid),
+                             proc, timeout=120, interval=0.2)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    nodes = alive_nodes()
+    assert len(nodes) == 2
+    assert {node for _, node in workers.values()} == nodes
+    assert [r["status"] for r in read_output(out)] == ["ok"] * 200
+    assert server.stats.requests == 200
+
+
+def test_two_datasets_of_one_driver_have_actors_of_their_own(sim, ray_address) -> None:
+    # Each process() call starts its own ledger and limiter actors, named uniquely: two datasets
+    # alive in one driver at once (a notebook) both run.
+    import ray
+
+    import batchrun.ray
+    from batchrun.ray.backend import NAMESPACE
+
+    def limiters() -> set[str]:
+        mine = f"batchrun-limiter-{os.getpid()}-"
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == NAMESPACE and a["name"].startswith(mine)}
+
+    server = sim()
+    before = limiters()
+    ds = ray.data.from_items([{"id": i, "prompt": f"Summarize review number {i}."}
+                              for i in range(10)])
+    plain = batchrun.ray.process(ds, base_url=server.base_url, model="sim-1", workers=1)
+    brief = batchrun.ray.process(ds, base_url=server.base_url, model="sim-1", workers=1,
+                                 template="In one line: {prompt}")
+    assert len(limiters() - before) == 2
+    for answered in (plain, brief):
+        rows = answered.take_all()
+        assert sorted(r["id"] for r in rows) == list(range(10))
+        assert all(r["status"] == "ok" and r["response"] for r in rows)
+    assert server.stats.requests == 20  # two templates: two different requests per row
+
+
+# A notebook's process: Ray's loggers and Ray Data's display as its user has them, then a run
+# on the cluster through the Python API, then the same again.
+IN_A_NOTEBOOK = r"""
+import json, logging, os, sys
+import pandas as pd
+import ray, ray.data
+import batchrun
+
+def state():
+    context = ray.data.DataContext.get_current()
+    return {"levels": [logging.getLogger(n).level for n in ("ray", "ray.data")],
+            "display": [context.enable_progress_bars, context.print_on_execution_start],
+            "env": sorted(k for k in os.environ if k.startswith("RAY_"))}
+
+before = state()
+frame = batchrun.run_dataframe(pd.DataFrame({"prompt": [f"Summarize review {i}." for i in range(5)]}),
+                               base_url=sys.argv[1], model="sim-1", engine="ray", workers=1,
+                               ray_address=sys.argv[2], progress=False)
+print(json.dumps({"before": before, "after": state(), "ok": int((frame.status == "ok").sum()),
+                  "in_ray": ray.is_initialized()}))
+"""
+
+
+def test_a_run_leaves_the_process_as_it_found_it(sim, ray_address) -> None:
+    # While it runs, Ray's INFO lines and Ray Data's progress bars are off (batchrun has its own
+    # display); after it, this process has Ray's log levels, Ray Data's display settings and
+    # environment as they were, and is out of Ray again.
+    import subprocess
+    import sys
+
+    server = sim()
+    result = subprocess.run([sys.executable, "-c", IN_A_NOTEBOOK, server.base_url, ray_address],
+                            env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["ok"] == 5
+    assert seen["after"] == seen["before"]
+    assert seen["before"]["levels"] != [40, 40]  # Ray's own levels, not ERROR: a real check
+    assert not seen["in_ray"]
+    assert "Connecting to existing Ray cluster" not in result.stderr  # quiet while it ran
+
+
+def _ray_processes(marker: str) -> set[tuple[int, str]]:
+    """Every live process whose command line names `marker` (a Ray's own temp folder: its GCS,
+    raylet, monitor, agents and workers all do)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "/ray/" in cmd or cmd.startswith("ray::"):
+        if marker in cmd:
             found.add((int(pid), cmd))
     return found
 
 
 def test_with_no_address_a_run_starts_its_own_ray_and_leaves_none_of_it(
         tmp_path: Path, sim, ray_address) -> None:
-    # A user with no cluster: the run starts a local Ray and stops all of it at its end, the
-    # autoscaler monitor it stops early too (without a word on stderr).
+    # A user with no cluster: the run starts a local Ray and stops all of it at its end. Ray's
+    # temp folder is the run's own (TMPDIR), so its processes are told from other Rays on this
+    # shared machine; and in it, the session cluster's address as an earlier `ray start` leaves
+    # it: without --ray-address the run still starts a Ray of its own and does not join that one.
     server = sim()
     src = prompts_csv(tmp_path / "in.csv", 20)
-    before = _ray_processes()  # the session's own Ray
-    env = clean_env()
-    env.pop("RAY_ADDRESS", None)
-    result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet", "--base-url",
-                     server.base_url, "--model", "sim-1", "--no-progress", "--engine", "ray",
-                     "--workers", 1, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "20 rows: 20 ok, 0 error" in result.stdout
-    assert server.stats.requests == 20
-    assert "Traceback" not in result.stderr and "autoscaler" not in result.stderr.lower()
-    # The raylet's workers may take a moment to go.
-    wait_until(lambda: not _ray_processes() - before, timeout=10, interval=0.2)
-
-
-def test_a_starting_local_ray_is_found_through_the_gcs_node_table(ray_address) -> None:
-    # While a run's own Ray starts, ray.init looks its raylet up with tries a second apart; the
-    # run reads the GCS's node table every 20 ms first. Against the session's Ray: a live node is
-    # found at once, one that never registers is given up on when the wait is over (Ray's own
-    # lookup decides then), and Ray's lookup, wrapped, still answers with the node and is Ray's
-    # own again afterwards.
-    import time
-
-    import ray
-    from ray._private import services, state
-
-    from batchrun.ray.backend import _await_node, _prompt_node_lookup
-
-    node = ray.get_runtime_context().get_node_id()
-    options = services._get_gcs_client_options(ray_address)
-    assert _await_node(state.GlobalState(), options, node, wait=0)
-    began = time.monotonic()
-    assert not _await_node(state.GlobalState(), options, "ab" * 28, wait=0.3)
-    assert time.monotonic() - began >= 0.3
-    rays_own = services.get_node
-    with _prompt_node_lookup():
-        assert services.get_node is not rays_own
-        found = services.get_node(ray_address, node)
-    assert services.get_node is rays_own
-    assert found["node_id"] == node
-    assert found == rays_own(ray_address, node)
+    own = Path(tempfile.mkdtemp(prefix="brtmp-", dir="/tmp"))  # short: Ray's sockets go under it
+    try:
+        (own / "ray").mkdir()
+        (own / "ray" / "ray_current_cluster").write_text(ray_address)
+        env = clean_env(TMPDIR=str(own))
+        env.pop("RAY_ADDRESS", None)
+        result = run_cli("run", "--input", src, "--output", tmp_path / "out.parquet",
+                         "--base-url", server.base_url, "--model", "sim-1", "--no-progress",
+                         "--engine", "ray", "--workers", 1, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "20 rows: 20 ok, 0 error" in result.stdout
+        assert server.stats.requests == 20
+        assert "Traceback" not in result.stderr and "autoscaler" not in result.stderr.lower()
+        assert len(list((own / "ray").glob("session_2*"))) == 1  # a Ray of its own, started here
+        # The raylet's workers may take a moment to go.
+        wait_until(lambda: not _ray_processes(str(own)), timeout=10, interval=0.2)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)

@@ -12,7 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import clean_env, journal_count, prompts_csv, read_output, run_cli, wait_until
+from .ray_cluster import run_workers
+
+pytestmark = pytest.mark.ray
 
 ROWS = 200
 CONCURRENCY = 8  # across both workers: at most this many requests are in flight
@@ -30,19 +35,6 @@ def start(args: list[str]) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def worker_pids(driver: int) -> dict[str, int]:
-    """The sender actors of the run driven by process `driver`, as its limiter actor knows them."""
-    import ray
-
-    from batchrun.ray.backend import NAMESPACE
-
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == NAMESPACE and a["name"].startswith(f"batchrun-limiter-{driver}-")]
-    if not names:
-        return {}
-    return ray.get(ray.get_actor(names[0], namespace=NAMESPACE).workers.remote())
-
-
 def assert_complete(out: Path, server) -> None:
     rows = read_output(out)
     assert len(rows) == ROWS and all(r["status"] == "ok" for r in rows)
@@ -58,10 +50,11 @@ def test_a_killed_worker_actor_has_only_its_unfinished_rows_redone(
     out = tmp_path / "out.parquet"
     proc = start(command(src, out, server.base_url, ray_address))
     try:
-        pids = wait_until(lambda: len(worker_pids(proc.pid)) == 2 and worker_pids(proc.pid),
-                          proc, timeout=120, interval=0.2)
+        workers = wait_until(lambda: len(run_workers(proc.pid)) == 2 and run_workers(proc.pid),
+                             proc, timeout=120, interval=0.2)
         wait_until(lambda: journal_count(out) >= 60, proc, timeout=60, interval=0.05)
-        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        pid, _ = next(iter(workers.values()))
+        os.kill(pid, signal.SIGKILL)  # a worker on this machine: either node's, both are here
         _, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:

@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import batchrun
 from batchrun.ray.limits import LeasedLimits, LimiterCore
 from batchrun.running.stopping import Stopper
 from batchrun.sending.limiter import SAFETY
+
+pytestmark = pytest.mark.ray
 
 RPM = 6000  # 100 a second: the provider refuses the 101st request of any one second
 
@@ -46,7 +50,7 @@ async def lease(actor: Any, config: Any, worker: str, n: int, fired: list[float]
     """`n` starts leased by one worker, each noted in `fired` when it goes; after the starts
     counted in `busy_after` the worker's loop is busy for `busy` seconds, so the ones due
     meanwhile are late."""
-    limits = LeasedLimits(actor, config, Stopper(lambda name, data: None), worker)
+    limits = LeasedLimits(actor, config, Stopper(lambda name, data: None), worker, "this node")
 
     async def one() -> None:
         await limits.wait_turn(10)

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batchrun.sim import expected_answer
 
 from .helpers import S3, clean_env, prompts_csv, refused, run_cli
 from .test_jsonl_input import _user
 from .test_ray import ray_run
+
+pytestmark = pytest.mark.ray
 
 
 def test_a_ray_run_reads_and_writes_s3_and_resumes(tmp_path: Path, sim, s3: S3,

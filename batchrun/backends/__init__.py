@@ -10,8 +10,6 @@ can be finished by another without paying twice.
 
 from __future__ import annotations
 
-import importlib.util
-
 from batchrun.errors import UsageError
 from batchrun.running.execute import Backend
 from batchrun.settings.config import RunConfig
@@ -42,10 +40,9 @@ def choose_backend(config: RunConfig) -> Backend:
 def _ray_backend() -> Backend:
     """The Ray engine, or exit 2 with how to install it (Ray is an optional extra). Only whether
     Ray is there is asked here: importing Ray and Ray Data (~1.5 s) overlaps the run's start."""
-    from batchrun.ray import NO_RAY
+    from batchrun.ray.install import require_ray
 
-    if importlib.util.find_spec("ray") is None:
-        raise UsageError(NO_RAY)
+    require_ray()
     from batchrun.ray.backend import RayBackend
 
     return RayBackend()

@@ -7,8 +7,9 @@
 
 Modules: `limits` (the limiter actor and the workers' leases), `ledger` (the journal actor and
 the workers' group commit), `worker` (the sender actor in `map_batches`), `backend` (the CLI's
-`--engine ray`). Ray is an optional extra (`pip install 'batchrun[ray]'`); nothing outside this
-package imports it.
+`--engine ray`), `dataset` (an output folder written by Ray Data), `install` (whether Ray is
+installed). Ray is an optional extra (`pip install 'batchrun[ray]'`, see `docs/ray.md`); nothing
+outside this package imports it, and nothing here reaches into its private modules.
 """
 
 from __future__ import annotations
@@ -18,20 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import UsageError
+from batchrun.ray.backend import sending, start_actors
+from batchrun.ray.install import load
 from batchrun.settings.config import build_config
 from batchrun.settings.keys import Secret, check_transport, resolve_key
-
-NO_RAY = "--engine ray needs Ray: pip install 'batchrun[ray]'"
-
-
-def import_ray() -> Any:
-    """The `ray` module, with Ray Data; exit 2 with how to install them when either is missing."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (a Ray without its Data library cannot run the engine)
-    except ImportError:
-        raise UsageError(NO_RAY) from None
-    return ray
 
 
 def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | None = None,
@@ -46,9 +37,7 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
     the dataset. A job-wide stop (bad key, no credits, budget) fails the dataset's execution with
     the stop's message.
     """
-    import ray
-
-    from batchrun.ray.backend import sending, start_actors
+    ray = load()
 
     for name in ("input", "output"):
         if name in options:

@@ -3,9 +3,9 @@
     async with open_run(...) as run:
         await execute(run, RayBackend())   # chosen by `backends.choose_backend`
 
-The driver runs the same plan as the local engine (`pending.pending_jobs`: resume, dedup,
+The driver runs the same plan as the local engine (`running.rows.pending_jobs`: resume, dedup,
 occurrence keys, invalid rows and the row mapping all alike), because the output is one Parquet
-file in input order that the driver rebuilds from the input and the journal (`write.py`). The
+file in input order that the driver rebuilds from the input and the journal (`running.output`). The
 jobs it yields go into Ray's object store in blocks of BLOCK_ROWS; `--workers` sender actors
 (`worker.SenderWorker`, in `map_batches`) settle them under the one limiter actor and commit to
 the one ledger actor, which owns the journal while the cluster sends. When the dataset is done
@@ -13,7 +13,8 @@ the ledger closes the journal, the driver reads it again, and the run ends like 
 the same output, metadata, sidecar, summary and exit code.
 
 A run with nothing to send never starts Ray. Ray itself: `--ray-address`, else `RAY_ADDRESS`,
-else a local Ray started for the run and shut down after it.
+else a local Ray started for the run and stopped after it, all through Ray's public API
+(`ray.init`, `ray.shutdown`); what joining changes in this process is set back when it leaves.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import math
 import os
 import threading
-import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from batchrun.errors import Interrupted, UsageError
 from batchrun.journal.database import journal_path
-from batchrun.ray import NO_RAY
+from batchrun.ray.install import load
 from batchrun.ray.ledger import Ledger
 from batchrun.ray.limits import LimiterCore, stop_error
 from batchrun.ray.worker import JOB_COLUMNS, SenderWorker
@@ -48,10 +48,11 @@ from batchrun.settings.keys import Secret
 
 BLOCK_ROWS = 256  # jobs per block at most: what a dead worker's block redoes is checked, not re-sent
 BLOCKS_PER_WORKER = 4  # at least: a worker never waits for a block while another has several
-WORKER_CPUS = 0.25  # whole-CPU actors would starve Ray Data's own tasks on a small machine
+# The sender actors wait on the network; a CPU held by each would starve Ray Data's own tasks
+# (reads, writes, a user's filters), and so would any fraction of one on one-CPU nodes: what is
+# left on each node is less than the whole CPU a task asks for, and the run waits forever.
+WORKER_CPUS = 0.0
 POLL_EVERY = 0.5  # seconds between reading the cluster's counters for the progress display
-NODE_POLL = 0.02  # seconds between looks for a local Ray's raylet while it starts
-NODE_WAIT = 10.0  # seconds spent looking at most; then Ray's own lookup waits its 30 s
 NAMESPACE = "batchrun"  # the named actors of every run live here
 JOB_SCHEMA = pa.schema(list(zip(JOB_COLUMNS, (pa.binary(), pa.binary(), pa.int64(), pa.float64()),
                                 strict=True)))
@@ -63,29 +64,28 @@ class RayBackend:
 
     async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
         """Send every pending job from the cluster; answers are in the journal when it returns."""
-        connected = started = False
+        joining: asyncio.Task[Callable[[], None] | None] | None = None
         tables: list[pa.Table] = []
         base = run.stats.counts()
         try:
             async for batch in jobs:
                 if not batch:
                     continue
-                if not connected:  # the first job to send: join (or start) Ray meanwhile
+                if joining is None:  # the first job to send: join (or start) Ray meanwhile
                     joining = asyncio.create_task(asyncio.to_thread(connect, run.config.ray_address))
-                    connected = True
                 tables.append(_job_table(batch))
             run.journal.flush()
-            if tables:
-                started = await joining
+            if joining is not None:
+                await joining
                 blocks = list(_blocks(tables, run.config.workers))
                 await _send_on_cluster(run, blocks, base)
         finally:
-            if connected:
-                if not started:
-                    started = await joining  # (a stop while joining: leave Ray as we found it)
+            if joining is not None:
+                leave = await joining  # (a stop while joining: leave Ray as we found it)
                 run.journal.reload()  # the ledger actor wrote it meanwhile
-            if started:  # Ray stops while the driver writes the output; the run waits for it
-                run.finishing.append(asyncio.create_task(asyncio.to_thread(shut_down)))
+                if leave is not None:
+                    # Ray is left while the driver writes the output; the run waits for it.
+                    run.finishing.append(asyncio.create_task(asyncio.to_thread(leave)))
 
 
 def _blocks(tables: list[pa.Table], workers: int) -> Iterator[pa.Table]:
@@ -156,125 +156,74 @@ def _count(stats: Stats, base: Counts, totals: Counts) -> None:
     stats.set_counts(base.plus(totals))
 
 
-def connect(address: str | None) -> bool:
-    """Join Ray (`address`, else RAY_ADDRESS, else a local Ray); True if this call started it.
-    Ray Data's import (~1 s) overlaps Ray's start, which mostly waits for its processes."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(NO_RAY) from None
+def connect(address: str | None) -> Callable[[], None] | None:
+    """Join Ray (`address`, else RAY_ADDRESS, else a local Ray started for the run and stopped
+    with it). Returns the call that leaves Ray again and sets back what joining changed in this
+    process (Ray's log levels, Ray Data's display), or None when this process was in Ray already:
+    then it stays in, as its user set it up. Ray Data's import (~1 s) overlaps Ray's start."""
+    ray = load()
     if ray.is_initialized():
-        return False
+        return None
     cluster = address or os.environ.get("RAY_ADDRESS")
-    if not cluster:
-        # A local Ray for this run. Its raylet connects to its own object store as both start:
-        # missed once, it tries again after raylet_client_connect_timeout_milliseconds (1 s),
-        # a second added to half the starts measured. The same ten-second budget, tried every
-        # 50 ms; the raylet and its workers inherit it, and a user's own setting wins.
-        os.environ.setdefault("RAY_raylet_client_connect_timeout_milliseconds", "50")
-        os.environ.setdefault("RAY_raylet_client_num_connect_attempts", "200")
+    restore = [_quiet_logger("ray")]  # ray.init's own lines, before its first
     with concurrent.futures.ThreadPoolExecutor(1, "batchrun-ray-data") as pool:
-        importing = pool.submit(quiet)
+        importing = pool.submit(_quiet_data)
         try:
-            with contextlib.nullcontext() if cluster else _prompt_node_lookup():
-                ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                         log_to_driver=False, configure_logging=False)
+            # "local", not None: without an address Ray would join a cluster some earlier
+            # `ray start` on this machine left its address for, not start one for the run.
+            ray.init(address=cluster or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:  # Ray's ways of saying "no"
+            with contextlib.suppress(UsageError):  # (Ray Data missing too: this line says more)
+                restore.append(importing.result())
+            _undo(restore)
             where = cluster or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
                              "--ray-address or RAY_ADDRESS, or leave both unset for a local "
                              "Ray") from None
         try:
-            importing.result()
-        except ImportError:
+            restore.append(importing.result())
+        except UsageError:  # Ray without its Data library
             ray.shutdown()
-            raise UsageError(NO_RAY) from None
-    return True
+            _undo(restore)
+            raise
+
+    def leave() -> None:
+        ray.shutdown()
+        _undo(restore)
+
+    return leave
 
 
-@contextlib.contextmanager
-def _prompt_node_lookup() -> Iterator[None]:
-    """While a local Ray starts: its driver finds the new raylet within 20 ms of it registering.
-
-    `ray.init` asks the GCS for the raylet it just started through a call that sleeps a whole
-    second between tries (GlobalStateAccessor::GetNode), and the raylet registers only once its
-    agents are up, 1.5-2 s in: the start waited for the next whole second, 0.4 s on average. The
-    GCS's node table is read every 20 ms instead, and Ray's own lookup then finds the node at
-    once. Anything unexpected (a Ray that changed) leaves Ray's lookup to do it all, as before.
-    """
-    try:
-        from ray._private import services as ray_services
-        from ray._private import state as ray_state
-        services: Any = ray_services  # Ray's internals: untyped
-        state: Any = ray_state
-        original = services.get_node
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def get_node(gcs_address: str, node_id: str) -> Any:
-        try:
-            _await_node(state.GlobalState(), services._get_gcs_client_options(gcs_address), node_id)
-        except Exception:  # noqa: BLE001  (Ray's own lookup below decides, as before)
-            log.debug("could not look the new raylet up early", exc_info=True)
-        return original(gcs_address, node_id)
-
-    services.get_node = get_node
-    try:
-        yield
-    finally:
-        services.get_node = original
+def _quiet_logger(name: str) -> Callable[[], None]:
+    """Only errors from the logger `name` (batchrun has its own display); the call that sets
+    its level back."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    return lambda: logger.setLevel(level)
 
 
-def _await_node(table: Any, options: Any, node_id: str, wait: float = NODE_WAIT) -> bool:
-    """Whether the GCS's node table shows `node_id` alive within `wait` (read NODE_POLL apart)."""
-    table._initialize_global_state(options)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            nodes = table.node_table()
-            odd = next((node for node in nodes if "NodeID" not in node), None)
-            if odd is not None:
-                raise LookupError(f"a node table unlike Ray's: {sorted(odd)}")
-            if any(node["NodeID"] == node_id and node.get("Alive") for node in nodes):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(NODE_POLL)
-    finally:
-        table.disconnect()
+def _quiet_data() -> Callable[[], None]:
+    """Ray Data imported, without progress bars or execution chatter for this process; the call
+    that sets them back."""
+    data = load("ray.data")
+    context = data.DataContext.get_current()
+    shown = context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logger = _quiet_logger("ray.data")  # after the import, which sets this logger up
+
+    def restore() -> None:
+        context.enable_progress_bars, context.print_on_execution_start = shown
+        logger()
+
+    return restore
 
 
-def shut_down() -> None:
-    """Leave Ray; a local Ray this run started stops with it.
-
-    Ray stops its GCS before its autoscaler monitor, whose SIGTERM handler then waits on the
-    stopped GCS until Ray's one-second grace runs out: a second of every run's end. A local Ray
-    started for one run has nothing for the monitor to keep, so it is killed first. Joined to a
-    running cluster, this process started no monitor, and none is killed.
-    """
-    import ray
-
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)
-    if node is not None and getattr(node, "head", False):
-        try:
-            node.kill_monitor(check_alive=False)
-        except Exception:  # noqa: BLE001  (a Ray that changed: the slow end, as before)
-            log.debug("could not stop Ray's monitor early", exc_info=True)
-    ray.shutdown()
-
-
-def quiet() -> None:
-    """No progress bars or execution chatter from Ray Data: batchrun has its own display."""
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _undo(restore: list[Callable[[], None]]) -> None:
+    for undo in reversed(restore):
+        undo()
 
 
 def start_actors(config: RunConfig, journal: Path | None,
@@ -285,7 +234,7 @@ def start_actors(config: RunConfig, journal: Path | None,
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    tag = actor_tag(journal)
+    tag = actor_tag()
     ledger = ray.remote(Ledger).options(
         num_cpus=0, scheduling_strategy=here, name=f"batchrun-ledger-{tag}", namespace=NAMESPACE,
     ).remote(str(journal) if journal is not None else None, track)
@@ -295,11 +244,10 @@ def start_actors(config: RunConfig, journal: Path | None,
     return ledger, limiter
 
 
-def actor_tag(journal: Path | None) -> str:
-    """Names of one run's actors: this process and its journal, so that runs never share one."""
-    place = str(journal.resolve()) if journal is not None else "dataset"
-    digest = hashlib.blake2b(place.encode(), digest_size=6).hexdigest()
-    return f"{os.getpid()}-{digest}-{id(object()):x}"
+def actor_tag() -> str:
+    """Names of one run's actors: this process's id, to find a driver's actors, and a fresh
+    uuid4, so that no two runs share one, nor two datasets of one driver."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str, limiter: Any,

@@ -31,8 +31,8 @@ from batchrun.data.read import CSV_SUFFIXES
 from batchrun.errors import BatchrunError, UsageError
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.protocol.render import Renderer
-from batchrun.ray import import_ray
-from batchrun.ray.backend import connect, drive, sending, shut_down, start_actors
+from batchrun.ray.backend import connect, drive, sending, start_actors
+from batchrun.ray.install import load
 from batchrun.running.output import RESULT_NAMES, _write_usage
 from batchrun.running.stats import Counts, Stats
 from batchrun.running.stopping import Stopper
@@ -44,7 +44,7 @@ from batchrun.settings.prices import price_for
 
 async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -> Summary:
     """Read, send and write on the cluster; the summary of the run (a stop raises, with it)."""
-    import_ray()  # exit 2 now if Ray or Ray Data is missing
+    load("ray.data")  # exit 2 now if Ray or Ray Data is missing
 
     if not isinstance(config.input, Path):
         # Ray Data's read tasks would open the URL in worker processes, whose environment need
@@ -58,10 +58,10 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(output)
     lock.acquire()
-    started = False
+    leave = None
     try:
         Journal(journal_path(output), fresh=config.fresh).close()  # --fresh: start over
-        started = await asyncio.to_thread(connect, config.ray_address)
+        leave = await asyncio.to_thread(connect, config.ray_address)
         ds = _read(config)
         columns = list(ds.schema().names)
         Renderer(config, columns)  # template and column mistakes: exit 2, nothing sent
@@ -71,8 +71,8 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -
                              "rename it in the input")
         return await _send(config, key, reporter, ds, columns)
     finally:
-        if started:
-            await asyncio.to_thread(shut_down)
+        if leave is not None:
+            await asyncio.to_thread(leave)
         lock.release()
 
 

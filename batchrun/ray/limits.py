@@ -1,7 +1,7 @@
 """One rate limit for the cluster: a named actor holds the run's `Limiter`; workers lease starts.
 
-    core = LimiterCore(rpm, tpm)                    # inside the one limiter actor of a run
-    limits = LeasedLimits(actor, config, stopper)   # inside each sender actor: the sender's Limits
+    core = LimiterCore(rpm, tpm)                          # in the one limiter actor of a run
+    limits = LeasedLimits(actor, config, stopper, worker, node)  # in each sender actor
 
 The actor holds a real `Limiter` (the same pacing, header and 429 logic as one machine), so
 `--rpm` and `--tpm` are the cluster's totals and what one worker learns slows all of them.
@@ -78,18 +78,18 @@ class LimiterCore:
     def __init__(self, rpm: float | None, tpm: float | None) -> None:
         self._booking: float | None = None  # the limiter's clock while a later start is booked
         self.limiter = Limiter(rpm, tpm, None, clock=self._clock)
-        self._workers: dict[str, tuple[float, int]] = {}  # id -> (last lease, pid)
+        self._workers: dict[str, tuple[float, int, str]] = {}  # id -> (last lease, pid, node)
         self._stop: tuple[str, bool] | None = None
         self._paused_until = -math.inf  # the limiter's clock: the last pause a 429 asked for
 
     def _clock(self) -> float:
         return self._booking if self._booking is not None else time.monotonic()
 
-    def lease(self, worker: str, pid: int, tokens: list[int], report: Report) -> Grant:
+    def lease(self, worker: str, pid: int, node: str, tokens: list[int], report: Report) -> Grant:
         """Hear the report, then book up to the worker's share of the next span."""
         now = time.monotonic()
         self._hear(report)
-        self._workers[worker] = (now, pid)
+        self._workers[worker] = (now, pid, node)
         starts: list[tuple[float, float]] = []
         if self._stop is None and tokens:
             span, share = self._span(now)
@@ -113,7 +113,7 @@ class LimiterCore:
 
     def _span(self, now: float) -> tuple[float, int]:
         """How far ahead a lease reaches, and how many starts one worker may take of it."""
-        active = sum(1 for last, _ in self._workers.values() if now - last <= ACTIVE_FOR)
+        active = sum(1 for last, _, _ in self._workers.values() if now - last <= ACTIVE_FOR)
         span = max(MIN_SPAN, active / MAX_LEASES_PER_SECOND)
         rate = self.limiter.rpm
         if rate is None:
@@ -144,9 +144,9 @@ class LimiterCore:
         """Why the run stopped, or None."""
         return self._stop
 
-    def workers(self) -> dict[str, int]:
-        """The workers that leased starts so far: actor id -> process id."""
-        return {worker: pid for worker, (_, pid) in self._workers.items()}
+    def workers(self) -> dict[str, tuple[int, str]]:
+        """The workers that leased starts so far: actor id -> (process id, Ray node id)."""
+        return {worker: (pid, node) for worker, (_, pid, node) in self._workers.items()}
 
 
 def stop_error(stop: tuple[str, bool]) -> BatchrunError:
@@ -158,7 +158,8 @@ def stop_error(stop: tuple[str, bool]) -> BatchrunError:
 class LeasedLimits:
     """The sender's `Limits` inside a worker: starts leased from the limiter actor in chunks."""
 
-    def __init__(self, actor: Any, config: RunConfig, stopper: Stopper, worker: str) -> None:
+    def __init__(self, actor: Any, config: RunConfig, stopper: Stopper, worker: str,
+                 node: str) -> None:
         self.pauses = 0
         self.forfeited = 0  # leased starts whose slot went by while the worker was busy
         self._again: set[int] = set()  # (ids of) the waiting requests that lost a slot once
@@ -166,6 +167,7 @@ class LeasedLimits:
         self._stopper = stopper
         self._worker = worker
         self._pid = os.getpid()
+        self._node = node
         self._rpm = config.rpm
         self._sizes = Limiter(None, config.tpm)  # only for `oversize`: one home for its message
         self._waiting: deque[tuple[int, asyncio.Future[float]]] = deque()
@@ -265,7 +267,7 @@ class LeasedLimits:
             head = list(self._waiting)[:MAX_LEASE] if due else []
             report, self._report = self._report, Report()
             grant: Grant = await self._actor.lease.remote(
-                self._worker, self._pid, [tokens for tokens, _ in head], report)
+                self._worker, self._pid, self._node, [tokens for tokens, _ in head], report)
             self._apply(grant, head)
 
     def _apply(self, grant: Grant, head: list[tuple[int, asyncio.Future[float]]]) -> None:

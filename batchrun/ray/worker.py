@@ -85,8 +85,9 @@ class SenderWorker:
 
         config = self._config
         self._stopper = stopper = Stopper(lambda name, data: None)
-        worker = ray.get_runtime_context().get_actor_id() or "driver"
-        limits = LeasedLimits(self._limiter, config, stopper, worker)
+        here = ray.get_runtime_context()
+        limits = LeasedLimits(self._limiter, config, stopper, here.get_actor_id() or "driver",
+                              here.get_node_id())
         stopper.when_stopping(limits.close)
         stopper.when_stopping(self._tell_stop)
         self._session = new_session(config.concurrency, tls=self._base_url.startswith("https:"))

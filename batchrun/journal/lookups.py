@@ -1,4 +1,4 @@
-"""Lookups: what planning asks the journal, key by key (earlier results, dedup counts, batch holds).
+"""Lookups: what planning asks the journal, key by key (earlier results, batch holds).
 
 Each is a function of the journal's connection; the journal decides when to ask (a fresh journal
 has nothing to look up) and which of its tables hold what.
@@ -11,17 +11,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 _CHUNK = 900  # keys bound to one statement: under the 999 values SQLite before 3.32 allows
-
-
-def prior_counts(db: sqlite3.Connection, bases: Sequence[bytes]) -> dict[bytes, int]:
-    """How many rows already mapped in this run share each base hash (dedup, occurrences)."""
-    found: dict[bytes, int] = {}
-    for marks, chunk in _chunked(bases):
-        for base, n in db.execute(
-            f"SELECT base, COUNT(*) FROM rows WHERE base IN ({marks}) GROUP BY base", chunk
-        ):
-            found[base] = n
-    return found
 
 
 def finished(db: sqlite3.Connection, keys: Sequence[bytes],

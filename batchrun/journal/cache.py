@@ -17,6 +17,7 @@ never silently emptied.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,16 +42,16 @@ CREATE INDEX IF NOT EXISTS answers_used ON answers (used_at);
 INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');
 INSERT OR IGNORE INTO meta VALUES ('version', '{VERSION}');
 """
-CACHE_EVERY = 0.5  # seconds: how often a journal's commits copy their answers into the cache
-# What a journal that attached the cache (as `shared`) copies in a commit's transaction: the
-# successful answers it logged since the last copy (seq above the mark), sent and paid for (a
-# cache hit has 0 attempts and is in the cache already). Params: (now, mark).
+CACHE_EVERY = 0.5  # seconds between two copies of a journal's new answers into the cache
+# What the copier copies from a journal (its connection has the cache attached as `shared`):
+# the successful answers logged since the last copy (seq in (mark, upto]), sent and paid for (a
+# cache hit has 0 attempts and is in the cache already). Params: (now, mark, upto).
 _COPY = """INSERT OR IGNORE INTO shared.answers
     SELECT key, response, finish_reason, prompt_tokens, completion_tokens, total_tokens, model,
            response_id, parsed, latency_ms, ?1, ?1,
            length(COALESCE(response, '')) + length(COALESCE(parsed, ''))
     FROM main.{table} WHERE status = 'ok' AND attempts > 0"""
-CACHE_FROM_LOG = _COPY.format(table="log") + " AND seq > ?2"
+CACHE_FROM_LOG = _COPY.format(table="log") + " AND seq > ?2 AND seq <= ?3"
 CACHE_FROM_RESULTS = _COPY.format(table="results")  # what earlier runs folded: at attach, once
 _COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
             "model", "response_id", "parsed", "latency_ms", "used_at")
@@ -229,3 +230,83 @@ class Cache:
 
 def _wal(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
+
+
+class Copier:
+    """Copies the answers a journal commits into the shared cache, on a thread of its own.
+
+    Its connection reads the journal and has the cache attached, so each copy is one INSERT ...
+    SELECT in SQLite's C, beside the event loop rather than inside a commit that workers wait for
+    (SQLite lets go of the GIL). It copies every CACHE_EVERY seconds: a cache's random keys make
+    a page of its B-tree dirty per answer, so copying each small group commit would write most of
+    the tree again and again. `catch_up` copies now, on the caller's thread (before a fold empties
+    the log; at close). On start it copies what an earlier run of the output committed and never
+    copied (a kill -9 between two copies), so the cache misses nothing the journal has.
+    """
+
+    def __init__(self, journal: Path, cache: Cache) -> None:
+        self._db = sqlite3.connect(journal, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout={WAIT_MS}")
+        self._db.execute("ATTACH DATABASE ? AS shared", (str(cache.path),))
+        self._db.execute("PRAGMA shared.synchronous=NORMAL")  # as durable as the journal
+        self._lock = threading.Lock()
+        self._upto = 0  # the last `log` seq copied
+        self._stop = threading.Event()
+        self._failed: BaseException | None = None
+        with self._lock:
+            self._copy(CACHE_FROM_RESULTS, (time.time(),))
+            self._copy_log()
+        self._thread = threading.Thread(target=self._work, name="batchrun-cache", daemon=True)
+        self._thread.start()
+
+    def catch_up(self) -> None:
+        """Copy what is logged now, on this thread (a copy under way finishes first)."""
+        with self._lock:
+            self._copy_log()
+        self._raise()
+
+    def folded(self) -> None:
+        """The journal emptied its log (after a `catch_up`): its seq starts again from 1."""
+        with self._lock:
+            self._upto = 0
+
+    def close(self) -> None:
+        """Copy the rest, then stop."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.catch_up()
+        finally:
+            self._db.close()
+
+    def _work(self) -> None:
+        while not self._stop.wait(CACHE_EVERY):
+            with self._lock:
+                try:
+                    self._copy_log()
+                except JobStopped as exc:  # told at the next catch_up, on the run's thread
+                    self._failed = exc
+                    return
+
+    def _copy_log(self) -> None:
+        (upto,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()
+        if upto > self._upto:
+            self._copy(CACHE_FROM_LOG, (time.time(), self._upto, upto))
+            self._upto = upto
+
+    def _copy(self, sql: str, params: tuple[float, ...]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(sql, params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # a full disk, a file made read-only meanwhile
+            raise JobStopped(f"stopped: cache cannot be written ({exc}); what is answered is "
+                             "kept in the journal") from None
+
+    def _raise(self) -> None:
+        if self._failed is not None:
+            raise self._failed

@@ -38,7 +38,7 @@ import orjson
 from batchrun.data.locations import sibling
 from batchrun.errors import JobStopped, LockedError, UsageError
 from batchrun.journal import former, lookups, readback
-from batchrun.journal.cache import CACHE_EVERY, CACHE_FROM_LOG, CACHE_FROM_RESULTS, Cache
+from batchrun.journal.cache import Cache, Copier
 from batchrun.journal.checkpoint import Checkpointer
 from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
 
@@ -206,10 +206,9 @@ class Journal:
     def __init__(self, path: Path, *, readonly: bool = False, fresh: bool = False) -> None:
         self.path = path
         self._tally: list[tuple[Any, ...]] | None = None  # _tallies(), until the next write
-        # The shared cache (--cache): answers are copied into it by the commits (attach_cache).
+        # The shared cache (--cache), and what copies this journal's answers into it.
         self.cache: Cache | None = None
-        self._cached_upto = 0  # the last `log` seq copied into the cache
-        self._cache_copied_at = 0.0
+        self._copier: Copier | None = None
         if fresh and not readonly:  # --fresh: start from nothing, even from an unreadable file
             for stale in (path, path.with_name(path.name + "-wal"),
                           path.with_name(path.name + "-shm")):
@@ -251,40 +250,23 @@ class Journal:
 
     def attach_cache(self, cache: Cache) -> None:
         """Keep every answer this journal commits in the shared cache too (`cache` was opened
-        first: a cache of this version, in WAL mode).
-
-        Answers are copied in the transaction of a commit, at most every CACHE_EVERY seconds:
-        a cache's random keys make a page of its B-tree dirty per answer, so copying each small
-        group commit would write most of the tree again and again. What an earlier run of this
-        output committed and had not copied (a kill -9 between two copies) is copied here, once.
-        """
-        self._db.execute("ATTACH DATABASE ? AS shared", (str(cache.path),))
-        self._db.execute("PRAGMA shared.synchronous=NORMAL")  # per database: as durable as ours
+        first: a cache of this version, in WAL mode), copied on a thread of its own."""
         self.cache = cache
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(CACHE_FROM_RESULTS, (time.time(),))
-            self._copy_to_cache(time.time())
-
-    def _copy_to_cache(self, now: float) -> None:
-        """Copy the answers logged since the last copy into the cache (inside a transaction)."""
-        self._db.execute(CACHE_FROM_LOG, (now, self._cached_upto))
-        (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()
-        self._cached_upto, self._cache_copied_at = last, now
+        self._copier = Copier(self.path, cache)
 
     def close(self) -> None:
         """Commit what is buffered and close (the next writer to open the journal folds `log`)."""
         try:
             if not self._readonly:
                 self.flush()
-                if self.cache is not None:  # the answers of the last commits, not copied yet
-                    with self._db:
-                        self._db.execute("BEGIN")
-                        self._copy_to_cache(time.time())
         finally:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-            self._db.close()  # the last connection: SQLite checkpoints what is left
+            try:
+                if self._copier is not None:  # the answers of the last commits, not copied yet
+                    self._copier.close()
+            finally:
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+                self._db.close()  # the last connection: SQLite checkpoints what is left
 
     def reload(self) -> None:
         """Another process wrote this journal meanwhile (the Ray engine's ledger actor): forget
@@ -300,10 +282,10 @@ class Journal:
         """Move the committed results of `log` into `results`, in one transaction."""
         if not self._logged:
             return False
+        if self._copier is not None:  # the answers not copied yet leave `log` now
+            self._copier.catch_up()
         self._db.execute("BEGIN")
         try:
-            if self.cache is not None:  # the answers not copied yet leave `log` now
-                self._copy_to_cache(time.time())
             self._db.execute(_FOLD)
             self._db.execute("DROP INDEX IF EXISTS log_key")  # inserts into `log` stay appends
             self._db.execute("DELETE FROM log")
@@ -312,7 +294,8 @@ class Journal:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._cached_upto = 0  # `log` starts again from seq 1
+        if self._copier is not None:
+            self._copier.folded()
         self._logged = 0
         self._log_indexed = False
         self._tally = None
@@ -433,8 +416,6 @@ class Journal:
                 self._logged += n
             written = n + len(self._pending_rows)
             now = time.time()
-            if self.cache is not None and n and now - self._cache_copied_at >= CACHE_EVERY:
-                self._copy_to_cache(now)
             stamp = now - self._progress_at >= PROGRESS_EVERY  # a page less to write per commit
             if stamp:
                 self._db.execute(

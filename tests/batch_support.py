@@ -18,7 +18,7 @@ FAST = {"BATCHRUN_BATCH_POLL": "0.05", "BATCHRUN_PROGRESS_EVERY": "0.1"}
 
 
 def env() -> dict[str, str]:
-    """A CLI subprocess's environment: no keys, quick polls."""
+    """A CLI call's environment: no keys, quick polls."""
     return clean_env(**FAST)
 
 

@@ -31,7 +31,8 @@ BUCKET = "batchrun-test"  # the bucket of the `s3` fixture (tests/conftest.py)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: this one minus every API key, plus `extra`."""
+    """The environment of a CLI call (in-process or not): this one minus every API key, plus
+    `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
     env.update(extra)
     return env

@@ -1,5 +1,6 @@
 """Cron, crashes and switching backends: batches are re-attached, never submitted twice, and one
-journal keeps the online and the batch path from paying for a row twice. Real CLI processes."""
+journal keeps the online and the batch path from paying for a row twice. The real CLI, in a process
+of its own where it is killed."""
 
 from __future__ import annotations
 

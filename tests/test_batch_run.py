@@ -1,4 +1,4 @@
-"""The Batch API backend end to end: the real CLI in a subprocess against the simulator's batches."""
+"""The Batch API backend end to end: the real CLI against the simulator's batches."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """kill -9 at any moment loses at most the requests in flight; a rerun completes without paying twice.
 
-Every run here is the real CLI in a subprocess against the simulator on loopback. The simulator
-bills an answer when it sends it, so `billed_by_prompt` says exactly which prompts were paid twice.
+Every run here is the real CLI against the simulator on loopback, in a process of its own where
+it is killed. The simulator bills an answer when it sends it, so `billed_by_prompt` says exactly
+which prompts were paid twice.
 """
 
 from __future__ import annotations

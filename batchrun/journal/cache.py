@@ -10,7 +10,9 @@ corrupted. A file that is not a cache, or a cache of another version, is refused
 never silently emptied.
 
     answers  key -> the answer (text, finish reason, usage, model, response id, parsed JSON),
-             when it was stored and last used, and its size (for `prune --max-size`)
+             when it was stored and last used, and its size (for `prune --max-size`); rows
+             are appended in rowid order and found through the unique index on `key`, so an
+             answer with a random key dirties a small index page, not a page of answers
     meta     `format` = "batchrun-cache", `version`
 """
 
@@ -34,10 +36,10 @@ WAIT_MS = 30_000  # how long a writer waits for another process's transaction
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, response TEXT, finish_reason TEXT,
-    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, model TEXT,
-    response_id TEXT, parsed TEXT, latency_ms REAL, created_at REAL NOT NULL,
-    used_at REAL NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS answers (id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE,
+    response TEXT, finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
+    total_tokens INTEGER, model TEXT, response_id TEXT, parsed TEXT, latency_ms REAL,
+    created_at REAL NOT NULL, used_at REAL NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS answers_used ON answers (used_at);
 INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');
 INSERT OR IGNORE INTO meta VALUES ('version', '{VERSION}');
@@ -46,7 +48,9 @@ CACHE_EVERY = 0.5  # seconds between two copies of a journal's new answers into 
 # What the copier copies from a journal (its connection has the cache attached as `shared`):
 # the successful answers logged since the last copy (seq in (mark, upto]), sent and paid for (a
 # cache hit has 0 attempts and is in the cache already). Params: (now, mark, upto).
-_COPY = """INSERT OR IGNORE INTO shared.answers
+_COPY = """INSERT OR IGNORE INTO shared.answers (key, response, finish_reason, prompt_tokens,
+        completion_tokens, total_tokens, model, response_id, parsed, latency_ms, created_at,
+        used_at, size)
     SELECT key, response, finish_reason, prompt_tokens, completion_tokens, total_tokens, model,
            response_id, parsed, latency_ms, ?1, ?1,
            length(COALESCE(response, '')) + length(COALESCE(parsed, ''))
@@ -176,7 +180,9 @@ class Cache:
         if not rows:
             return 0
         before = self._db.total_changes
-        self._write("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._write("INSERT OR IGNORE INTO answers (key, response, finish_reason, prompt_tokens, "
+                    "completion_tokens, total_tokens, model, response_id, parsed, latency_ms, "
+                    "created_at, used_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
         return self._db.total_changes - before
 

@@ -296,6 +296,8 @@ class Copier:
 
     def _copy_log(self) -> None:
         (upto,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()
+        if upto < self._upto:  # another process's connection folded the log (the Ray ledger's)
+            self._upto = 0
         if upto > self._upto:
             self._copy(CACHE_FROM_LOG, (time.time(), self._upto, upto))
             self._upto = upto

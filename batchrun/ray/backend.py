@@ -237,7 +237,8 @@ def start_actors(config: RunConfig, journal: Path | None,
     tag = actor_tag()
     ledger = ray.remote(Ledger).options(
         num_cpus=0, scheduling_strategy=here, name=f"batchrun-ledger-{tag}", namespace=NAMESPACE,
-    ).remote(str(journal) if journal is not None else None, track)
+    ).remote(str(journal) if journal is not None else None, track,
+             str(config.cache) if config.cache is not None else None)
     limiter = ray.remote(LimiterCore).options(
         num_cpus=0, name=f"batchrun-limiter-{tag}", namespace=NAMESPACE,
     ).remote(config.rpm, config.tpm)

@@ -27,12 +27,15 @@ import contextlib
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchrun.journal.cache import Cache
 from batchrun.journal.database import RESULT_COLUMNS, GroupCommit, Journal
 from batchrun.protocol.outcome import Outcome
+from batchrun.running.rows import from_cache
 from batchrun.running.stats import Counts, Stats
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered answer waits for its commit
@@ -42,7 +45,7 @@ _SELECT = ", ".join(RESULT_COLUMNS)
 class Ledger:
     """The ledger actor: the run's journal, its group commit, and the counters of every worker."""
 
-    def __init__(self, path: str | None, track: bool = False) -> None:
+    def __init__(self, path: str | None, track: bool = False, cache: str | None = None) -> None:
         self._seen: set[bytes] | None = set() if track else None  # keys of a dataset output
         self._tmp: str | None = None
         if path is None:  # a dataset without a journal of its own: one for the actor's life
@@ -51,6 +54,11 @@ class Ledger:
             path = str(Path(self._tmp) / "dataset.journal.sqlite")
         self.path = Path(path)
         self._journal = Journal(self.path)
+        # The shared cache (--cache): what the workers send is copied into it as it is committed
+        # here, and a request it holds is an answer the workers need not send.
+        self._cache = Cache(Path(cache)) if cache is not None else None
+        if self._cache is not None:
+            self._journal.attach_cache(self._cache)
         # Lookups by key while the run goes: `log` indexed by key (a fold drops the index again),
         # read through a connection of their own.
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -75,6 +83,11 @@ class Ledger:
                     f"SELECT {_SELECT} FROM {table} WHERE key IN ({marks}){order}", chunk
                 ):
                     found[row[0]] = tuple(row)
+        missing = [key for key in unique if key not in found]
+        if self._cache is not None and missing:
+            now = time.time()
+            for key, hit in self._cache.lookup(missing).items():
+                found[key] = tuple(from_cache(key, hit, 0.0, now))
         return found
 
     async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: Counts) -> None:
@@ -122,6 +135,8 @@ class Ledger:
             self._commits.flush()
             self._reader.close()
             self._journal.close()
+            if self._cache is not None:
+                self._cache.close()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
         return self._totals.counts()

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ class RayCluster:
 
     address: str
     temp_dir: Path
-    started_in: tuple[float, ...]  # seconds each `ray start` took, head first
+    started_in: tuple[float, ...]  # seconds each `ray start` took, the head's first
 
 
 def _free_port() -> int:
@@ -51,7 +51,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ray_start(args: list[str], log: Path, up: Path) -> tuple[subprocess.Popen[bytes], float]:
+def _ray_start(args: list[str], log: Path, up: Path,
+               env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], float]:
     """One node: `ray start ARGS --block`; returns once `up` says it is up."""
     began = time.monotonic()
     with log.open("wb") as sink:
@@ -60,8 +61,8 @@ def _ray_start(args: list[str], log: Path, up: Path) -> tuple[subprocess.Popen[b
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # Ray turns token authentication on for a head when a token is in ~/.ray, which any
             # local Ray on this shared machine may have left; then a second node or a driver
-            # must be told the mode (RAY_AUTH_MODE). The cluster's mode is set, not inherited.
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": AUTH_MODE},
+            # must be told the mode (RAY_AUTH_MODE). The mode is set: `env`'s, else AUTH_MODE.
+            env={"RAY_AUTH_MODE": AUTH_MODE, **env, "RAY_USAGE_STATS_ENABLED": "0"},
         )
     deadline = began + START_TIMEOUT
     while not (up.exists() and STARTED in log.read_text(errors="replace")):
@@ -96,11 +97,13 @@ def _node_args(temp_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def two_node_cluster() -> Iterator[RayCluster]:
-    """A head and a second node, one CPU each, until the block ends; then both stopped."""
+def ray_cluster(nodes: int = 2, env: Mapping[str, str] | None = None) -> Iterator[RayCluster]:
+    """A head and `nodes - 1` more nodes, one CPU each, until the block ends; then stopped.
+    `env`: the nodes' environment (default this one's), which their workers inherit."""
+    env = os.environ if env is None else env
     # Short: Ray's socket paths under it must stay within the 107 bytes a Unix socket allows.
     temp_dir = Path(tempfile.mkdtemp(prefix="brray-", dir="/tmp"))
-    nodes: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         # Port 0: the head's GCS port is the system's choice. A port picked here and passed on
         # could be taken meanwhile, and gRPC servers share a port (SO_REUSEPORT): the second
@@ -109,16 +112,20 @@ def two_node_cluster() -> Iterator[RayCluster]:
         head, head_took = _ray_start(
             ["--head", "--port=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
              f"--dashboard-port={_free_port()}",  # Ray runs a headless one all the same
-             *_node_args(temp_dir)], temp_dir / "head.log", known)
-        nodes.append(head)
+             *_node_args(temp_dir)], temp_dir / "head.log", known, env)
+        started.append(head)
+        took = [head_took]
         address = known.read_text().strip()
-        worker, worker_took = _ray_start(
-            [f"--address={address}", "--node-ip-address=127.0.0.1", *_node_args(temp_dir)],
-            temp_dir / "worker.log", temp_dir / "worker.log")
-        nodes.append(worker)
-        yield RayCluster(address, temp_dir, (head_took, worker_took))
+        for _ in range(nodes - 1):
+            log = temp_dir / f"node-{len(started)}.log"
+            node, node_took = _ray_start(
+                [f"--address={address}", "--node-ip-address=127.0.0.1", *_node_args(temp_dir)],
+                log, log, env)
+            started.append(node)
+            took.append(node_took)
+        yield RayCluster(address, temp_dir, tuple(took))
     finally:
-        for proc in reversed(nodes):  # the worker node first: its raylet reports to the head
+        for proc in reversed(started):  # the other nodes first: their raylets report to the head
             _stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -129,7 +136,7 @@ def joined_cluster() -> Iterator[str]:
     Ray's API themselves); yields its address."""
     import ray
 
-    with two_node_cluster() as cluster:
+    with ray_cluster() as cluster:
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         try:
             import ray.data

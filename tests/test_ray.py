@@ -31,7 +31,7 @@ from .helpers import (
     start_cli,
     wait_until,
 )
-from .ray_cluster import alive_nodes, run_workers
+from .ray_cluster import alive_nodes, ray_cluster, run_workers
 
 pytestmark = pytest.mark.ray
 
@@ -220,6 +220,33 @@ def test_two_datasets_of_one_driver_have_actors_of_their_own(sim, ray_address) -
         assert sorted(r["id"] for r in rows) == list(range(10))
         assert all(r["status"] == "ok" and r["response"] for r in rows)
     assert server.stats.requests == 20  # two templates: two different requests per row
+
+
+def test_a_cluster_with_token_authentication_is_joined_with_its_token_and_refused_without(
+        tmp_path: Path, sim) -> None:
+    # Ray's own settings, passed on untouched: the driver needs RAY_AUTH_MODE=token and the
+    # token (here in a file, RAY_AUTH_TOKEN_PATH); its sender actors are the cluster's and have
+    # it. Without them, one line naming what to check, exit 2, nothing sent.
+    import secrets
+
+    server = sim()
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(16))
+    with_token = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    without = {k: v for k, v in clean_env().items() if not k.startswith("RAY_AUTH")}
+    src = prompts_csv(tmp_path / "in.csv", 10)
+    out = tmp_path / "out.parquet"
+    with ray_cluster(nodes=1, env=with_token) as cluster:
+        refused = ray_run(src, out, server.base_url, cluster.address, env=without)
+        assert refused.returncode == 2, refused.stderr
+        [line] = [x for x in refused.stderr.splitlines() if x.startswith("batchrun:")]
+        assert f"cannot join the Ray cluster at {cluster.address}" in line
+        assert "RAY_AUTH_MODE=token" in line
+        assert server.stats.requests == 0
+        result = ray_run(src, out, server.base_url, cluster.address, env=with_token)
+    assert result.returncode == 0, result.stderr
+    assert "10 rows: 10 ok, 0 error" in result.stdout
+    assert server.stats.requests == 10
 
 
 # A notebook's process: Ray's loggers and Ray Data's display as its user has them, then a run

@@ -180,8 +180,9 @@ def connect(address: str | None) -> Callable[[], None] | None:
             where = cluster or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
-                             "--ray-address or RAY_ADDRESS, or leave both unset for a local "
-                             "Ray") from None
+                             "--ray-address or RAY_ADDRESS (and, for a cluster with token "
+                             "authentication, RAY_AUTH_MODE=token and its token), or leave both "
+                             "unset for a local Ray") from None
         try:
             restore.append(importing.result())
         except UsageError:  # Ray without its Data library

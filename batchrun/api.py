@@ -186,7 +186,7 @@ def run_dataframe(df: pd.DataFrame, *, output: str | Path | None = None,
 
     `options` are the settings of a job by name (``model="gpt-4o-mini"``, ``provider="openai"``,
     ``template="Summarize: {text}"``, ``temperature=0``, ``rpm=500``, ``progress=False``, ...,
-    as listed in the README's job-file reference). With `output` the answers are also written
+    as listed in docs/job-file.md). With `output` the answers are also written
     there and its journal is kept, so calling again resumes instead of paying twice; without it
     everything lives in a temporary directory. The run's summary is in ``result.attrs["batchrun"]``.
     Rows that fail are in the frame with ``status == "error"``; a job-wide stop (bad key, no

@@ -2,7 +2,7 @@
 
 In JSON mode every line batchrun writes to stderr is one JSON object with at least ``ts`` (Unix
 seconds), ``time`` (UTC, ISO 8601), ``level``, ``event`` and ``message``; run events add their
-fields at the top level (see the README's "Logs" section for each event's fields).
+fields at the top level (docs/logs.md lists each event's fields).
 """
 
 from __future__ import annotations

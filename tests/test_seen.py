@@ -10,7 +10,7 @@ import pytest
 from batchrun.running.seen import Seen
 
 
-def test_counts_before_match_a_counter_of_every_key_even_when_prefixes_collide() -> None:
+def test_each_row_counts_the_rows_before_it_even_when_prefixes_collide() -> None:
     rng = random.Random(7)
     pool = [rng.randbytes(16) for _ in range(2_000)]
     # Keys sharing their first 8 bytes: the set searches by those, so it must look further.
@@ -18,11 +18,14 @@ def test_counts_before_match_a_counter_of_every_key_even_when_prefixes_collide()
     seen, counts = Seen(), Counter[bytes]()
     for _ in range(150):
         batch = [rng.choice(pool) for _ in range(rng.randint(0, 400))]
-        assert seen.counts_before(batch) == {k: counts[k] for k in set(batch) if counts[k]}
-        counts.update(batch)
-    assert len(seen) == len(counts)  # each distinct key once
+        expected = []
+        for key in batch:
+            expected.append(counts[key])
+            counts[key] += 1
+        assert seen.place(batch) == expected
+    assert len(seen) == len(counts)  # each distinct key is kept once
 
 
 def test_a_key_that_is_not_16_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
-        Seen().counts_before([b"short"])
+        Seen().place([b"short"])

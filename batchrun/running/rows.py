@@ -126,7 +126,7 @@ def select(table: InputTable, renderer: Renderer, config: RunConfig,
     for batch in table.batches(rows):
         rendered = render_batch(renderer, batch)
         mapping, firsts, copies = _place(
-            rendered, start, seen.counts_before([item.key for item in rendered]), dedup)
+            rendered, start, seen.place([item.key for item in rendered]), dedup)
         if record is not None:
             record(mapping)
         keys = [key for _, key, _ in firsts]
@@ -141,30 +141,29 @@ def select(table: InputTable, renderer: Renderer, config: RunConfig,
         start += len(rendered)
 
 
-def _place(rendered: Sequence[Rendered], start: int, prior: Mapping[bytes, int], dedup: bool
+def _place(rendered: Sequence[Rendered], start: int, before: Sequence[int], dedup: bool
            ) -> tuple[list[Mapped], list[tuple[int, bytes, Rendered]], int]:
     """Key each row: identical requests share one key (dedup) or are numbered by occurrence.
 
-    `prior` counts, per base hash, the rows placed before this batch. Returns the mapping of every
-    row, (row, key, rendered) of each distinct request, and the number of dedup copies.
+    `before` counts, for each row, the rows placed before it with its base hash. Returns the
+    mapping of every row, (row, key, rendered) of each distinct request, and the number of dedup
+    copies.
     """
-    in_batch: dict[bytes, int] = {}
     mapping: list[Mapped] = []
     firsts: list[tuple[int, bytes, Rendered]] = []
     copies = 0
-    for i, item in enumerate(rendered):
+    for idx, item, seen in zip(range(start, start + len(rendered)), rendered, before, strict=True):
         base = item.key
-        seen = prior.get(base, 0) + in_batch.get(base, 0)
-        in_batch[base] = in_batch.get(base, 0) + 1
-        if dedup or isinstance(item, Invalid):
-            key, copy = base, int(seen > 0)
-        else:
-            key, copy = occurrence_key(base, seen), 0
-        mapping.append((start + i, base, key, copy))
-        if copy:
+        if not seen:  # the usual row: its request is new
+            mapping.append((idx, base, base, 0))
+            firsts.append((idx, base, item))
+        elif dedup or isinstance(item, Invalid):
+            mapping.append((idx, base, base, 1))
             copies += 1
         else:
-            firsts.append((start + i, key, item))
+            key = occurrence_key(base, seen)
+            mapping.append((idx, base, key, 0))
+            firsts.append((idx, key, item))
     return mapping, firsts, copies
 
 
@@ -177,6 +176,10 @@ def _sort_out(start: int, rendered: list[Rendered], copies: int,
     send: list[tuple[int, bytes, Request]] = []
     invalid: list[tuple[int, bytes, Invalid]] = []
     reused = waiting = 0
+    if not done and not held:  # nothing earlier (a first run): every request is new
+        for first in firsts:
+            (invalid if isinstance(first[2], Invalid) else send).append(first)  # type: ignore[arg-type]
+        return Selection(start, rendered, copies, send, [], invalid, reused, waiting)
     for idx, key, item in firsts:
         earlier = done.get(key)
         if earlier and not resend(*earlier, retry_failed):

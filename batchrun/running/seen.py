@@ -26,31 +26,37 @@ class Seen:
     def __len__(self) -> int:
         return sum(len(high) for high, _ in self._runs)
 
-    def counts_before(self, bases: Sequence[bytes]) -> dict[bytes, int]:
-        """How many rows placed earlier had each of `bases` (a base none had is left out); the
-        rows of `bases` are then placed too."""
-        if not bases:
-            return {}
+    def place(self, bases: Sequence[bytes]) -> list[int]:
+        """Place a batch of rows by their base hashes; for each, how many rows placed before it
+        (in earlier batches, or earlier in this one) had the same."""
+        n = len(bases)
+        if not n:
+            return []
         joined = b"".join(bases)
-        if len(joined) != KEY_BYTES * len(bases):
+        if len(joined) != KEY_BYTES * n:
             raise ValueError(f"keys must be {KEY_BYTES} bytes")
         keys = np.frombuffer(joined, dtype=">u8")
         high, low = keys[0::2].astype(np.uint64), keys[1::2].astype(np.uint64)
-        order = np.lexsort((low, high))  # sorted lookups walk the runs' memory in order
+        order = np.lexsort((low, high))  # equal keys side by side, in row order
         high, low = high[order], low[order]
-        known = self._known(high, low)
-        before = {bases[i]: self._repeats.get(bases[i], 1) for i in order[known].tolist()}
-        # A key's second and later rows in the batch (equal keys are neighbours now).
-        again = np.zeros(len(high), dtype=bool)
-        again[1:] = (high[1:] == high[:-1]) & (low[1:] == low[:-1])
-        for i in order[again | known].tolist():
-            base = bases[i]
-            self._repeats[base] = self._repeats.get(base, before.get(base, 0) or 1) + 1
-        fresh = ~(again | known)
-        if fresh.any():
+        first = np.ones(n, dtype=bool)  # the first row of each distinct key
+        first[1:] = (high[1:] != high[:-1]) | (low[1:] != low[:-1])
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        sizes = np.diff(np.append(starts, n))
+        known = self._known(high[starts], low[starts])  # sorted lookups walk the runs in order
+        earlier = np.zeros(len(starts), dtype=np.int64)  # rows of the key in earlier batches
+        for g in np.flatnonzero(known).tolist():
+            earlier[g] = self._repeats.get(bases[order[starts[g]]], 1)
+        for g in np.flatnonzero(known | (sizes > 1)).tolist():
+            self._repeats[bases[order[starts[g]]]] = int(earlier[g] + sizes[g])
+        if not known.all():
+            fresh = starts[~known]
             self._runs.append((high[fresh], low[fresh]))  # sorted already
             self._merge()
-        return before
+        counts = np.empty(n, dtype=np.int64)
+        counts[order] = np.arange(n) - starts[group] + earlier[group]
+        return list(counts.tolist())
 
     def _known(self, high: np.ndarray, low: np.ndarray) -> np.ndarray:
         """Which of the keys (sorted) a run holds."""

@@ -178,7 +178,12 @@ def cache_prune(path: Path, older_than: str | None, max_size: str | None) -> Non
               help="Tokens per minute enforced (prompt + max_tokens).")
 @click.option("--window", "window_s", default=60.0, show_default=True,
               type=click.FloatRange(0, min_open=True),
-              help="Sliding window in seconds over which rpm/tpm are enforced.")
+              help="Window in seconds over which rpm/tpm are enforced (a bucket: what it holds).")
+@click.option("--limit-shape", type=click.Choice(["sliding", "fixed", "bucket"]), default="sliding",
+              show_default=True,
+              help="Sliding windows, fixed back-to-back windows, or a continuously refilled bucket.")
+@click.option("--rate-limit-headers/--no-rate-limit-headers", default=True, show_default=True,
+              help="Send x-ratelimit-* headers; without them, as vLLM and LLMost.")
 @click.option("--max-concurrency", type=click.IntRange(1),
               help="Requests served at once (429 beyond).")
 @click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+LIMIT_SHAPES = ("sliding", "fixed", "bucket")
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -13,6 +15,10 @@ class SimConfig:
     rpm: int | None = None
     tpm: int | None = None
     window_s: float = 60.0  # allowance in any window = rpm * window_s / 60 (likewise tpm)
+    # How the allowance is counted (sim/windows.py): "sliding" (any window_s seconds), "fixed"
+    # (back-to-back windows of window_s) or "bucket" (holding window_s seconds' worth, refilled
+    # continuously).
+    limit_shape: str = "sliding"
     max_concurrency: int | None = None
     latency: float = 0.0
     latency_jitter: float = 0.0
@@ -46,6 +52,9 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.error_style not in ("openai", "llmost"):
             raise ValueError(f"error_style must be 'openai' or 'llmost', not {self.error_style!r}")
+        if self.limit_shape not in LIMIT_SHAPES:
+            raise ValueError(f"limit_shape must be one of {', '.join(LIMIT_SHAPES)}, "
+                             f"not {self.limit_shape!r}")
         rates = self.fault_rates
         if any(r < 0 for r in rates) or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")

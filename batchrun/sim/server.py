@@ -189,6 +189,7 @@ class Simulator:
             req.model, req.prompt_tokens, req.max_tokens, now, rpm_wait, self.stats.in_flight
         )
         if refused is not None:
+            self.stats.refused_arrivals.append(now)
             extra = retry_headers(refused.wait) if refused.wait is not None else None
             return self._error(429, refused.message, refused.type_, None, "rate_limit_exceeded", extra)
         if step is None and self._fault_rates[-1] > 0:
@@ -199,6 +200,8 @@ class Simulator:
         if pause:
             await asyncio.sleep(pause)
         reason = step.reason if step is not None else None
+        if self.stats.first_answer_at is None:
+            self.stats.first_answer_at = asyncio.get_running_loop().time()
         return self._send(200, self._answer(req, reason))
 
     def _answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -18,6 +18,10 @@ class SimStats:
     ok: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
     rate_limited: int = 0  # every 429 sent, stray ones included
+    # When the first 200 answer left (the client's first calibration), and the arrivals that the
+    # limits refused with a 429 (stray 429s are not among them).
+    first_answer_at: float | None = None
+    refused_arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
     stray_429s: int = 0
     dropped: int = 0
     billed_prompt_tokens: int = 0

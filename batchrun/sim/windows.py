@@ -1,4 +1,10 @@
-"""Rate windows: sliding RPM/TPM allowances, their `x-ratelimit-*` headers, and the 429 they imply."""
+"""Rate limits: RPM/TPM allowances of three shapes, their `x-ratelimit-*` headers, and the 429s.
+
+    sliding  at most `limit` in any `window_s` seconds (OpenAI's per-minute limits, which it may
+             enforce over shorter periods)
+    fixed    at most `limit` in each window of `window_s` seconds, back to back
+    bucket   a bucket of `limit` refilled continuously: bursts up to `limit`, then the rate
+"""
 
 from __future__ import annotations
 
@@ -29,19 +35,35 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{sec}s" if minutes else f"{sec}s"
 
 
-class Window:
-    """A sliding window of charges; `limit` is the allowance in any `span` seconds."""
+class _Allowance:
+    """What the three shapes share: the limit per `span` seconds, `used` of it, the headers."""
 
-    __slots__ = ("per_minute", "limit", "span", "scale", "used", "_charges", "_names")
+    __slots__ = ("per_minute", "limit", "span", "scale", "used", "_names")
 
     def __init__(self, per_minute: int, span: float, unit: str) -> None:
         self.per_minute = per_minute
-        self.limit = max(1.0, per_minute * span / 60.0)  # a window that admits nothing is useless
+        self.limit = max(1.0, per_minute * span / 60.0)  # an allowance that admits nothing is useless
         self.span = span
         self.scale = 60.0 / span  # window amounts -> per-minute amounts for headers and messages
-        self.used = 0
-        self._charges: deque[tuple[float, int]] = deque()
+        self.used: float = 0
         self._names = tuple(f"x-ratelimit-{k}-{unit}" for k in ("limit", "remaining", "reset"))
+
+    def _headers(self, reset: float) -> dict[str, str]:
+        # Remaining is scaled to per-minute units so remaining/limit is the true free fraction.
+        remaining = max(0, int((self.limit - self.used) * self.scale + 1e-6))  # no float dust
+        names = self._names
+        return {names[0]: str(self.per_minute), names[1]: str(remaining),
+                names[2]: format_duration(max(0.0, reset))}
+
+
+class Window(_Allowance):
+    """A sliding window of charges; `limit` is the allowance in any `span` seconds."""
+
+    __slots__ = ("_charges",)
+
+    def __init__(self, per_minute: int, span: float, unit: str) -> None:
+        super().__init__(per_minute, span, unit)
+        self._charges: deque[tuple[float, int]] = deque()
 
     def expire(self, now: float) -> None:
         edge, charges = now - self.span, self._charges
@@ -65,19 +87,92 @@ class Window:
         return self.span
 
     def headers(self, now: float) -> dict[str, str]:
-        # Remaining is scaled to per-minute units so remaining/limit is the true free fraction;
-        # reset is when the oldest charge leaves the window.
+        """The `x-ratelimit-*` headers; reset is when the oldest charge leaves the window."""
         self.expire(now)
-        reset = self._charges[0][0] + self.span - now if self._charges else 0.0
-        remaining = max(0, int((self.limit - self.used) * self.scale))
-        names = self._names
-        return {names[0]: str(self.per_minute), names[1]: str(remaining), names[2]: format_duration(reset)}
-
-
+        return self._headers(self._charges[0][0] + self.span - now if self._charges else 0.0)
 
     def refund_last(self) -> None:
         """Take back the latest charge (one made with no await since, so it is still the latest)."""
         self.used -= self._charges.pop()[1]
+
+
+class FixedWindow(_Allowance):
+    """Windows of `span` seconds back to back from the simulator's clock zero, `limit` in each,
+    all of it back at the window's end (a provider counting per calendar second or minute)."""
+
+    __slots__ = ("_end", "_last")
+
+    def __init__(self, per_minute: int, span: float, unit: str) -> None:
+        super().__init__(per_minute, span, unit)
+        self._end = -math.inf  # when the current window ends
+        self._last = 0
+
+    def expire(self, now: float) -> None:
+        if now >= self._end:
+            self.used = 0
+            self._end = (math.floor(now / self.span) + 1) * self.span
+
+    def charge(self, now: float, amount: int) -> None:
+        self.expire(now)
+        self.used += amount
+        self._last = amount
+
+    def wait(self, now: float, amount: int) -> float:
+        """Seconds until `amount` more fits (0 when it fits now): the next window's start."""
+        self.expire(now)
+        return 0.0 if self.used + amount <= self.limit else self._end - now
+
+    def headers(self, now: float) -> dict[str, str]:
+        """The `x-ratelimit-*` headers; reset is the window's end, when all of it is back."""
+        self.expire(now)
+        return self._headers(self._end - now)
+
+    def refund_last(self) -> None:
+        """Take back the latest charge (made with no await since, so in this same window)."""
+        self.used -= self._last
+
+
+class Bucket(_Allowance):
+    """A bucket holding at most `limit` (the allowance of `span` seconds), refilled continuously
+    at `per_minute` / 60 a second; a charge takes its amount out, `used` is what is missing."""
+
+    __slots__ = ("_rate", "_at", "_last")
+
+    def __init__(self, per_minute: int, span: float, unit: str) -> None:
+        super().__init__(per_minute, span, unit)
+        self._rate = per_minute / 60.0
+        self._at: float | None = None  # when `used` was last brought up to date
+        self._last = 0
+
+    def expire(self, now: float) -> None:
+        if self._at is not None and now > self._at:
+            self.used = max(0.0, self.used - (now - self._at) * self._rate)
+        self._at = now if self._at is None else max(self._at, now)
+
+    def charge(self, now: float, amount: int) -> None:
+        self.expire(now)
+        self.used += amount  # every arrival that counts, refused ones too (RPM), may overdraw it
+        self._last = amount
+
+    def wait(self, now: float, amount: int) -> float:
+        """Seconds until the bucket holds `amount` more (0 when it does now)."""
+        self.expire(now)
+        excess = self.used + amount - self.limit
+        return excess / self._rate if excess > 1e-9 else 0.0  # a refill's float dust fits
+
+    def headers(self, now: float) -> dict[str, str]:
+        """The `x-ratelimit-*` headers; reset is when the bucket is full again."""
+        self.expire(now)
+        return self._headers(self.used / self._rate)
+
+    def refund_last(self) -> None:
+        """Take back the latest charge."""
+        self.used -= self._last
+
+
+SHAPES: dict[str, type[Window | FixedWindow | Bucket]] = {
+    "sliding": Window, "fixed": FixedWindow, "bucket": Bucket,
+}
 
 
 def retry_headers(seconds: float) -> dict[str, str]:
@@ -102,8 +197,9 @@ class Limits:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.rpm = Window(config.rpm, config.window_s, "requests") if config.rpm else None
-        self.tpm = Window(config.tpm, config.window_s, "tokens") if config.tpm else None
+        shape = SHAPES[config.limit_shape]
+        self.rpm = shape(config.rpm, config.window_s, "requests") if config.rpm else None
+        self.tpm = shape(config.tpm, config.window_s, "tokens") if config.tpm else None
         self.send_headers = config.rate_limit_headers and bool(self.rpm or self.tpm)
 
     def arrive(self, now: float) -> float:

@@ -1,8 +1,9 @@
-"""Rate windows: RPM and TPM sliding windows, concurrency, and the x-ratelimit-* headers."""
+"""Rate limits: RPM and TPM windows (sliding, fixed) and buckets, concurrency, the x-ratelimit-* headers."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -12,6 +13,7 @@ from batchrun.sim import (
     Simulator,
     format_duration,
 )
+from batchrun.sim.windows import Bucket, FixedWindow
 
 from .helpers import (
     GO_DURATION,
@@ -177,3 +179,56 @@ def test_tokenizer_ratio_of_one_is_our_count_exactly() -> None:
         assert r.json["usage"]["prompt_tokens"] == count_prompt_tokens(user("exactly ours"))
 
     run_with(SimConfig(tokenizer_ratio=1.0), scenario)
+
+
+# --- the three shapes of a limit (issue 26) ----------------------------------------------------
+
+
+def test_a_fixed_window_gives_all_of_its_allowance_back_at_its_end() -> None:
+    window = FixedWindow(600, 10.0, "requests")  # 100 in each 10-second window
+    assert window.limit == 100
+    for i in range(100):
+        assert window.wait(23.0 + i * 0.01, 1) == 0.0
+        window.charge(23.0 + i * 0.01, 1)
+    # Full until the window (20-30 s) ends, then all of it at once: no sliding.
+    assert window.wait(29.5, 1) == pytest.approx(0.5)
+    assert window.headers(29.5)["x-ratelimit-reset-requests"] == "500ms"
+    assert window.wait(30.0, 100) == 0.0
+    assert window.headers(30.0)["x-ratelimit-remaining-requests"] == "600"
+
+
+def test_a_bucket_refills_continuously_up_to_what_it_holds() -> None:
+    bucket = Bucket(6000, 1.0, "tokens")  # holds 100 tokens, refilled at 100 a second
+    bucket.charge(5.0, 80)
+    assert bucket.wait(5.0, 30) == pytest.approx(0.1)  # 10 short, at 100 a second
+    assert bucket.wait(5.1, 30) == 0.0
+    headers = bucket.headers(5.1)  # 70 missing: per-minute units, and full again in 0.7 s
+    assert headers["x-ratelimit-remaining-tokens"] == str(30 * 60)
+    assert headers["x-ratelimit-reset-tokens"] == "700ms"
+    assert bucket.wait(60.0, 100) == 0.0  # never more than it holds
+    assert bucket.wait(60.0, 101) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("shape", ["fixed", "bucket"])
+def test_the_shapes_refuse_with_429_and_headers_like_the_sliding_window(shape: str) -> None:
+    async def scenario(sim: Simulator, client: Client) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(math.ceil(loop.time()) - loop.time() + 0.02)  # a window's start
+        replies = [await client.post(chat(str(i))) for i in range(11)]
+        assert [r.status for r in replies] == [200] * 10 + [429]
+        refused = replies[-1]
+        assert refused.error["type"] == "requests" and "Limit 600" in refused.error["message"]
+        wait = int(refused.headers["retry-after-ms"]) / 1000
+        # The fixed window's end is most of a second away; the bucket has room again once two
+        # requests' worth is back (the refused arrival counts too), in 0.2 s.
+        assert 0.7 < wait <= 1.0 if shape == "fixed" else 0.1 < wait <= 0.2
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        await asyncio.sleep(wait)
+        assert (await client.post(chat("again"))).status == 200
+
+    run_with(SimConfig(rpm=600, window_s=1, limit_shape=shape), scenario)
+
+
+def test_an_unknown_limit_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match="limit_shape must be one of sliding, fixed, bucket"):
+        SimConfig(limit_shape="leaky")

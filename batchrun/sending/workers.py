@@ -71,12 +71,16 @@ class Pump:
             self._commits.flush()
 
     async def _produce(self, jobs: AsyncIterator[list[Job]]) -> None:
-        stopper = self._run.stopper
+        stopper, queue = self._run.stopper, self._queue
         async for batch in jobs:
             if stopper.stopping:
                 break
             for job in batch:
-                await self._queue.put(job)
+                # A coroutine only when the queue is full: then it waits for room.
+                if queue.full():
+                    await queue.put(job)
+                else:
+                    queue.put_nowait(job)
             await asyncio.sleep(0)  # let workers and the flusher run between batches
         for _ in range(self._workers):
             await self._queue.put(None)
@@ -90,9 +94,12 @@ class Pump:
             self._queue.put_nowait(None)
 
     async def _work(self) -> None:
-        stopper = self._run.stopper
+        stopper, queue = self._run.stopper, self._queue
         while True:
-            job = await self._queue.get()
+            try:  # a coroutine only when the queue is empty: then it waits for a job
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                job = await queue.get()
             if job is None or stopper.stopping:
                 return
             async with self._seats:

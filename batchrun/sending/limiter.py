@@ -3,16 +3,21 @@ cap on requests in flight, learning from the provider's answers. One per run.
 
 It composes the parts in `batchrun.sending.limits`: a `Pace` per limit (GCRA: a request's
 tokens are its calibrated prompt estimate plus `max_tokens`, held for good, as providers charge
-at arrival), the provider's `Book` from its headers, the `Gate` that starts wait at, the
-`RecentStarts` that a cut is measured against, the `Evidence` test for 429s, and the
-`ConcurrencyCap`. What is left here is how answers teach them:
+at arrival), the `StrictWindow` (whole requests within a second's allowance, until the provider
+shows it counts over longer windows), the provider's `Book` from its headers, the `Gate` that
+starts wait at, the `RecentStarts` that a cut is measured against, the `Evidence` test for 429s,
+and the `ConcurrencyCap`. What is left here is how answers teach them:
 
 - `x-ratelimit-limit-*` lowers a configured limit that is too high (or sets one where none was
   given); `x-ratelimit-remaining-*` with its reset is the provider's own book.
-- A 429 about rate pauses every start for its retry-after, and on evidence (a storm, or a 429
-  while probing above a learned wall) also cuts the pace below what the server really took; a
-  stray 429 delays only its own row. A 429 about concurrent requests lowers the cap instead.
-- Token estimates that the calibration changes are booked again for the recent starts.
+- A 429 about rate that shows the run is too fast (`Evidence`) pauses every start for its
+  retry-after, and unless only the headers said so, also cuts the pace below what the server
+  really took; a stray 429 delays only its own row. A 429 about concurrent requests lowers the
+  cap on requests in flight instead.
+- A 429 also tells the strictest window whether the provider counts per second after all, or
+  how far its arrivals came closer together than their starts.
+- Token estimates that the calibration changes are booked again for the recent starts, and what
+  the paces learned in the old units is rescaled with them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from batchrun.sending.limits.concurrency import ConcurrencyCap
 from batchrun.sending.limits.evidence import NOISE, SLICE, Evidence
 from batchrun.sending.limits.gate import Gate
 from batchrun.sending.limits.pace import LATE, SAFETY, Pace
+from batchrun.sending.limits.strict import StrictWindow
 from batchrun.sending.limits.window import RecentStarts
 
 __all__ = ["DEFAULT_PAUSE", "LATE", "NOISE", "SAFETY", "SLICE", "Limiter"]
@@ -43,11 +49,12 @@ class Limiter:
         self._clock = clock or time.monotonic
         self.requests = Pace(rpm)
         self.tokens = Pace(tpm)
+        self.strict = StrictWindow()
         self.cap = ConcurrencyCap(concurrency)
         self.starts = RecentStarts()
         self.evidence = Evidence()
-        self.gate = Gate(self.requests, self.tokens, self.cap, self.starts, self._clock,
-                         sleep or asyncio.sleep)
+        self.gate = Gate(self.requests, self.tokens, self.strict, self.cap, self.starts,
+                         self._clock, sleep or asyncio.sleep)
         self.pauses = 0  # pauses of every start (a stray 429 pauses none)
         self.cuts = 0  # cuts of the pace
 
@@ -110,14 +117,18 @@ class Limiter:
     def recalibrated(self, factor: float) -> None:
         """Token estimates changed by `factor` (the provider counts unlike us): the requests
         started in the last seconds were booked at the old estimate, so book the difference on
-        the token pace now, and measure them at the new one."""
+        the token pace now, and hold and measure them at the new one. What the pace learned
+        from them (its wall, a cut rate) is rescaled too, not learned again through 429s."""
         now = self._clock()
         self.starts.forget(now)
         self.gate.scale *= factor  # and the starts waiting at the gate are booked at the new one
         extra = self.starts.rescale(factor)
+        self.strict.rescale(factor)
+        self.strict.unsettled(now)
         pace = self.tokens
         if pace.rate and extra:
             pace.tat = max(pace.tat + pace.interval(extra), now - pace.interval(1))
+        pace.rescale(factor)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Count an answer (of any kind, headers or none) and learn from its `x-ratelimit-*`
@@ -153,6 +164,8 @@ class Limiter:
         now = self._clock()
         if sent_at is not None:
             self.starts.refused(sent_at)
+        if not concurrent:
+            self.strict.refused(sent_at, retry_after, now)
         if concurrent:
             self._pause(retry_after, now)
             self.cap.refused(self.gate.in_flight, now)
@@ -173,11 +186,13 @@ class Limiter:
         pause = retry_after if retry_after is not None else DEFAULT_PAUSE
         if self.gate.pause(now + pause):
             self.pauses += 1
+            self.strict.unsettled(now + pause)
 
     def _cut(self, now: float) -> None:
         """Slow the pace below what the run really sent at."""
         again = self.evidence.cut(now)
         self.cuts += 1
+        self.strict.cut(now)
         request_rate, token_rate = self.starts.measured(now)
         self.requests.cut(request_rate, now, again)
         if self.tokens.rate is not None:

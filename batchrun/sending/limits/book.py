@@ -44,6 +44,10 @@ class Book:
         """We started `amount` since the provider's last answer."""
         self._spent += amount
 
+    def rescale(self, factor: float) -> None:
+        """Token estimates changed by `factor`: what we started since is counted anew."""
+        self._spent *= factor
+
     def snapshot(self, remaining: float, reset: float | None, limit: float | None,
                  now: float) -> None:
         """The provider's remaining allowance as of now, valid until its reset."""

@@ -1,5 +1,6 @@
-"""The admission gate: a start waits here until the request and token paces, the provider's books,
-any pause and the cap on requests in flight all let it go; then it is booked.
+"""The admission gate: a start waits here until the request and token paces, the strictest
+plausible window, the provider's books, any pause and the cap on requests in flight all let it
+go; then it is booked.
 
 Starts pass the gate one at a time, so a pause or a rate cut applies to the very next start, not
 only after requests already booked at the old pace. With nothing to wait for (no limit known, no
@@ -14,16 +15,19 @@ from collections.abc import Awaitable, Callable
 
 from batchrun.sending.limits.concurrency import ConcurrencyCap
 from batchrun.sending.limits.pace import Pace
+from batchrun.sending.limits.strict import StrictWindow
 from batchrun.sending.limits.window import RecentStarts
 
 
 class Gate:
     """Hands out start times, one start at a time; `in_flight` counts the requests let through."""
 
-    def __init__(self, requests: Pace, tokens: Pace, cap: ConcurrencyCap, starts: RecentStarts,
-                 clock: Callable[[], float], sleep: Callable[[float], Awaitable[object]]) -> None:
+    def __init__(self, requests: Pace, tokens: Pace, strict: StrictWindow, cap: ConcurrencyCap,
+                 starts: RecentStarts, clock: Callable[[], float],
+                 sleep: Callable[[float], Awaitable[object]]) -> None:
         self._requests = requests
         self._tokens = tokens
+        self._strict = strict
         self._cap = cap
         self._starts = starts
         self._clock = clock
@@ -47,14 +51,17 @@ class Gate:
         requests, pace = self._requests, self._tokens
         requests.recover(now)
         pace.recover(now)
-        start = max(self.paused_until, requests.ready(1, now), pace.ready(tokens, now))
+        start = max(self.paused_until, requests.ready(1, now), pace.ready(tokens, now),
+                    self._strict.ready(tokens, requests.rate, pace.rate, now))
         return max(0.0, start - now)
 
     def take(self, tokens: int) -> float:
         """Book a start of a request of `tokens` now; returns the start time."""
         now = self._clock()
-        self._requests.take(1, now)
-        self._tokens.take(tokens, now)
+        requests, pace = self._requests, self._tokens
+        requests.take(1, now)
+        pace.take(tokens, now)
+        self._strict.add(now, tokens, requests.rate, pace.rate)
         self._starts.add(now, tokens)
         self._starts.forget(now)
         return now
@@ -70,7 +77,7 @@ class Gate:
         if not self._open(now):
             return None
         self.in_flight += 1
-        self._starts.add(now, tokens)
+        self._starts.add(now, tokens)  # (nothing paces it: the strictest window has no say)
         return now
 
     async def wait_turn(self, tokens: int) -> float:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 
 from batchrun.sending.limits.book import Book
+from batchrun.sending.limits.strict import JITTER, WINDOW
 
-# Pace a hair under the limit: arrival jitter must not push a strict sliding window over.
-SAFETY = 0.97
+# Pace a hair under the limit: arrivals a little early or late must not push the strictest
+# plausible window over (whole requests in it are `StrictWindow`'s part).
+SAFETY = WINDOW / (WINDOW + JITTER)
 DECREASE = 0.7  # the cut when the server took all we sent and still said 429
 TOUCH = 0.9  # the cut when the wall is known: learned before, or measured now
 RECOVER_EVERY = 1.0  # seconds between increases after the last cut
@@ -87,6 +89,19 @@ class Pace:
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling * step)
         self.changed_at = max(self.changed_at, now)
+
+    def rescale(self, factor: float) -> None:
+        """Token estimates changed by `factor`: what this pace learned from them (the wall, a
+        rate cut below the ceiling, what we started since the provider's last answer) is in
+        the old units; rescale it instead of learning it again through more 429s. A ceiling
+        is the provider's own count and stays."""
+        self.book.rescale(factor)
+        if self.wall is None or self.rate is None:
+            return
+        self.wall *= factor
+        self.rate *= factor
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling)
 
     @property
     def probing(self) -> bool:

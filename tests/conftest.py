@@ -3,6 +3,7 @@ helpers is `tests/helpers.py`)."""
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +16,28 @@ from batchrun.sim import SimConfig, SimulatorHandle, SimulatorThread
 from .helpers import BUCKET, KEY_VARS, S3
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """The `ray` tests share the session's one Ray (`ray_address`): under xdist (`--dist
-    loadgroup`) they all go to one worker, which starts it once."""
+    loadgroup`) they all go to one worker, which starts it once.
+
+    xdist's own hook, run inside this one, marks a grouped test's id with "@ray"; a pytest whose
+    ids it cannot mark (9.2, pytest-xdist#1386) would start a Ray on every worker, so that fails.
+    """
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
+    yield
+    if getattr(config.option, "loadgroup", False):  # set on the workers of --dist loadgroup
+        lost = [item.nodeid for item in items
+                if item.get_closest_marker("ray") and not item.nodeid.endswith("@ray")]
+        if lost:
+            reason = (f"xdist did not group the Ray tests (pytest-xdist#1386 with this pytest?): "
+                      f"{lost[0]} ...")
+            # A worker's collection error reaches the terminal as xdist's bare INTERNALERROR:
+            # the reason goes to the terminal's stderr first (pytest captures sys.stderr).
+            print(reason, file=sys.__stderr__)
+            raise pytest.UsageError(reason)
 
 
 @pytest.fixture(autouse=True)

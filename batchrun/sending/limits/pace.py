@@ -99,9 +99,10 @@ class Pace:
         if self.wall is None or self.rate is None:
             return
         self.wall *= factor
-        self.rate *= factor
-        if self.ceiling is not None:
-            self.rate = min(self.rate, self.ceiling)
+        if self.ceiling is None or self.rate < self.ceiling:  # at the ceiling, it is the ceiling
+            self.rate *= factor
+            if self.ceiling is not None:
+                self.rate = min(self.rate, self.ceiling)
 
     @property
     def probing(self) -> bool:

@@ -109,7 +109,7 @@ class JobSender:
                 return None
             hold = held
             sent += 1
-            reply, latency_ms = await self._send(job, sent > 1)
+            reply, latency_ms = await self._send(job, sent > 1, loop)
             answer = reply.answer
             if answer is not None:
                 usage = add_usage(usage, answer)
@@ -226,13 +226,14 @@ class JobSender:
             return None
         return sent_at
 
-    async def _send(self, job: Job, retry: bool) -> tuple[Reply, float]:
+    async def _send(self, job: Job, retry: bool, loop: asyncio.AbstractEventLoop
+                    ) -> tuple[Reply, float]:
         """One request on the wire; the limiter hears how it went."""
         stats = self._stats
         stats.sent += 1
         stats.retries += retry
         stats.in_flight += 1
-        loop = asyncio.get_running_loop()
+        # `loop` is settle's: on Python 3.11 every get_running_loop() is a getpid() system call.
         t0 = loop.time()
         try:
             reply = await self._wire.send(job.body)

@@ -29,7 +29,7 @@ from collections import deque
 
 WINDOW = 1.0  # seconds: the strictest plausible window, assumed until the provider shows more
 JITTER = 0.03  # seconds an arrival may come earlier or later than its start says, held back
-MAX_JITTER = 0.1  # the most that the provider's 429s teach
+MAX_JITTER = 0.06  # the most that the provider's 429s teach: beyond, rare late arrivals cost less as 429s
 JITTER_SETTLES = 60.0  # seconds without such a 429 before the learned jitter halves
 PROBE_GAIN = 0.02  # try without the rule only when it holds back more than this share
 PROBE_AFTER = 3.0  # seconds with no pause, cut or recalibration before such a try

@@ -164,12 +164,12 @@ class Limiter:
         now = self._clock()
         if sent_at is not None:
             self.starts.refused(sent_at)
-        if not concurrent:
-            self.strict.refused(sent_at, retry_after, now)
         if concurrent:
             self._pause(retry_after, now)
             self.cap.refused(self.gate.in_flight, now)
             return True
+        # Does the provider count per second after all, or did arrivals come closer together?
+        self.strict.refused(sent_at, retry_after, now)
         fresh = self.evidence.limited(sent_at, now)
         # Above a wall it learned before, the run was looking for room: one 429 is the answer.
         probing = fresh and (self.requests.probing or self.tokens.probing)

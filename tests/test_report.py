@@ -191,7 +191,7 @@ def test_a_stopped_run_is_reported_from_its_journal(tmp_path: Path, sim) -> None
     assert result.returncode == 3, result.stderr
     assert not out.exists()
     page = tmp_path / "out.report.html"
-    assert f"  report    {page}" in result.stderr.splitlines()  # with the stop's summary
+    assert f"  report    {page}" in result.stdout.splitlines()  # with the stop's summary
 
     probe = _browse(page)
     header = probe["header"]

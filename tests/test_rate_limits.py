@@ -95,6 +95,7 @@ def test_requests_of_a_tenth_of_a_second_allowance_are_not_refused_once_a_second
     assert server.stats.rate_limited <= 4
 
 
+@pytest.mark.slow
 def test_a_limit_configured_too_high_is_learned_from_headers(tmp_path: Path, sim) -> None:
     server = sim(rpm=RPM, window_s=1.0, latency=0.05)
     src = prompts_csv(tmp_path / "in.csv", 400)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from batchrun.sim import Step, expected_answer
 
+from .batch_support import env as batch_env
 from .helpers import (
     journal_count,
     prompts_csv,
@@ -165,7 +166,8 @@ def test_the_batch_api_submits_only_the_misses(tmp_path: Path, sim) -> None:
     server.reset_stats()
     src = prompts_csv(tmp_path / "in.csv", 50)
     out = tmp_path / "out.parquet"
-    run_job(src, out, server.base_url, "--cache", cache, "--backend", "batch", check=True)
+    run_job(src, out, server.base_url, "--cache", cache, "--backend", "batch", check=True,
+            env=batch_env())  # quick polls: the batch is done at once, not at the first backoff
     assert server.stats.batch_lines_billed == 20 and server.stats.requests == 0
     rows = read_output(out)
     _check_answers(rows)

@@ -52,6 +52,10 @@ BLOCKS_PER_WORKER = 4  # at least: a worker never waits for a block while anothe
 # (reads, writes, a user's filters), and so would any fraction of one on one-CPU nodes: what is
 # left on each node is less than the whole CPU a task asks for, and the run waits forever.
 WORKER_CPUS = 0.0
+# What they do hold is memory: a sender actor is a Python process with Ray, pyarrow and aiohttp,
+# about 210 MiB resident. Asking for it is also what spreads them over the nodes: Ray's SPREAD
+# places actors that ask for nothing wherever it likes (both on one node, half the time).
+WORKER_MEMORY = 256 * 1024 * 1024
 POLL_EVERY = 0.5  # seconds between reading the cluster's counters for the progress display
 NAMESPACE = "batchrun"  # the named actors of every run live here
 JOB_SCHEMA = pa.schema(list(zip(JOB_COLUMNS, (pa.binary(), pa.binary(), pa.int64(), pa.float64()),
@@ -254,7 +258,8 @@ def actor_tag() -> str:
 
 def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str, limiter: Any,
             ledger: Any, columns: list[str] | None, answers: bool) -> Any:
-    """`ds` with the sender actors mapped over it (`--workers` async actors on WORKER_CPUS)."""
+    """`ds` with the sender actors mapped over it (`--workers` async actors, WORKER_CPUS and
+    WORKER_MEMORY each)."""
     import ray.data
 
     return ds.map_batches(
@@ -268,6 +273,7 @@ def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str, limit
         zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         num_cpus=WORKER_CPUS,
+        memory=WORKER_MEMORY,
     )
 
 

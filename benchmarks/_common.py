@@ -1,14 +1,26 @@
-"""What the benchmarks share: a simulator in its own process, and an input of distinct prompts."""
+"""What the benchmarks share: a simulator in its own process, inputs of distinct prompts, and
+child processes measured alone (wall, CPU, peak RSS), from this checkout or another one.
+
+`--against CHECKOUT` (throughput.py, memory.py) runs a second batchrun beside this one in every
+round: the other checkout's package goes first on PYTHONPATH (`Contender.against`), so a before/
+after figure comes from the same rounds on the same machine, not from runs minutes apart.
+"""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import csv
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 @contextlib.contextmanager
@@ -36,6 +48,12 @@ SHORT = "Summarize in one sentence: review {i} says the kettle is fine."
 REVIEW = ("Summarize review {i}: The kettle arrived quickly, boils fast, and the handle stays "
           "cool; the lid is a bit stiff and the cord is short, but for the price it does "
           "exactly what I wanted.")
+# Sixty words: the prompts of issue 27's memory figures.
+PARAGRAPH = ("Summarize review {i} for the product team in one sentence: the kettle arrived "
+             "quickly and boils a full litre in under three minutes, the handle stays cool and "
+             "the light is pleasant; the lid is a bit stiff, the cord is short and the base "
+             "wobbles on our tiled counter, but for the price it does exactly what I wanted and "
+             "I would buy it again.")
 
 
 def write_prompts(path: Path, rows: int, text: str = SHORT) -> None:
@@ -45,3 +63,89 @@ def write_prompts(path: Path, rows: int, text: str = SHORT) -> None:
         writer.writerow(["id", "prompt"])
         for i in range(rows):
             writer.writerow([i, text.format(i=i)])
+
+
+def write_parquet_prompts(path: Path, rows: int, text: str = SHORT) -> None:
+    """The same rows as Parquet in one row group, as pandas writes a frame by default (up to a
+    million rows a group). One group is one write: the whole table is built first (made a slice
+    at a time, so its Python strings come and go)."""
+    import pyarrow as pa  # here: a benchmark's own process stays small (see `measure`)
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.int64()), ("prompt", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        table = pa.Table.from_batches([
+            pa.record_batch([pa.array(range(start, min(start + 50_000, rows))),
+                             pa.array([text.format(i=i)
+                                       for i in range(start, min(start + 50_000, rows))])],
+                            schema=schema)
+            for start in range(0, rows, 50_000)], schema=schema)
+        writer.write_table(table, row_group_size=max(rows, 1))
+
+
+def write_in_child(kind: str, path: Path, rows: int, text: str = SHORT) -> None:
+    """`write_prompts` (kind "csv") or `write_parquet_prompts` in a process of its own."""
+    write = "write_parquet_prompts" if kind == "parquet" else "write_prompts"
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                    f"import _common; _common.{write}(_common.Path({str(path)!r}), {rows}, "
+                    f"{text!r})"], check=True)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One child process, measured alone."""
+
+    wall: float  # seconds, start to exit
+    cpu: float  # user + system seconds of the child (its rusage: barely moved by other load)
+    peak_mib: float  # its peak resident memory
+
+
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+    """Run `cmd` to its end and measure it (os.wait4: this child's rusage alone); a failure
+    stops the benchmark with the child's stderr.
+
+    The child's peak RSS counts the pages it shared with this process when it was forked, before
+    it ran `cmd`: a benchmark that measures memory must stay small itself (make big inputs in a
+    process of their own: `write_in_child`)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    err = proc.stderr.read()  # the child ends; its stderr must not fill the pipe meanwhile
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{list(cmd)[:4]} failed ({code}):\n{err.decode(errors='replace')[-2000:]}")
+    # ru_maxrss is in KiB on Linux.
+    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A batchrun to measure: this checkout, or another one (`--against`)."""
+
+    name: str
+    checkout: Path | None = None  # None: this one
+
+    def env(self) -> dict[str, str]:
+        """The environment its runs get: the other checkout's package ahead of this one."""
+        if self.checkout is None:
+            return dict(os.environ)
+        return {**os.environ, "PYTHONPATH": str(self.checkout)}
+
+    def run(self, *args: str) -> Measured:
+        """`batchrun ARGS` as a fresh process, measured."""
+        return measure([sys.executable, "-m", "batchrun", *args], self.env())
+
+
+def contenders(against: Path | None) -> list[Contender]:
+    """This checkout, and the one named by --against; each compiled to bytecode first, as `pip
+    install` does (a source checkout with PYTHONDONTWRITEBYTECODE=1 would compile every run)."""
+    found = [Contender("batchrun", None)]
+    if against is not None:
+        if not (against / "batchrun" / "__init__.py").exists():
+            raise SystemExit(f"--against {against}: no batchrun package there")
+        found.append(Contender(against.name or str(against), against))
+    for contender in found:
+        compileall.compile_dir((contender.checkout or HERE.parent) / "batchrun", quiet=1)
+    return found

@@ -1,37 +1,39 @@
-"""Throughput: batchrun vs a bare aiohttp loop, same rows, same local simulator, alternating.
+"""Throughput: batchrun against two bare aiohttp loops, same rows, same simulator, alternating.
 
-    python benchmarks/throughput.py [--rows 20000] [--concurrency 64] [--rounds 3] [--latency S]
-                                    [--against CHECKOUT]
+    python benchmarks/throughput.py [--rows 20000] [--marginal-rows 60000] [--concurrency 64]
+                                    [--rounds 3] [--latency S] [--against CHECKOUT]
 
-The simulator runs in its own process (`batchrun simulate`, zero latency) so that it does not
-share an interpreter with the client being measured. Each round runs the bare loop and then
-batchrun, each as a fresh subprocess timed from start to exit (batchrun's time includes reading
-the CSV, the journal and writing the Parquet output). Prints rows/s and the ratio of wall times.
+The contenders, each a fresh process timed from start to exit:
 
---against runs a third contender each round: batchrun from another checkout (say a worktree of
-the commit before a change), so a before/after figure comes from the same rounds on the same
-machine rather than from two runs minutes apart.
+- the plain loop: aiohttp workers on asyncio's loop, orjson for the bodies; it only sends and
+  reads (no journal, no limits, no output). batchrun's wall time is compared with it;
+- the floor: the same loop on uvloop, the fastest the stack goes; batchrun's CPU is compared
+  with it;
+- batchrun (reading the CSV, the journal, writing the Parquet output), and with --against another
+  checkout of it in the same rounds (`_common.Contender`).
+
+The simulator runs in its own process so that it does not share an interpreter with the client
+measured. CPU is each child's own user + system time (its rusage), which other work on the machine
+barely moves, while wall time moves with it; the CPU figures are the best of the rounds. Each
+round also runs the floor and batchrun on --marginal-rows rows: the CPU the extra rows cost, per
+row, is the steady state apart from start-up (imports, reading, writing the output).
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import simulator_process, write_prompts  # noqa: E402
+from _common import Measured, contenders, measure, simulator_process, write_prompts  # noqa: E402
 
-BARE_LOOP = r'''
+LOOP = r'''
 import asyncio, csv, sys, aiohttp, orjson
 
 async def main(path, url, concurrency):
@@ -53,33 +55,20 @@ async def main(path, url, concurrency):
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     assert answers == len(prompts), answers
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+work = main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+if sys.argv[4] == "uvloop":
+    import uvloop
+    uvloop.run(work)
+else:
+    asyncio.run(work)
 '''
-
-
-def timed(cmd: list[str], pythonpath: Path | None = None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of a subprocess; fails loudly if it fails.
-
-    `pythonpath` puts another checkout's package ahead of the installed one.
-
-    CPU time (user + system, from the child's rusage) is reported beside wall time because it
-    barely moves when other work shares the machine, while wall time does.
-    """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"{cmd[:4]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--marginal-rows", type=int, default=60_000,
+                        help="a second, larger input for the CPU per extra row (0: skip it)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.0,
@@ -88,63 +77,80 @@ def main() -> None:
     parser.add_argument("--against", type=Path, default=None,
                         help="another batchrun checkout to time in the same rounds (before/after)")
     args = parser.parse_args()
-
-    # Bytecode for batchrun, as `pip install` compiles it: a source checkout run with
-    # PYTHONDONTWRITEBYTECODE=1 would otherwise compile every edited module in every run.
-    compileall.compile_dir(HERE.parent / "batchrun", quiet=1)
-    if args.against:
-        compileall.compile_dir(args.against / "batchrun", quiet=1)
+    runs = contenders(args.against)
+    sizes = [args.rows] + ([args.marginal_rows] if args.marginal_rows > args.rows else [])
     sim_flags = ("--latency", str(args.latency)) if args.latency else ()
+    # measured[name][rows]: one Measured per round
+    measured: dict[str, dict[int, list[Measured]]] = {}
     with tempfile.TemporaryDirectory() as tmp, simulator_process(*sim_flags) as base_url:
-        src = Path(tmp) / "in.csv"
-        write_prompts(src, args.rows)
-        bare_times, batch_times, bare_cpu, batch_cpu = [], [], [], []
-        other_times: list[float] = []
-        other_cpu: list[float] = []
-        other = 0.0
+        inputs = {}
+        for rows in sizes:
+            inputs[rows] = Path(tmp) / f"in{rows}.csv"
+            write_prompts(inputs[rows], rows)
+
+        def loop(kind: str, rows: int) -> Measured:
+            return measure([sys.executable, "-c", LOOP, str(inputs[rows]),
+                            base_url + "/chat/completions", str(args.concurrency), kind])
+
+        def batchrun(contender_index: int, rows: int, round_no: int) -> Measured:
+            contender = runs[contender_index]
+            out = Path(tmp) / f"out-{contender_index}-{rows}-{round_no}.parquet"
+            return contender.run("run", "--input", str(inputs[rows]), "--output", str(out),
+                                 "--base-url", base_url, "--model", "sim-1", "--concurrency",
+                                 str(args.concurrency), "--no-progress")
+
         for round_no in range(1, args.rounds + 1):
-            bare, bare_c = timed([sys.executable, "-c", BARE_LOOP, str(src), base_url + "/chat/completions",
-                          str(args.concurrency)])
-            run = ["run", "--input", str(src), "--base-url", base_url, "--model", "sim-1",
-                   "--concurrency", str(args.concurrency), "--no-progress"]
-            out = Path(tmp) / f"out{round_no}.parquet"
-            ours, ours_c = timed([sys.executable, "-m", "batchrun", *run, "--output", str(out)])
-            if args.against:
-                out = Path(tmp) / f"other{round_no}.parquet"
-                other, other_c = timed([sys.executable, "-m", "batchrun", *run, "--output",
-                                        str(out)], pythonpath=args.against)
-                other_times.append(other)
-                other_cpu.append(other_c)
-            bare_times.append(bare)
-            batch_times.append(ours)
-            bare_cpu.append(bare_c)
-            batch_cpu.append(ours_c)
-            print(f"round {round_no}: bare loop {bare:6.2f} s ({args.rows / bare:7.0f} rows/s, "
-                  f"cpu {bare_c:5.2f} s)   batchrun {ours:6.2f} s ({args.rows / ours:7.0f} rows/s, "
-                  f"cpu {ours_c:5.2f} s)   ratio {ours / bare:.2f}x"
-                  + (f"   {args.against.name} {other:6.2f} s ratio {other / bare:.2f}x"
-                     if args.against else ""), flush=True)
-        bare_m, ours_m = statistics.median(bare_times), statistics.median(batch_times)
-        bare_cm, ours_cm = statistics.median(bare_cpu), statistics.median(batch_cpu)
-        print(f"\n{args.rows} rows, concurrency {args.concurrency}, {os.cpu_count()} cores, "
-              f"simulator latency {args.latency:g} s, median of {args.rounds} rounds")
-        print(f"bare aiohttp loop : {bare_m:6.2f} s  {args.rows / bare_m:7.0f} rows/s")
-        print(f"batchrun          : {ours_m:6.2f} s  {args.rows / ours_m:7.0f} rows/s")
-        print(f"ratio (wall)      : {ours_m / bare_m:.2f}x  (issue 5: at most 1.3x, goal 1.15x)")
-        # Each round's two runs are back to back, so their ratio cancels much of what a busy
-        # machine does to both; the median of those is the steadier figure on a shared VM.
-        ratios = sorted(o / b for o, b in zip(batch_times, bare_times, strict=True))
-        print(f"per-round ratios  : median {statistics.median(ratios):.2f}x, "
-              f"range {ratios[0]:.2f}x-{ratios[-1]:.2f}x")
-        print(f"client CPU        : bare {bare_cm:.2f} s, batchrun {ours_cm:.2f} s, "
-              f"ratio {ours_cm / bare_cm:.2f}x")
-        if other_times:
-            others = sorted(o / b for o, b in zip(other_times, bare_times, strict=True))
-            print(f"against {args.against}: median {statistics.median(other_times):.2f} s, "
-                  f"per-round ratio median {statistics.median(others):.2f}x "
-                  f"(range {others[0]:.2f}x-{others[-1]:.2f}x), client CPU "
-                  f"{statistics.median(other_cpu):.2f} s (batchrun/against "
-                  f"{ours_cm / statistics.median(other_cpu):.3f}x)")
+            line = []
+            for rows in sizes:
+                kinds = ["plain", "floor"] if rows == args.rows else ["floor"]
+                for kind in kinds:
+                    got = loop("uvloop" if kind == "floor" else "asyncio", rows)
+                    measured.setdefault(kind, {}).setdefault(rows, []).append(got)
+                    line.append(f"{kind} {rows // 1000}k {got.wall:5.2f} s/{got.cpu:5.2f} cpu")
+                for i, contender in enumerate(runs):
+                    got = batchrun(i, rows, round_no)
+                    measured.setdefault(contender.name, {}).setdefault(rows, []).append(got)
+                    line.append(f"{contender.name} {rows // 1000}k {got.wall:5.2f} s/"
+                                f"{got.cpu:5.2f} cpu")
+            print(f"round {round_no}: " + "   ".join(line), flush=True)
+    _report(args, runs[0].name, [c.name for c in runs[1:]], sizes, measured)
+
+
+def _report(args: argparse.Namespace, ours: str, others: list[str], sizes: list[int],
+            measured: dict[str, dict[int, list[Measured]]]) -> None:
+    rows = args.rows
+    print(f"\n{rows:,} rows, concurrency {args.concurrency}, {os.cpu_count()} cores, simulator "
+          f"latency {args.latency:g} s, {args.rounds} rounds; CPU: best of the rounds")
+
+    def walls(name: str) -> list[float]:
+        return [m.wall for m in measured[name][rows]]
+
+    plain = walls("plain")
+    for name in (ours, *others):
+        ratios = sorted(o / p for o, p in zip(walls(name), plain, strict=True))
+        print(f"wall, {name} / plain loop   : median {statistics.median(ratios):.2f}x, range "
+              f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x (median {statistics.median(walls(name)):.2f} s "
+              f"against {statistics.median(plain):.2f} s)")
+
+    def per_row(name: str) -> float:
+        return min(m.cpu for m in measured[name][rows]) / rows * 1e6
+
+    floor = per_row("floor")
+    print(f"CPU per row, whole run    : plain loop {per_row('plain'):.0f} us, floor (uvloop + "
+          f"orjson) {floor:.0f} us, " + ", ".join(
+              f"{name} {per_row(name):.0f} us ({per_row(name) / floor:.2f}x the floor)"
+              for name in (ours, *others)))
+    if len(sizes) == 2:
+        big = sizes[1]
+
+        def marginal(name: str) -> float:
+            extra = min(m.cpu for m in measured[name][big]) - min(m.cpu for m in measured[name][rows])
+            return extra / (big - rows) * 1e6
+
+        floor_m = marginal("floor")
+        print(f"CPU per row, marginal     : ({big:,} rows against {rows:,}) floor {floor_m:.0f} us, "
+              + ", ".join(f"{name} {marginal(name):.0f} us ({marginal(name) / floor_m:.2f}x the "
+                          "floor)" for name in (ours, *others)))
 
 
 if __name__ == "__main__":

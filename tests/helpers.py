@@ -294,3 +294,18 @@ class S3:
     def keys(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
         return sorted(i.path.removeprefix(f"{BUCKET}/") for i in infos if i.type == pafs.FileType.File)
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `mount` (`options`: "size=600k", "ro,size=64k"), unmounted after;
+    the test is skipped where mounting needs a root this process is not."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

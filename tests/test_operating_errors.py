@@ -13,22 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import prompts_csv, run_cli, run_job
+from .helpers import prompts_csv, run_cli, run_job, tmpfs
 
 
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs, unmounted after the test (the suite runs as root, as `make test` does)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -187,18 +187,7 @@ class Cache:
         return self._db.total_changes - before
 
     def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
-        """One short transaction; another process's is waited for (busy_timeout)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # a full disk, a file made read-only meanwhile
-            raise JobStopped(f"stopped: cache {self.path} cannot be written ({exc}); what is "
-                             "answered is kept in the journal") from None
+        _write(self._db, self.path, sql, rows)
 
     def stats(self) -> CacheStats:
         """Answers, sizes, age and models."""
@@ -251,6 +240,7 @@ class Copier:
     """
 
     def __init__(self, journal: Path, cache: Cache) -> None:
+        self._path = cache.path
         self._db = sqlite3.connect(journal, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout={WAIT_MS}")
         self._db.execute("ATTACH DATABASE ? AS shared", (str(cache.path),))
@@ -303,18 +293,24 @@ class Copier:
             self._upto = upto
 
     def _copy(self, sql: str, params: tuple[float, ...]) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(sql, params)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # a full disk, a file made read-only meanwhile
-            raise JobStopped(f"stopped: cache cannot be written ({exc}); what is answered is "
-                             "kept in the journal") from None
+        _write(self._db, self._path, sql, [params])
 
     def _raise(self) -> None:
         if self._failed is not None:
             raise self._failed
+
+
+def _write(db: sqlite3.Connection, path: Path, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """`sql` once per row of `rows`, in one short transaction of `db` (another process's is waited
+    for: busy_timeout); a cache that cannot be written stops the run, with its answers kept."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:  # a full disk, a file made read-only meanwhile
+        raise JobStopped(f"stopped: cache {path} cannot be written ({exc}); what is answered is "
+                         "kept in the journal") from None

@@ -2,8 +2,10 @@
 child processes measured alone (wall, CPU, peak RSS), from this checkout or another one.
 
 `--against CHECKOUT` (throughput.py, memory.py) runs a second batchrun beside this one in every
-round: the other checkout's package goes first on PYTHONPATH (`Contender.against`), so a before/
-after figure comes from the same rounds on the same machine, not from runs minutes apart.
+round (`Contender`), so a before/after figure comes from the same rounds on the same machine, not
+from runs minutes apart. Each contender's runs start in its own checkout: `python -m` puts the
+working folder ahead of PYTHONPATH, so from this repository's root a PYTHONPATH alone ran this
+checkout twice. `contenders` checks which package each one imports.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class Measured:
     peak_mib: float  # its peak resident memory
 
 
-def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Measured:
     """Run `cmd` to its end and measure it (os.wait4: this child's rusage alone); a failure
     stops the benchmark with the child's stderr.
 
@@ -108,7 +111,8 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
     it ran `cmd`: a benchmark that measures memory must stay small itself (make big inputs in a
     process of their own: `write_in_child`)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            cwd=cwd)
     assert proc.stderr is not None
     err = proc.stderr.read()  # the child ends; its stderr must not fill the pipe meanwhile
     _, status, usage = os.wait4(proc.pid, 0)
@@ -127,15 +131,25 @@ class Contender:
     name: str
     checkout: Path | None = None  # None: this one
 
+    @property
+    def root(self) -> Path:
+        """The checkout its runs start in (first on their sys.path)."""
+        return self.checkout or HERE.parent
+
     def env(self) -> dict[str, str]:
-        """The environment its runs get: the other checkout's package ahead of this one."""
-        if self.checkout is None:
-            return dict(os.environ)
-        return {**os.environ, "PYTHONPATH": str(self.checkout)}
+        """The environment its runs get: its checkout's package ahead of the installed one."""
+        return {**os.environ, "PYTHONPATH": str(self.root)}
 
     def run(self, *args: str) -> Measured:
-        """`batchrun ARGS` as a fresh process, measured."""
-        return measure([sys.executable, "-m", "batchrun", *args], self.env())
+        """`batchrun ARGS` as a fresh process, measured (paths in ARGS must be absolute)."""
+        return measure([sys.executable, "-m", "batchrun", *args], self.env(), self.root)
+
+    def package(self) -> Path:
+        """Where the batchrun its runs import lives."""
+        found = subprocess.run([sys.executable, "-c", "import batchrun; print(batchrun.__file__)"],
+                               env=self.env(), cwd=self.root, capture_output=True, text=True,
+                               check=True)
+        return Path(found.stdout.strip()).resolve().parent
 
 
 def contenders(against: Path | None) -> list[Contender]:
@@ -145,7 +159,10 @@ def contenders(against: Path | None) -> list[Contender]:
     if against is not None:
         if not (against / "batchrun" / "__init__.py").exists():
             raise SystemExit(f"--against {against}: no batchrun package there")
-        found.append(Contender(against.name or str(against), against))
+        found.append(Contender(against.resolve().name, against.resolve()))
     for contender in found:
-        compileall.compile_dir((contender.checkout or HERE.parent) / "batchrun", quiet=1)
+        compileall.compile_dir(contender.root / "batchrun", quiet=1)
+        if contender.package() != (contender.root / "batchrun").resolve():
+            raise SystemExit(f"{contender.name} imports batchrun from {contender.package()}, "
+                             f"not from {contender.root}")
     return found

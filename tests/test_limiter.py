@@ -172,6 +172,22 @@ def test_a_provider_counting_over_longer_windows_or_a_bucket_gets_the_whole_pace
     assert clock.t - t0 <= PROBE_AFTER + (500 - 5 * PROBE_AFTER) * 184 * 60 / (60_000 * SAFETY)
 
 
+def test_headers_that_show_a_longer_window_let_the_run_try_without_the_rule_at_once() -> None:
+    # A reset of 9.5 s: the provider's allowance comes back over ten seconds, not one.
+    lim, clock = limiter(tpm=60_000)
+    lim.observe({"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59816",
+                 "x-ratelimit-reset-tokens": "9.5s"})
+    times = starts(lim, clock, [184] * 10)
+    assert lim.strict.lenient and times[-1] - times[0] < PROBE_AFTER
+    # A reset within a second shows nothing: the run stays with whole requests per second
+    # until it has been calm for PROBE_AFTER.
+    strict, clock = limiter(tpm=60_000)
+    strict.observe({"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59816",
+                    "x-ratelimit-reset-tokens": "800ms"})
+    times = starts(strict, clock, [184] * 10)
+    assert not strict.strict.lenient and most_in_window(times, [184] * 10, 1.0) <= 1000
+
+
 def test_a_request_above_a_second_allowance_goes_at_its_pace() -> None:
     lim, clock = limiter(tpm=6000)  # 100 tokens a second; each request needs 5 s of them
     times = starts(lim, clock, [500] * 4)

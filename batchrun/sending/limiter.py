@@ -153,6 +153,8 @@ class Limiter:
             if remaining is not None:
                 reset = parse_duration(headers.get(reset_name) or "")
                 pace.book.snapshot(max(0.0, remaining), reset, limit, now)
+                if reset is not None:
+                    self.strict.shown(reset)
                 spent = spent or remaining < max(need, 1)
         self.evidence.spent = spent
 

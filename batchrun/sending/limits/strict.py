@@ -16,10 +16,11 @@ back by half after each JITTER_SETTLES seconds without another. A cut of the pac
 
 A provider counting over longer windows (ten seconds, a minute) or with a bucket takes more:
 with coarse requests the whole-request rule costs the run up to a sixth of its pace there. When
-it costs more than PROBE_GAIN and nothing has troubled the run for PROBE_AFTER seconds, the run
-tries going without it (the pace alone still holds it under the limit). A 429 for a start that
-only that let through says the provider does count per second: the rule is back, and the next
-try waits twice as long as the last.
+it costs more than PROBE_GAIN and nothing has troubled the run for PROBE_AFTER seconds (or the
+provider's headers said its allowance comes back over more than a second), the run tries going
+without it (the pace alone still holds it under the limit). A 429 for a start that only that let
+through says the provider does count per second: the rule is back, and the next try waits twice
+as long as the last.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class StrictWindow:
         self._beyond: deque[float] = deque()  # starts that only going without it let through
         self._settled_at = -math.inf  # the run has been calm since then (-inf: not yet started)
         self._next_try = -math.inf
+        self._shown = False  # the provider's headers showed a window longer than WINDOW
         self.tries = 0  # tries without the rule so far
         self.failed = 0  # of them, ended by a 429
 
@@ -101,12 +103,20 @@ class StrictWindow:
         if self.lenient and sent_at in self._beyond:
             self.lenient = False
             self.failed += 1
+            self._shown = False  # whatever its headers say, it counts per second
             self._beyond.clear()
             self._next_try = now + PROBE_BACKOFF * 2 ** (self.failed - 1)
         elif (not self.lenient and retry_after is not None and retry_after < MAX_JITTER
               and sent_at in self._full):
             self.jitter = min(MAX_JITTER, self.jitter + retry_after)
             self._jitter_at = now
+
+    def shown(self, reset: float) -> None:
+        """The provider's headers say its allowance is whole again in `reset` seconds: beyond
+        WINDOW, it counts over a longer window (or a bucket), so try without the rule as soon as
+        it costs enough, without waiting to be calm."""
+        if reset > 1.5 * WINDOW and not self.failed:
+            self._shown = True
 
     def cut(self, now: float) -> None:
         """The pace was cut: the 429s were its doing. Forget the jitter they taught."""
@@ -125,7 +135,7 @@ class StrictWindow:
 
     def _should_try(self, tokens: float, rpm: float | None, tpm: float | None, now: float) -> bool:
         """Is it time to try without the rule, and would that win more than PROBE_GAIN?"""
-        if now < self._next_try or now - self._settled_at < PROBE_AFTER:
+        if now < self._next_try or (not self._shown and now - self._settled_at < PROBE_AFTER):
             return False
         return max(_loss(1, rpm), _loss(tokens, tpm)) > PROBE_GAIN
 

@@ -29,6 +29,7 @@ SAMPLE_EVERY = 1.0  # seconds between samples
 # The counters whose change over an interval is a sample's figure: those of `Counts` the
 # timeline table has a column for (its columns predate `finished` and `cost_usd`).
 SAMPLED = tuple(name for name in Sample._fields if name in {f.name for f in fields(Counts)})
+_SAMPLED_AT = {name: Sample._fields.index(name) for name in SAMPLED}  # their places in a Sample
 
 
 class Sampler:
@@ -82,21 +83,13 @@ def coarsen(samples: Sequence[Sample], most: int) -> list[Sample]:
     merged = []
     for start in range(0, len(samples), size):
         group = samples[start:start + size]
-        last = group[-1]
-        sums = Counts()
-        for sample in group:
-            sums = sums.plus(_counted(sample))
-        merged.append(last._replace(span=sum(s.span for s in group),
-                                    pauses=sum(s.pauses for s in group), **_sampled(sums)))
+        columns = list(zip(*group, strict=True))
+        sums = {name: sum(columns[at]) for name, at in _SAMPLED_AT.items()}
+        merged.append(group[-1]._replace(span=sum(s.span for s in group),
+                                         pauses=sum(s.pauses for s in group), **sums))
     return merged
 
 
 def _sampled(counts: Counts) -> dict[str, Any]:
     """The counters a sample has a column for, by name."""
     return {name: value for name, value in asdict(counts).items() if name in SAMPLED}
-
-
-def _counted(sample: Sample) -> Counts:
-    """A sample's counters as `Counts` (the ones it has no column for: 0)."""
-    return Counts(**{name: value for name, value in sample._asdict().items()
-                     if name in SAMPLED})

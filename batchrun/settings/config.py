@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from batchrun.data.openai_api import MAX_BATCH_LINES, MAX_BATCH_MB
 from batchrun.errors import UsageError
 from batchrun.settings import checks
 from batchrun.settings.checks import at_least, in_range, positive
+from batchrun.settings.endpoints import Endpoint
 from batchrun.settings.files import FORMATS, locations, read_schema, read_tools
 from batchrun.settings.prices import Price, run_price
 from batchrun.settings.providers import PRESETS, Preset
@@ -286,6 +287,8 @@ class RunConfig:
             "are their total.")
     job_file: Path | None = None
     output_url: str | None = None  # where the output is published, for an object-store output
+    # `[[endpoints]]` and `--fallback-model` (settings.endpoints): () for a run with one endpoint.
+    endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def dedup_enabled(self) -> bool:
@@ -308,6 +311,14 @@ class RunConfig:
         if self.provider == "simulator" and not self.base_url:
             return "in-process simulator (loopback)"
         return self.base_url
+
+    def at(self, endpoint: Endpoint) -> RunConfig:
+        """The run's settings as one endpoint sends them: its URL, model, key variable and
+        limits (so the key rules, the limiter and the sender work per endpoint unchanged)."""
+        return replace(self, base_url=endpoint.base_url, provider=endpoint.provider,
+                       model=endpoint.model, api_key_env=endpoint.api_key_env,
+                       rpm=endpoint.rpm, tpm=endpoint.tpm, concurrency=endpoint.concurrency,
+                       endpoints=())
 
     @property
     def is_local(self) -> bool:

@@ -126,3 +126,87 @@ def test_an_old_journal_without_a_log_table_is_read_from_results(tmp_path: Path)
         assert reader.counts()["ok"] == 4 and len(reader.finished(_keys(4))) == 4
     finally:
         reader.close()
+
+
+# The tables as the version before issue 28 wrote them: no endpoint, cached_tokens,
+# reasoning_tokens or provider_cost in results/log, no endpoint in timeline.
+_OLD_RESULT = """status TEXT NOT NULL, response TEXT, finish_reason TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, error TEXT,
+    error_kind TEXT, attempts INTEGER, latency_ms REAL, model TEXT, response_id TEXT,
+    cost_usd REAL, parsed TEXT, finished_at REAL"""
+_OLD_NAMES = ("key, status, response, finish_reason, prompt_tokens, completion_tokens, "
+              "total_tokens, error, error_kind, attempts, latency_ms, model, response_id, "
+              "cost_usd, parsed, finished_at")
+_OLD_SAMPLE = ("t, span, run, sent, ok, errors, retries, rate_limited, transient, prompt_tokens, "
+               "completion_tokens, in_flight, pauses, rpm, tpm, rpm_limit, tpm_limit")
+
+
+def _old_journal(path: Path) -> None:
+    """A journal as the previous version left it: two results folded, one in `log`, a sample."""
+    db = sqlite3.connect(path)
+    db.executescript(f"""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE results (key BLOB PRIMARY KEY, {_OLD_RESULT}) WITHOUT ROWID;
+        CREATE TABLE log (seq INTEGER PRIMARY KEY, key BLOB NOT NULL, {_OLD_RESULT});
+        CREATE VIEW all_results AS SELECT {_OLD_NAMES} FROM log
+            UNION ALL SELECT {_OLD_NAMES} FROM results WHERE key NOT IN (SELECT key FROM log);
+        CREATE TABLE rows (idx INTEGER PRIMARY KEY, base BLOB NOT NULL, key BLOB NOT NULL,
+            copy INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE timeline ({_OLD_SAMPLE});
+        INSERT INTO meta VALUES ('schema', '"1"');
+        INSERT INTO results (key, status, response, prompt_tokens, completion_tokens,
+            total_tokens, attempts, cost_usd) VALUES
+            (x'01', 'ok', 'a', 3, 2, 5, 1, 0.5), (x'02', 'ok', 'b', 3, 2, 5, 1, 0.5);
+        INSERT INTO log (key, status, response, prompt_tokens, completion_tokens, total_tokens,
+            attempts, cost_usd) VALUES (x'03', 'ok', 'c', 3, 2, 5, 1, 0.5);
+        INSERT INTO rows VALUES (0, x'01', x'01', 0), (1, x'02', x'02', 0), (2, x'03', x'03', 0);
+        INSERT INTO timeline VALUES (10.0, 1.0, 9.0, 3, 3, 0, 0, 0, 0, 9, 6, 0, 0, 60.0, NULL,
+            NULL, NULL);
+    """)
+    db.commit()
+    db.close()
+
+
+def _columns(path: Path, table: str) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+    finally:
+        db.close()
+
+
+def test_a_reader_reads_an_older_journal_without_changing_it(tmp_path: Path) -> None:
+    path = tmp_path / "o.journal.sqlite"
+    _old_journal(path)
+    reader = Journal(path, readonly=True)
+    try:
+        rows = reader.output_rows(0, 3)
+        assert [row[0] for row in rows] == ["a", "b", "c"]
+        assert reader.counts()["ok"] == 3 and reader.counts()["cost_usd"] == 1.5
+        (sample,) = reader.timeline()
+        assert sample.rpm == 60.0 and sample.endpoint is None
+    finally:
+        reader.close()
+    assert "endpoint" not in _columns(path, "results")  # a reader never writes
+
+
+def test_a_writer_adds_the_new_columns_to_an_older_journal_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "o.journal.sqlite"
+    _old_journal(path)
+    journal = Journal(path)
+    journal.record(Outcome(b"\x04", OK, response="d", attempts=1, endpoint="A",
+                           cached_tokens=2, reasoning_tokens=1, provider_cost=0.25))
+    journal.flush()
+    journal.close()
+    added = ["endpoint", "cached_tokens", "reasoning_tokens", "provider_cost"]
+    for table in ("results", "log"):
+        assert _columns(path, table)[-4:] == added
+    assert _columns(path, "timeline")[-1] == "endpoint"
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT response, endpoint, cached_tokens, provider_cost FROM all_results "
+                          "ORDER BY key").fetchall() == [
+            ("a", None, None, None), ("b", None, None, None), ("c", None, None, None),
+            ("d", "A", 2, 0.25)]
+    finally:
+        db.close()

@@ -124,7 +124,7 @@ def _bill(result: Collected, answer: Answer | None, price: Price | None) -> None
     result.prompt_tokens += prompt
     result.completion_tokens += completion
     if price is not None:
-        result.cost_usd += price.cost(prompt, completion)
+        result.cost_usd += price.cost(prompt, completion, answer.cached_tokens or 0)
 
 
 def _settle(result: Collected, key: bytes, before: Carried, rules: Rules,
@@ -158,7 +158,11 @@ def _outcome(key: bytes, status: str, answer: Answer | None, prompt: int, comple
              attempts: int, rules: Rules, parsed: str | None, error: str | None,
              kind: str | None) -> Outcome:
     billed = prompt or completion or (answer is not None and answer.billed)
-    usage = Usage(prompt, completion, prompt + completion) if billed else None
-    cost = rules.price.cost(prompt, completion) if usage and rules.price is not None else None
+    # The details are the last line's: earlier batches of the row carried only their tokens.
+    usage = Usage(prompt, completion, prompt + completion,
+                  *((answer.cached_tokens, answer.reasoning_tokens, answer.provider_cost)
+                    if answer is not None else (None, None, None))) if billed else None
+    cost = (rules.price.cost(prompt, completion, usage.cached or 0)
+            if usage and rules.price is not None else None)
     return build_outcome(key, status, answer, usage, attempts, None, cost,
                          default_model=rules.model, parsed=parsed, error=error, error_kind=kind)

@@ -6,6 +6,7 @@
     checkpoint  the WAL copied into the database on a thread of its own
     batches     the record of Batch API submissions and the keys each one holds
     former      journals older versions named as another output's, found and moved
+    migrate     the columns added since older versions: added in place, or shown as NULL to readers
 
 May import: `batchrun.protocol`, `batchrun.settings`, `batchrun.data`, `batchrun.errors`.
 """

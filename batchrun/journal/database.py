@@ -37,7 +37,7 @@ import orjson
 
 from batchrun.data.locations import sibling
 from batchrun.errors import JobStopped, LockedError, UsageError
-from batchrun.journal import former, lookups, readback
+from batchrun.journal import former, lookups, migrate, readback
 from batchrun.journal.cache import Cache, Copier
 from batchrun.journal.checkpoint import Checkpointer
 from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
@@ -63,6 +63,8 @@ class Sample(NamedTuple):
     tpm: float | None  # ... and tokens per minute
     rpm_limit: float | None  # as configured
     tpm_limit: float | None
+    # None: the run's totals; a pool of endpoints also keeps one sample per endpoint per interval.
+    endpoint: str | None = None
 
 
 
@@ -75,14 +77,17 @@ _NAMES = ", ".join(RESULT_COLUMNS)
 _RESULT_TYPES = """status TEXT NOT NULL, response TEXT, finish_reason TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER, error TEXT,
     error_kind TEXT, attempts INTEGER, latency_ms REAL, model TEXT, response_id TEXT,
-    cost_usd REAL, parsed TEXT, finished_at REAL"""
+    cost_usd REAL, parsed TEXT, finished_at REAL, endpoint TEXT, cached_tokens INTEGER,
+    reasoning_tokens INTEGER, provider_cost REAL"""
+# `all_results`: `log` laid over `results` (a journal of an older version gets it again with the
+# columns added since: `migrate`).
+_VIEW = (f"SELECT {_NAMES} FROM log "
+         f"UNION ALL SELECT {_NAMES} FROM results WHERE key NOT IN (SELECT key FROM log)")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (key BLOB PRIMARY KEY, {_RESULT_TYPES}) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, key BLOB NOT NULL, {_RESULT_TYPES});
-CREATE VIEW IF NOT EXISTS all_results AS
-    SELECT {_NAMES} FROM log
-    UNION ALL SELECT {_NAMES} FROM results WHERE key NOT IN (SELECT key FROM log);
+CREATE VIEW IF NOT EXISTS all_results AS {_VIEW};
 CREATE TABLE IF NOT EXISTS rows (idx INTEGER PRIMARY KEY, base BLOB NOT NULL, key BLOB NOT NULL,
     copy INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS timeline ({", ".join(Sample._fields)});
@@ -224,6 +229,10 @@ class Journal:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's work
                 self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=5000")
+            if readonly:  # an older version's journal is read as it is
+                migrate.overlay(self._db, _VIEW)
+            else:
+                migrate.upgrade(self._db, _VIEW)
             self._readonly = readonly
             self._logged = 1  # results in `log` not yet folded: unknown until the first fold
             self._overlay: str | None = None  # readonly: what lays `log` over `results`

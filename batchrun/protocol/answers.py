@@ -5,6 +5,7 @@ Every backend uses these: an online reply and a Batch API output line carry the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from batchrun.protocol.retry import Failure, Kind
 from batchrun.protocol.structured import check_json
 
 MAX_TOKENS_SANE = 10_000_000  # a usage count above this is not a real answer
+MAX_COST_SANE = 1_000_000.0  # USD: a reported `usage.cost` above this is not a real bill
 
 
 class Answer(NamedTuple):
@@ -29,6 +31,10 @@ class Answer(NamedTuple):
     completion_tokens: int | None
     total_tokens: int | None
     tool_calls: Any = None
+    # The provider's details of its usage, where it reports them (`usage_details`).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    provider_cost: float | None = None
 
     @property
     def billed(self) -> bool:
@@ -65,7 +71,8 @@ def parse_answer(raw: bytes) -> tuple[Answer | None, Failure | None]:
                         and 0 <= completion <= MAX_TOKENS_SANE and 0 <= total <= MAX_TOKENS_SANE
                         and type(model) is str and type(response_id) is str):
                     return Answer(content, finish, model, response_id, prompt, completion, total,
-                                  message.get("tool_calls") or None), None
+                                  message.get("tool_calls") or None,
+                                  *usage_details(usage)), None
     return read_answer(data)
 
 
@@ -90,6 +97,7 @@ def read_answer(data: Any) -> tuple[Answer | None, Failure | None]:
     finish = finish if isinstance(finish, str) and finish else "stop"
     usage = data.get("usage")
     tokens: list[int | None] = [None, None, None]
+    details: tuple[int | None, int | None, float | None] = (None, None, None)
     if usage is not None:
         if not isinstance(usage, dict):
             return None, Failure(Kind.RETRY, "unreadable answer: usage is not an object", 200)
@@ -104,6 +112,7 @@ def read_answer(data: Any) -> tuple[Answer | None, Failure | None]:
             tokens[i] = value
         if tokens[2] is None and tokens[0] is not None and tokens[1] is not None:
             tokens[2] = tokens[0] + tokens[1]
+        details = usage_details(usage)
     model = data.get("model")
     response_id = data.get("id")
     return Answer(
@@ -115,7 +124,31 @@ def read_answer(data: Any) -> tuple[Answer | None, Failure | None]:
         completion_tokens=tokens[1],
         total_tokens=tokens[2],
         tool_calls=message.get("tool_calls") or None,
+        cached_tokens=details[0], reasoning_tokens=details[1], provider_cost=details[2],
     ), None
+
+
+def usage_details(usage: Mapping[str, Any]) -> tuple[int | None, int | None, float | None]:
+    """(cached prompt tokens, reasoning tokens, reported cost in USD) of a `usage` object.
+
+    Providers report these unevenly, so each is read defensively: absent, null or not a sane
+    number is None (unknown), never a failure of an answer that is otherwise good.
+    """
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    return (_count(prompt.get("cached_tokens")) if type(prompt) is dict else None,
+            _count(completion.get("reasoning_tokens")) if type(completion) is dict else None,
+            _cost(usage.get("cost")))
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS_SANE else None
+
+
+def _cost(value: Any) -> float | None:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value) if 0 <= value <= MAX_COST_SANE else None
 
 
 def judge(answer: Answer, response_format: str,
@@ -140,27 +173,42 @@ def judge(answer: Answer, response_format: str,
 
 
 class Usage(NamedTuple):
-    """Tokens a row used over all its attempts; None where no answer said (not 0)."""
+    """Tokens a row used over all its attempts (the Usage is None where no answer said: not 0);
+    the details are None where no answer reported them."""
 
     prompt: int
     completion: int
     total: int
+    cached: int | None = None
+    reasoning: int | None = None
+    cost: float | None = None  # the provider's `usage.cost`, summed
 
 
 def add_usage(usage: Usage | None, answer: Answer) -> Usage | None:
     """The row's usage after one more answer."""
-    if not answer.billed:
+    if not answer.billed and answer.provider_cost is None:
         return usage
     before = usage or Usage(0, 0, 0)
     return Usage(before.prompt + (answer.prompt_tokens or 0),
                  before.completion + (answer.completion_tokens or 0),
-                 before.total + (answer.total_tokens or 0))
+                 before.total + (answer.total_tokens or 0),
+                 _plus(before.cached, answer.cached_tokens),
+                 _plus(before.reasoning, answer.reasoning_tokens),
+                 _plus(before.cost, answer.provider_cost))
+
+
+def _plus(before: Any, more: Any) -> Any:
+    """A sum over attempts where a part may be unknown: known parts add up; all unknown is None."""
+    if more is None:
+        return before
+    return more if before is None else before + more
 
 
 def build_outcome(key: bytes, status: str, answer: Answer | None, usage: Usage | None,
                   attempts: int, latency_ms: float | None, cost: float | None, *,
                   default_model: str | None, parsed: str | None = None,
-                  error: str | None = None, error_kind: str | None = None) -> Outcome:
+                  error: str | None = None, error_kind: str | None = None,
+                  endpoint: str | None = None) -> Outcome:
     """The journal's record of a finished row."""
     response = None
     if answer is not None:
@@ -177,6 +225,9 @@ def build_outcome(key: bytes, status: str, answer: Answer | None, usage: Usage |
         latency_ms=latency_ms if status == OK else None,
         model=answer.model if answer is not None else default_model,
         response_id=answer.response_id if answer is not None else None,
-        cost_usd=cost, parsed=parsed, finished_at=time.time(),
+        cost_usd=cost, parsed=parsed, finished_at=time.time(), endpoint=endpoint,
+        cached_tokens=usage.cached if usage else None,
+        reasoning_tokens=usage.reasoning if usage else None,
+        provider_cost=usage.cost if usage else None,
     )
 

@@ -35,3 +35,7 @@ class Outcome(NamedTuple):
     cost_usd: float | None = None
     parsed: str | None = None  # the parsed answer as JSON text
     finished_at: float = 0.0
+    endpoint: str | None = None  # the `[[endpoints]]` name that answered (None: a run without)
+    cached_tokens: int | None = None  # prompt tokens the provider served from its cache
+    reasoning_tokens: int | None = None  # completion tokens spent on reasoning
+    provider_cost: float | None = None  # `usage.cost` as the provider reported it (None: not)

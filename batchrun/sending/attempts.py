@@ -255,12 +255,15 @@ class JobSender:
             prompt, completion = answer.prompt_tokens or 0, answer.completion_tokens or 0
             tokens = answer.total_tokens or 0
             if self._price is not None:
-                cost = self._price.cost(prompt, completion)
+                cost = self._price.cost(prompt, completion, answer.cached_tokens or 0)
             self._stats.prompt_tokens += prompt
             self._stats.completion_tokens += completion
             self._stats.cost_usd += cost
         if self._budget.active:
-            self._budget.settle(hold.tokens, hold.cost, tokens, cost)
+            # What the provider says it billed is what the budget spends; our price otherwise.
+            billed = answer.provider_cost if answer is not None else None
+            self._budget.settle(hold.tokens, hold.cost, tokens,
+                                billed if billed is not None else cost)
         if answer is None:
             return None, failure
         return judge(answer, self._config.response_format, self._config.schema)
@@ -273,7 +276,7 @@ class JobSender:
             self._stats.errors += 1
         cost = None
         if usage is not None and self._price is not None:
-            cost = self._price.cost(usage.prompt, usage.completion)
+            cost = self._price.cost(usage.prompt, usage.completion, usage.cached or 0)
         return build_outcome(job.key, action.status, answer, usage, sent, latency_ms, cost,
                              default_model=self._config.model, parsed=parsed,
                              error=action.error, error_kind=action.error_kind)

@@ -7,15 +7,23 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Price:
-    """USD per million input (prompt) and output (completion) tokens."""
+    """USD per million input (prompt) and output (completion) tokens, and per million prompt
+    tokens the provider served from its prompt cache (None: billed as any input token)."""
 
     input_per_million: float
     output_per_million: float
+    cached_input_per_million: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """Cost in USD of one request's usage."""
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """Cost in USD of one request's usage; `cached_tokens` are part of `prompt_tokens` (as
+        providers count them) and billed at the cached price."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.cached_input_per_million
+        if cached_price is None:
+            cached_price = self.input_per_million
         return (
-            prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+            (prompt_tokens - cached) * self.input_per_million + cached * cached_price
+            + completion_tokens * self.output_per_million
         ) / 1_000_000
 
 
@@ -64,8 +72,10 @@ def batch_price(online: Price | None, override: Price | None = None) -> Price | 
         return override
     if online is None:
         return None
+    cached = online.cached_input_per_million
     return Price(online.input_per_million * BATCH_DISCOUNT,
-                 online.output_per_million * BATCH_DISCOUNT)
+                 online.output_per_million * BATCH_DISCOUNT,
+                 cached * BATCH_DISCOUNT if cached is not None else None)
 
 
 def run_price(model: str | None, override: Price | None, backend: str,

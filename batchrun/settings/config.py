@@ -194,7 +194,12 @@ class RunConfig:
                 help="USD per 1M prompt tokens (overrides the built-in price list).",
                 shown_default="the built-in price list's"),
         Setting("pricing", float, name="output_per_million", check=at_least(0),
-                help="USD per 1M completion tokens.", shown_default="the built-in price list's"))
+                help="USD per 1M completion tokens.", shown_default="the built-in price list's"),
+        Setting("pricing", float, name="cached_input_per_million", check=at_least(0),
+                help="USD per 1M prompt tokens the provider served from its prompt cache "
+                     "(`usage.prompt_tokens_details.cached_tokens`); needs input_per_million "
+                     "and output_per_million.",
+                shown_default="the input price"))
     batch_price: Price | None = settings_field(  # None: half of `price`
         Setting("pricing", float, name="batch_input_per_million", check=at_least(0),
                 help="Batch API price per 1M prompt tokens.",
@@ -543,14 +548,20 @@ def _request_tools(s: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
 
 
 def _price(s: dict[str, Any], prefix: str = "") -> Price | None:
-    """[pricing] {prefix}input_per_million and {prefix}output_per_million, given together or not."""
+    """[pricing] {prefix}input_per_million and {prefix}output_per_million, given together or not,
+    and the optional {prefix}cached_input_per_million with them."""
     names = (f"{prefix}input_per_million", f"{prefix}output_per_million")
+    cached = f"{prefix}cached_input_per_million"
     given = [name for name in names if name in s]
     if not given:
+        if cached in s:
+            raise UsageError(f"[pricing] {cached} needs {names[0]} and {names[1]} too")
         return None
     if len(given) == 1:
         raise UsageError(f"[pricing] needs both {names[0]} and {names[1]}")
-    return Price(float(s.pop(names[0])), float(s.pop(names[1])))
+    cached_price = s.pop(cached, None)
+    return Price(float(s.pop(names[0])), float(s.pop(names[1])),
+                 float(cached_price) if cached_price is not None else None)
 
 
 def as_keywords(message: str) -> str:

@@ -1,11 +1,48 @@
-"""What the simulator is told: its limits and fault rates (SimConfig), per-request steps, and the script."""
+"""What the simulator is told: its limits and fault rates (SimConfig), its keys (Account),
+per-request steps, and the script."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 LIMIT_SHAPES = ("sliding", "fixed", "bucket")
+
+
+@dataclass(frozen=True)
+class Account:
+    """One key the simulator accepts, with limits and credits of its own (sim/accounts.py).
+
+    Its rpm, tpm and max_concurrency count only this key's requests, on top of the simulator's
+    own limits (which count every request, as an organization's limits do); window_s and
+    limit_shape default to the simulator's. `credits` is a balance in USD, spent at the
+    simulator's price per answer (sim/usage.py): once it is used up, every request with this
+    key gets a 402.
+    """
+
+    key: str
+    rpm: int | None = None
+    tpm: int | None = None
+    window_s: float | None = None
+    limit_shape: str | None = None
+    max_concurrency: int | None = None
+    credits: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("an account needs a non-empty key")
+        if self.limit_shape is not None and self.limit_shape not in LIMIT_SHAPES:
+            raise ValueError(f"limit_shape must be one of {', '.join(LIMIT_SHAPES)}, "
+                             f"not {self.limit_shape!r}")
+        for name in ("rpm", "tpm", "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"an account's {name} must be >= 1")
+        if self.window_s is not None and self.window_s <= 0:
+            raise ValueError("an account's window_s must be > 0")
+        if self.credits is not None and self.credits < 0:
+            raise ValueError("an account's credits must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -48,6 +85,25 @@ class SimConfig:
     batch_shuffle: bool = False  # output and error lines in a seeded random order
     batch_max_lines: int = 50_000
     batch_max_bytes: int = 200 * 1024 * 1024
+    # Several keys, each with its own limits and credits; `api_key`, if set too, is one more key
+    # limited only by the simulator's own limits.
+    accounts: tuple[Account, ...] = ()
+    # Context windows per model (prompt + max_tokens, else the prompt alone); other models: 128k.
+    context_lengths: Mapping[str, int] | None = None
+    # Cached prompt tokens (usage.prompt_tokens_details.cached_tokens, sim/usage.py): the
+    # longest prefix this key sent before, in blocks of 128 tokens, for prompts of at least
+    # cache_min_tokens; or, with cached_share, that share of every prompt.
+    prompt_cache: bool = False
+    cache_min_tokens: int = 1024
+    cached_share: float | None = None
+    # Reasoning models: this share of their completion tokens is reasoning
+    # (usage.completion_tokens_details.reasoning_tokens, counted inside completion_tokens).
+    reasoning_models: tuple[str, ...] = ()
+    reasoning_share: float = 0.5
+    # USD per million input, cached input and output tokens per model (sim/usage.py has the
+    # defaults); report_cost adds usage.cost to each answer, as OpenRouter does.
+    prices: Mapping[str, tuple[float, float, float]] | None = None
+    report_cost: bool = False
 
     def __post_init__(self) -> None:
         if self.error_style not in ("openai", "llmost"):
@@ -63,6 +119,24 @@ class SimConfig:
         if not self.tokenizer_ratio > 0:
             raise ValueError("tokenizer_ratio must be > 0")
         self._check_batch()
+        self._check_usage()
+
+    def _check_usage(self) -> None:
+        keys = [a.key for a in self.accounts] + ([self.api_key] if self.api_key is not None else [])
+        if len(set(keys)) != len(keys):
+            raise ValueError("each account needs a key of its own (and not api_key's)")
+        if any(n < 1 for n in (self.context_lengths or {}).values()):
+            raise ValueError("context lengths must be >= 1")
+        if self.cached_share is not None and not 0 <= self.cached_share <= 1:
+            raise ValueError("cached_share must be between 0 and 1")
+        if self.cache_min_tokens < 0:
+            raise ValueError("cache_min_tokens must be >= 0")
+        if not 0 <= self.reasoning_share < 1:
+            raise ValueError("reasoning_share must be >= 0 and < 1")
+        for model, price in (self.prices or {}).items():
+            if len(price) != 3 or any(p < 0 for p in price):
+                raise ValueError(f"the price of {model} must be three amounts >= 0 "
+                                 "(input, cached input, output per million tokens)")
 
     def _check_batch(self) -> None:
         if not self.batch_lines_per_s > 0 or min(self.batch_duration_s or 0, self.batch_validating_s) < 0:

@@ -55,8 +55,14 @@ class SimulatorHandle:
         """Steps for requests whose last user text contains `contains` (last step repeats)."""
         self._call(self.simulator.rule, contains, *steps, times=times)
 
+    def balance(self, key: str = "") -> float | None:
+        """USD left on `key`'s credits (None: unlimited)."""
+        result: list[float | None] = []
+        self._call(lambda: result.append(self.simulator.balance(key)))
+        return result[0]
+
     def reset_stats(self) -> None:
-        """Zero the counters."""
+        """Zero the counters (a key's credits stay spent)."""
         self._call(self.simulator.reset_stats)
 
 

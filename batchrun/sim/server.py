@@ -1,10 +1,11 @@
 """The aiohttp server: chat completions per its SimConfig, script and rules, plus models and stats.
 
 Order of decisions for one POST: body size (413), key (401), JSON and parameters (400), model (404),
-context length (400), then a scripted step (rule, else FIFO script). Fault steps answer at once and
-bypass the limits; answering steps (ok, delay, finish) and unscripted requests then meet the limits:
-RPM (every arrival counts, even rejected ones), concurrency, TPM (prompt + max_tokens charged at
-arrival, not refunded; a request refused with a 429 is not charged to TPM). Random faults apply only
+context length (400), the key's credits (402), then a scripted step (rule, else FIFO script). Fault
+steps answer at once and bypass the limits; answering steps (ok, delay, finish) and unscripted
+requests then meet the limits, the simulator's and then the key's (sim/accounts.py): RPM (every
+arrival counts, even rejected ones), concurrency, TPM (prompt + max_tokens charged at arrival, not
+refunded; a request refused with a 429 is not charged to TPM). Random faults apply only
 to unscripted requests that passed the limits. A stray 429 (`stray_429_rate`) comes before the
 limits, to unscripted requests only, and is charged to no window, like a busy provider's.
 """
@@ -15,12 +16,13 @@ import asyncio
 import itertools
 import random
 from collections import deque
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from batchrun.sim.accounts import Accounts, AccountState
 from batchrun.sim.answers import completion
 from batchrun.sim.batch_api import add_batch_api
 from batchrun.sim.batches import BatchStore
@@ -28,12 +30,17 @@ from batchrun.sim.config import ANSWERING, Script, SimConfig, Step
 from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, error_doc, step_error, trickle
 from batchrun.sim.files import FileStore
 from batchrun.sim.stats import SimStats
+from batchrun.sim.usage import Billed, PromptCache, cached_tokens, reasoning_split, settle
 from batchrun.sim.validate import ChatRequest, Invalid, parse
 from batchrun.sim.windows import Limits, retry_headers
 
 DEFAULT_MODELS = ("sim-1", "sim-large")
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
 _MODEL_PATHS = ("/v1/models", "/models", "/api/v1/models")
+
+
+class _Dropped(web.Response):
+    """What a dropped connection "answers": never sent, so no status is counted for it."""
 
 
 class Simulator:
@@ -50,7 +57,8 @@ class Simulator:
         # Its own dice, so adding stray 429s does not move the other faults of a seeded run.
         self._stray_rng = random.Random(f"stray-429-{config.seed}")
         self._ids = itertools.count(1)
-        self._auth = f"Bearer {config.api_key}" if config.api_key is not None else None
+        self._accounts = Accounts(config)
+        self._batch_cache = PromptCache(config.tokenizer_ratio, config.cache_min_tokens)
         self._limits = Limits(config)
         self._fault_rates = tuple(itertools.accumulate(config.fault_rates))  # cumulative
         self._garbage = itertools.cycle((True, False))
@@ -95,6 +103,10 @@ class Simulator:
         """Steps for requests whose last user text contains `contains` (last step repeats)."""
         self._script.rule(contains, *steps, times=times)
 
+    def balance(self, key: str = "") -> float | None:
+        """USD left on `key`'s credits (None: unlimited); "" is the keyless account."""
+        return self._accounts.get(key).balance
+
     def reset_stats(self) -> None:
         """Zero the counters in place (requests still in flight stay counted)."""
         fresh, in_flight = SimStats(), self.stats.in_flight
@@ -103,15 +115,24 @@ class Simulator:
         self.stats.in_flight = self.stats.max_in_flight = in_flight
 
     def _send(
-        self, status: int, body: bytes, extra: dict[str, str] | None = None, limit_headers: bool = True
+        self,
+        status: int,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+        limit_headers: bool = True,
+        account: AccountState | None = None,
     ) -> web.Response:
-        """A JSON response, counted, with rate-limit headers as of now (after any latency)."""
+        """A JSON response, counted, with rate-limit headers as of now (after any latency): the
+        simulator's, and where the key has limits of its own, the key's."""
         self.stats.count(status)
         if status == 429:
             self.stats.rate_limited += 1
         headers = {"Content-Type": "application/json"}
         if limit_headers:
-            headers.update(self._limits.headers(asyncio.get_running_loop().time()))
+            now = asyncio.get_running_loop().time()
+            headers.update(self._limits.headers(now))
+            if account is not None and account.limits is not None:
+                headers.update(account.limits.headers(now))
         if extra:
             headers.update(extra)
         return web.Response(status=status, body=body, headers=headers)
@@ -124,9 +145,10 @@ class Simulator:
         param: str | None = None,
         code: str | None = None,
         extra: dict[str, str] | None = None,
+        account: AccountState | None = None,
     ) -> web.Response:
         body = error_body(self.config.error_style, status, message, type_, param, code)
-        return self._send(status, body, extra)
+        return self._send(status, body, extra, account=account)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         too_large = (request.content_length or 0) > self.config.max_body_bytes
@@ -143,6 +165,7 @@ class Simulator:
         rpm_wait = self._limits.arrive(now)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        account: AccountState | None = None
         try:
             if too_large:
                 return self._error(
@@ -155,67 +178,113 @@ class Simulator:
             refusal = self._unauthorized(request)
             if refusal is not None:
                 return self._send(401, refusal)
-            try:
-                req, data_urls, urls = parse(
-                    orjson.loads(raw), self.config.models, self.config.tokenizer_ratio
-                )
-            except orjson.JSONDecodeError:
-                return self._error(
-                    400,
-                    "We could not parse the JSON body of your request.",
-                    "invalid_request_error",
-                    None,
-                    "invalid_json",
-                )
-            except Invalid as exc:
-                return self._error(exc.status, exc.message, exc.type_, exc.param, exc.code)
-            self.last_bodies.append(req.body)
-            stats.images_data_url += data_urls
-            stats.images_url += urls
-            return await self._respond(request, req, now, rpm_wait)
+            account = self._accounts.find(request.headers.get("Authorization"))
+            assert account is not None  # authorized
+            account.in_flight += 1
+            return await self._served(request, raw, now, rpm_wait, account)
         finally:
             stats.in_flight -= 1
+            if account is not None:
+                account.in_flight -= 1
+
+    async def _served(
+        self, request: web.Request, raw: bytes, now: float, rpm_wait: float, account: AccountState
+    ) -> web.StreamResponse:
+        """An authorized request, counted for its key: validated, its credits checked, answered."""
+        mine = self.stats.key(account.key)
+        mine.requests += 1
+        mine.max_in_flight = max(mine.max_in_flight, account.in_flight)
+        key_wait = account.limits.arrive(now) if account.limits is not None else 0.0
+        response = await self._validated(request, raw, now, (rpm_wait, key_wait), account)
+        if not isinstance(response, _Dropped):
+            mine.count(response.status)
+        return response
+
+    async def _validated(
+        self,
+        request: web.Request,
+        raw: bytes,
+        now: float,
+        waits: tuple[float, float],
+        account: AccountState,
+    ) -> web.StreamResponse:
+        """Validate the body, check the key's credits, then answer (`_respond`)."""
+        stats, cfg = self.stats, self.config
+        try:
+            req, data_urls, urls = parse(
+                orjson.loads(raw), cfg.models, cfg.tokenizer_ratio, cfg.context_lengths
+            )
+        except orjson.JSONDecodeError:
+            message = "We could not parse the JSON body of your request."
+            return self._error(400, message, "invalid_request_error", None, "invalid_json")
+        except Invalid as exc:
+            return self._error(exc.status, exc.message, exc.type_, exc.param, exc.code)
+        self.last_bodies.append(req.body)
+        stats.images_data_url += data_urls
+        stats.images_url += urls
+        if account.out_of_credits():
+            return self._send(402, self._accounts.no_credits(), account=account)
+        return await self._respond(request, req, now, waits, account)
 
     async def _respond(
-        self, request: web.Request, req: ChatRequest, now: float, rpm_wait: float
+        self,
+        request: web.Request,
+        req: ChatRequest,
+        now: float,
+        waits: tuple[float, float],
+        account: AccountState,
     ) -> web.StreamResponse:
         """Answer a valid request: its scripted step, else the limits, random faults and an answer."""
         step = self._script.pick(req.user_text) if self._script else None
         if step is not None and step.kind not in ANSWERING:
-            return await self._fault(step, request, req)
+            return await self._fault(step, request, req, account)
         if step is None and self._stray():
-            return self._stray_429()
-        refused = self._limits.check(
-            req.model, req.prompt_tokens, req.max_tokens, now, rpm_wait, self.stats.in_flight
-        )
+            return self._stray_429(account)
+        refused = self._refused(req, now, waits, account)
         if refused is not None:
-            self.stats.refused_arrivals.append(now)
-            extra = retry_headers(refused.wait) if refused.wait is not None else None
-            return self._error(429, refused.message, refused.type_, None, "rate_limit_exceeded", extra)
+            return refused
         if step is None and self._fault_rates[-1] > 0:
             fault = draw_fault(self._rng, self._fault_rates)
             if fault is not None:
-                return await self._fault(fault, request, req)
+                return await self._fault(fault, request, req, account)
         pause = step.seconds if step is not None and step.kind == "delay" else self._latency()
         if pause:
             await asyncio.sleep(pause)
         reason = step.reason if step is not None else None
         if self.stats.first_answer_at is None:
             self.stats.first_answer_at = asyncio.get_running_loop().time()
-        return self._send(200, self._answer(req, reason))
+        return self._send(200, self._answer(req, account, reason), account=account)
+
+    def _refused(
+        self, req: ChatRequest, now: float, waits: tuple[float, float], account: AccountState
+    ) -> web.Response | None:
+        """The 429 when the simulator's limits or the key's refuse `req`; else charge both."""
+        checks = [(self._limits, waits[0], self.stats.in_flight)]
+        if account.limits is not None:
+            checks.append((account.limits, waits[1], account.in_flight))
+        for limits, wait, in_flight in checks:
+            refused = limits.check(req.model, req.prompt_tokens, req.max_tokens, now, wait, in_flight)
+            if refused is not None:
+                self.stats.refused_arrivals.append(now)
+                extra = retry_headers(refused.wait) if refused.wait is not None else None
+                return self._error(429, refused.message, refused.type_, None, "rate_limit_exceeded",
+                                   extra, account)
+        for limits, _, _ in checks:
+            limits.admit(req.prompt_tokens, req.max_tokens, now)
+        return None
 
     def _answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """A Batch API line answered as the online endpoint answers it, billed; no limits or faults."""
         cfg = self.config
         try:
-            req, data_urls, urls = parse(body, cfg.models, cfg.tokenizer_ratio)
+            req, data_urls, urls = parse(body, cfg.models, cfg.tokenizer_ratio, cfg.context_lengths)
         except Invalid as exc:
             doc = error_doc(cfg.error_style, exc.status, exc.message, exc.type_, exc.param, exc.code)
             return exc.status, doc
         self.stats.images_data_url += data_urls
         self.stats.images_url += urls
-        doc, tokens = self._completion(req)
-        self.stats.bill(req, tokens)
+        doc, billed = self._completion(req, None)
+        self._bill(req, billed, None)
         self.stats.batch_lines_billed += 1
         return 200, doc
 
@@ -223,31 +292,23 @@ class Simulator:
         rate = self.config.stray_429_rate
         return rate > 0 and self._stray_rng.random() < rate
 
-    def _stray_429(self) -> web.Response:
+    def _stray_429(self, account: AccountState) -> web.Response:
         """A busy provider's 429: retry in a second, no x-ratelimit-* headers, charged to no window."""
         # No await since this request's arrival was charged to RPM, so that charge is still the latest.
         self._limits.refund_arrival()
+        if account.limits is not None:
+            account.limits.refund_arrival()
         self.stats.stray_429s += 1
         body = error_body(self.config.error_style, 429, OVERLOADED, "requests", None, "rate_limit_exceeded")
         return self._send(429, body, {"retry-after": "1"}, limit_headers=False)
 
     def _unauthorized(self, request: web.Request) -> bytes | None:
-        """The 401 body when the request lacks the configured key, else None."""
-        seen = request.headers.get("Authorization", "")
-        self.stats.authorizations[seen] = self.stats.authorizations.get(seen, 0) + 1
-        if self._auth is None or request.headers.get("Authorization") == self._auth:
+        """The 401 body when the request lacks an accepted key, else None."""
+        seen = request.headers.get("Authorization")
+        self.stats.authorizations[seen or ""] = self.stats.authorizations.get(seen or "", 0) + 1
+        if self._accounts.find(seen) is not None:
             return None
-        # Never echo the key, right or wrong: it would end up in the client's logs.
-        style = self.config.error_style
-        if "Authorization" not in request.headers:
-            return error_body(
-                style,
-                401,
-                "You didn't provide an API key. Provide it in an Authorization header using Bearer auth.",
-                "invalid_request_error",
-            )
-        message = "Incorrect API key provided."
-        return error_body(style, 401, message, "invalid_request_error", None, "invalid_api_key")
+        return self._accounts.refusal(seen)
 
     def _latency(self) -> float:
         cfg = self.config
@@ -255,14 +316,31 @@ class Simulator:
             return cfg.latency
         return max(0.0, cfg.latency + self._rng.uniform(-cfg.latency_jitter, cfg.latency_jitter))
 
-    def _completion(self, req: ChatRequest, reason: str | None = None) -> tuple[dict[str, Any], int]:
-        """The 200 document for `req` and its completion tokens (not yet billed)."""
-        return completion(req, f"chatcmpl-sim-{next(self._ids)}", reason)
+    def _completion(
+        self, req: ChatRequest, account: AccountState | None, reason: str | None = None
+    ) -> tuple[dict[str, Any], Billed]:
+        """The 200 document for `req` (sent with `account`'s key; None: a Batch API line) and what
+        it would bill (not yet billed): its usage details and cost (sim/usage.py)."""
+        cfg = self.config
+        share, cap = reasoning_split(cfg, req.model, req.max_tokens)
+        # A reasoning model's max_tokens caps the visible answer and the reasoning together.
+        answered = replace(req, max_tokens=cap) if cap != req.max_tokens else req
+        doc, visible = completion(answered, f"chatcmpl-sim-{next(self._ids)}", reason)
+        cache = account.cache if account is not None else self._batch_cache
+        return doc, settle(cfg, req, doc, visible, share, cached_tokens(cfg, cache, req))
 
-    def _answer(self, req: ChatRequest, reason: str | None = None) -> bytes:
+    def _bill(self, req: ChatRequest, billed: Billed, account: AccountState | None) -> None:
+        """Bill an answer sent: the counters, the key's credits, and its prompt cache."""
+        self.stats.bill(req, billed, account.key if account is not None else None)
+        if account is not None:
+            account.spend(billed.cost)
+        if self.config.prompt_cache:
+            (account.cache if account is not None else self._batch_cache).remember(req)
+
+    def _answer(self, req: ChatRequest, account: AccountState, reason: str | None = None) -> bytes:
         """The billed 200 body for `req`."""
-        doc, tokens = self._completion(req, reason)
-        self.stats.bill(req, tokens)
+        doc, billed = self._completion(req, account, reason)
+        self._bill(req, billed, account)
         return orjson.dumps(doc)
 
     async def _idle(self, seconds: float) -> bool:
@@ -273,40 +351,42 @@ class Simulator:
             return False
         return True
 
-    async def _fault(self, step: Step, request: web.Request, req: ChatRequest) -> web.StreamResponse:
+    async def _fault(
+        self, step: Step, request: web.Request, req: ChatRequest, account: AccountState
+    ) -> web.StreamResponse:
         """Carry out a fault step: anything but a plain answer."""
         kind = step.kind
         if kind == "status":
             message, type_, code, extra = step_error(step)
-            return self._error(step.http_status, message, type_, None, code, extra)
+            return self._error(step.http_status, message, type_, None, code, extra, account)
         if kind == "body":
             headers = {"Content-Type": "application/json", **dict(step.headers)}
             self.stats.count(step.http_status)
             return web.Response(status=step.http_status, body=step.payload, headers=headers)
         if kind == "garbage":  # alternately a cut-off answer and an HTML error page
-            body = orjson.dumps(self._completion(req)[0])
+            body = orjson.dumps(self._completion(req, account)[0])
             body = body[: len(body) // 2] if next(self._garbage) else HTML_ERROR
             return self._send(200, body)
         if kind == "huge":
-            doc, tokens = self._completion(req)
+            doc, billed = self._completion(req, account)
             message = doc["choices"][0]["message"]
             if message["content"] is not None:  # trailing spaces change no word, so no usage
                 pad = step.size - len(orjson.dumps(doc))
                 message["content"] += " " * max(0, pad)
-            self.stats.bill(req, tokens)  # a real provider bills what it sent, readable or not
+            self._bill(req, billed, account)  # a real provider bills what it sent, readable or not
             return self._send(200, orjson.dumps(doc))
         if kind == "hang":
             await self._idle(step.seconds if step.seconds is not None else self.config.hang_s)
         if kind == "trickle":
             self.stats.count(200)
-            body = orjson.dumps(self._completion(req)[0])  # never completes: not billed
+            body = orjson.dumps(self._completion(req, account)[0])  # never completes: not billed
             return await trickle(request, body, step.seconds or 0.5, self._idle)
         # drop, or a hang that outlived its bound: close without a response. aiohttp then fails
         # to write the Response we return, and ignores that as a client disconnect.
         self.stats.dropped += 1
         if request.transport is not None:
             request.transport.close()
-        return web.Response()
+        return _Dropped()
 
     async def _models(self, request: web.Request) -> web.Response:
         refusal = self._unauthorized(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,11 +238,15 @@ def _check_options(body: dict[str, Any]) -> int | None:
 
 
 def parse(
-    body: Any, models: tuple[str, ...] | None, tokenizer_ratio: float = 1.0
+    body: Any,
+    models: tuple[str, ...] | None,
+    tokenizer_ratio: float = 1.0,
+    context_lengths: Mapping[str, int] | None = None,
 ) -> tuple[ChatRequest, int, int]:
     """Validate a request body like a strict provider; returns it with its image counts.
 
     Prompt tokens are counted as the provider's tokenizer would: `tokenizer_ratio` x our count.
+    A model's context (`context_lengths`, else CONTEXT_LIMIT) must hold the prompt and max_tokens.
     """
     if not isinstance(body, dict):
         raise Invalid("The request body must be a JSON object.")
@@ -264,14 +269,22 @@ def parse(
         )
     messages = body["messages"]
     prompt_tokens = provider_tokens(count_prompt_tokens(messages), tokenizer_ratio)
-    if prompt_tokens > CONTEXT_LIMIT:
-        raise Invalid(
-            f"This model's maximum context length is {CONTEXT_LIMIT} tokens. However, "
-            f"your messages resulted in {prompt_tokens} tokens. Please reduce the "
-            "length of the messages.",
-            "messages",
-            "context_length_exceeded",
-        )
+    _check_context((context_lengths or {}).get(model, CONTEXT_LIMIT), prompt_tokens, max_tokens)
     request = ChatRequest(model, messages, last_user_text(messages), max_tokens, prompt_tokens, body)
     return request, images[0], images[1]
 
+
+def _check_context(limit: int, prompt_tokens: int, max_tokens: int | None) -> None:
+    """OpenAI's 400 when the prompt and the answer it may get do not fit the model's context."""
+    if prompt_tokens + (max_tokens or 0) <= limit:
+        return
+    if max_tokens is None:
+        message = (f"This model's maximum context length is {limit} tokens. However, your "
+                   f"messages resulted in {prompt_tokens} tokens. Please reduce the length of "
+                   "the messages.")
+    else:
+        message = (f"This model's maximum context length is {limit} tokens. However, you "
+                   f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                   f"messages, {max_tokens} in the completion). Please reduce the length of the "
+                   "messages or completion.")
+    raise Invalid(message, "messages", "context_length_exceeded")

@@ -192,15 +192,31 @@ class Refusal:
     wait: float | None
 
 
-class Limits:
-    """The RPM and TPM windows and the concurrency cap of one simulator."""
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """What one set of limits enforces: the simulator's own (every request) or one key's."""
 
-    def __init__(self, config: SimConfig) -> None:
-        self.config = config
-        shape = SHAPES[config.limit_shape]
-        self.rpm = shape(config.rpm, config.window_s, "requests") if config.rpm else None
-        self.tpm = shape(config.tpm, config.window_s, "tokens") if config.tpm else None
-        self.send_headers = config.rate_limit_headers and bool(self.rpm or self.tpm)
+    rpm: int | None
+    tpm: int | None
+    window_s: float
+    shape: str
+    max_concurrency: int | None
+    send_headers: bool = True
+    latency: float = 0.0  # the retry hint of a concurrency 429
+
+
+class Limits:
+    """RPM and TPM windows and a concurrency cap: the simulator's own, or one key's."""
+
+    def __init__(self, config: SimConfig | LimitSpec) -> None:
+        if isinstance(config, SimConfig):
+            config = LimitSpec(config.rpm, config.tpm, config.window_s, config.limit_shape,
+                               config.max_concurrency, config.rate_limit_headers, config.latency)
+        self.spec = spec = config
+        shape = SHAPES[spec.shape]
+        self.rpm = shape(spec.rpm, spec.window_s, "requests") if spec.rpm else None
+        self.tpm = shape(spec.tpm, spec.window_s, "tokens") if spec.tpm else None
+        self.send_headers = spec.send_headers and bool(self.rpm or self.tpm)
 
     def arrive(self, now: float) -> float:
         """Charge one arrival to RPM (every arrival counts, accepted or not, as on OpenAI); the wait owed."""
@@ -225,26 +241,31 @@ class Limits:
         rpm_wait: float,
         in_flight: int,
     ) -> Refusal | None:
-        """A refusal when RPM, concurrency or TPM refuses this request; else charge TPM."""
-        cfg = self.config
+        """A refusal when RPM, concurrency or TPM refuses this request; charges nothing (`admit`)."""
+        spec = self.spec
         if rpm_wait and self.rpm:
             used = round((self.rpm.used - 1) * self.rpm.scale)
             return Refusal(
-                f"Rate limit reached for requests per min (RPM) on {model}: Limit {cfg.rpm}, "
+                f"Rate limit reached for requests per min (RPM) on {model}: Limit {spec.rpm}, "
                 f"Used {used}, Requested 1. Please try again in {format_duration(rpm_wait)}.",
                 "requests",
                 rpm_wait,
             )
-        if cfg.max_concurrency is not None and in_flight > cfg.max_concurrency:
-            message = f"Too many concurrent requests: Limit {cfg.max_concurrency}."
-            return Refusal(message, "requests", max(cfg.latency, 0.05))
+        if spec.max_concurrency is not None and in_flight > spec.max_concurrency:
+            message = f"Too many concurrent requests: Limit {spec.max_concurrency}."
+            return Refusal(message, "requests", max(spec.latency, 0.05))
         if self.tpm:
-            # Prompt + max_tokens charged at arrival and never refunded, as OpenAI counts it.
-            return self._check_tokens(model, prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS), now)
+            return self._check_tokens(model, token_charge(prompt_tokens, max_tokens), now)
         return None
 
+    def admit(self, prompt_tokens: int, max_tokens: int | None, now: float) -> None:
+        """Charge an admitted request to TPM: prompt + max_tokens at arrival, never refunded, as
+        OpenAI counts it (a request refused by any limit is charged nothing)."""
+        if self.tpm:
+            self.tpm.charge(now, token_charge(prompt_tokens, max_tokens))
+
     def _check_tokens(self, model: str, cost: int, now: float) -> Refusal | None:
-        tpm, limit = self.tpm, self.config.tpm
+        tpm, limit = self.tpm, self.spec.tpm
         assert tpm is not None
         asked = round(cost * tpm.scale)
         if cost > tpm.limit:  # no retry hint: waiting cannot make it fit
@@ -264,7 +285,6 @@ class Limits:
                 "tokens",
                 wait,
             )
-        tpm.charge(now, cost)
         return None
 
     def headers(self, now: float) -> dict[str, str]:
@@ -276,3 +296,8 @@ class Limits:
             if self.tpm:
                 headers.update(self.tpm.headers(now))
         return headers
+
+
+def token_charge(prompt_tokens: int, max_tokens: int | None) -> int:
+    """What a request costs in TPM: its prompt plus the answer it may get."""
+    return prompt_tokens + (max_tokens or DEFAULT_MAX_TOKENS)

@@ -322,7 +322,8 @@ def test_context_length_is_counted_by_the_providers_tokenizer() -> None:
         r = await client.post(chat(text, max_tokens=5))
         assert r.status == 400 and r.error["code"] == "context_length_exceeded"
         tokens = round(count_prompt_tokens(user(text)) * 2)
-        assert f"your messages resulted in {tokens} tokens" in r.error["message"]
+        assert f"you requested {tokens + 5} tokens ({tokens} in the messages, 5 in the completion)" \
+            in r.error["message"]
 
     assert count_prompt_tokens(user(text)) < CONTEXT_LIMIT
     run_with(SimConfig(tokenizer_ratio=2.0), scenario)

@@ -15,7 +15,7 @@ from batchrun.sim.config import Account, SimConfig, Step
 from batchrun.sim.harness import SimulatorHandle, SimulatorThread, running, serve
 from batchrun.sim.server import DEFAULT_MODELS, Simulator
 from batchrun.sim.stats import KeyStats, SimStats
-from batchrun.sim.usage import CACHE_BLOCK, SimPrice, price_of
+from batchrun.sim.usage import CACHE_BLOCK, price_of
 from batchrun.sim.validate import CONTEXT_LIMIT
 from batchrun.sim.windows import DEFAULT_MAX_TOKENS, format_duration
 
@@ -27,7 +27,6 @@ __all__ = [
     "Account",
     "KeyStats",
     "SimConfig",
-    "SimPrice",
     "SimStats",
     "Simulator",
     "SimulatorHandle",

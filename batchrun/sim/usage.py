@@ -3,21 +3,22 @@ tokens, and its cost in USD at the simulator's prices (`usage.cost`, as OpenRout
 
 Cached tokens, as OpenAI counts them: a prompt of at least `cache_min_tokens` reuses the
 longest prefix that the same key had answered before, in whole blocks of 128 tokens. The
-simulator cuts each prompt's text (roles and contents, in order) into blocks of 128 tokens'
-worth of bytes (4 bytes a token, over `tokenizer_ratio`), and remembers a chained hash of every
-block boundary of every prompt it answered for that key; a prompt's cached tokens are 128 x the
-number of its leading blocks seen before, at most its prompt tokens. `cached_share` instead
-reports that share of every prompt (rounded down), for tests that want a fixed figure.
+simulator cuts each prompt's text (each message's framing and content, in order) into blocks of
+128 tokens' worth of bytes (4 bytes a token, over `tokenizer_ratio`), and remembers a chained
+hash of every block boundary of every prompt it answered for that key; a prompt's cached tokens
+are 128 x the number of its leading blocks seen before, at most its prompt tokens (a prompt sent
+again is cached whole, in whole blocks). `cached_share` instead reports that share of every
+prompt (rounded down), for tests that want a fixed figure.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from batchrun.protocol.tokens import BYTES_PER_TOKEN
-from batchrun.settings.prices import price_for
+from batchrun.protocol.tokens import BYTES_PER_TOKEN, MESSAGE_OVERHEAD
+from batchrun.settings.prices import Price, price_for
 from batchrun.sim.config import SimConfig
 from batchrun.sim.validate import ChatRequest, text_of
 
@@ -26,35 +27,23 @@ CACHED_INPUT_DISCOUNT = 0.5  # a cached input token costs half an input token (O
 _PREFIXES_KEPT = 1_000_000  # block hashes one key remembers; then it starts over, as caches evict
 
 
-@dataclass(frozen=True, slots=True)
-class SimPrice:
-    """USD per million input, cached input and output tokens."""
-
-    input: float
-    cached_input: float
-    output: float
-
-    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
-        """The USD cost of one answer's usage: uncached input, cached input, output."""
-        return ((prompt_tokens - cached_tokens) * self.input + cached_tokens * self.cached_input
-                + completion_tokens * self.output) / 1_000_000
-
-
 # A model with no price anywhere costs what sim-1 does.
-DEFAULT_PRICE = SimPrice(1.00, 1.00 * CACHED_INPUT_DISCOUNT, 2.00)
+DEFAULT_PRICE = Price(1.00, 2.00, 1.00 * CACHED_INPUT_DISCOUNT)
 
 
-def price_of(config: SimConfig, model: str) -> SimPrice:
-    """The simulator's price of `model`: `config.prices`, else batchrun's built-in table (cached
-    input at half the input price), else sim-1's."""
+def price_of(config: SimConfig, model: str) -> Price:
+    """The simulator's price of `model`: `config.prices` (input, cached input, output per million),
+    else batchrun's built-in table (cached input at half the input price unless it says), else
+    sim-1's."""
     given = (config.prices or {}).get(model)
     if given is not None:
-        return SimPrice(*given)
+        return Price(given[0], given[2], given[1])
     known = price_for(model)
     if known is None:
         return DEFAULT_PRICE
-    return SimPrice(known.input_per_million, known.input_per_million * CACHED_INPUT_DISCOUNT,
-                    known.output_per_million)
+    if known.cached_input_per_million is None:
+        return replace(known, cached_input_per_million=known.input_per_million * CACHED_INPUT_DISCOUNT)
+    return known
 
 
 def reasoning_split(config: SimConfig, model: str, max_tokens: int | None) -> tuple[float, int | None]:
@@ -93,8 +82,12 @@ class PromptCache:
         self._seen: set[bytes] = set()
 
     def _boundaries(self, messages: list[dict[str, Any]]) -> list[bytes]:
+        # Each message: its framing as 4 tokens' worth of bytes (a NUL, its role, NULs), then its
+        # text; so a prompt's bytes are about 4 x its tokens and a repeated prompt is cached whole.
+        frame = MESSAGE_OVERHEAD * BYTES_PER_TOKEN
         text = b"".join(
-            f"{m.get('role')}\x00{text_of(m.get('content'))}\x00".encode("utf-8", "surrogatepass")
+            f"\x00{m.get('role')}".encode().ljust(frame, b"\x00")
+            + text_of(m.get("content")).encode("utf-8", "surrogatepass")
             for m in messages
         )
         size, digest, out = self._block_bytes, b"", []
@@ -148,7 +141,7 @@ def settle(config: SimConfig, req: ChatRequest, doc: dict[str, Any], visible: in
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     if config.reasoning_models:  # a provider with reasoning models reports 0 for the others
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
-    cost = price_of(config, req.model).cost(req.prompt_tokens, cached or 0, completion)
+    cost = price_of(config, req.model).cost(req.prompt_tokens, completion, cached or 0)
     if config.report_cost:
         usage["cost"] = cost
     return Billed(completion, cached or 0, reasoning, cost)

@@ -20,7 +20,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def cost_of(reply: Reply, config: SimConfig) -> float:
     usage = reply.json["usage"]
-    return price_of(config, reply.json["model"]).cost(usage["prompt_tokens"], 0, usage["completion_tokens"])
+    return price_of(config, reply.json["model"]).cost(usage["prompt_tokens"], usage["completion_tokens"])
 
 
 def test_two_keys_are_limited_independently() -> None:

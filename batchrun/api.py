@@ -28,6 +28,7 @@ from batchrun.running.output import RESULT_NAMES, write_output
 from batchrun.running.summary import Summary, build_summary, output_metadata
 from batchrun.running.timeline import Sampler
 from batchrun.settings.config import RunConfig, as_keywords, build_config
+from batchrun.settings.endpoints import Endpoint
 from batchrun.settings.keys import Secret, resolve_key
 from batchrun.views.progress import Reporter
 
@@ -42,7 +43,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
                     reporter: Reporter | None = None) -> Summary:
     """Run a job to the end and write its output; a stop raises JobStopped/Interrupted, whose
     `summary` says what the run had done."""
-    if key is None:
+    keys = _endpoint_keys(config)
+    if key is None and not config.endpoints:
         key = resolve_key(config)
     if config.report:
         from batchrun.views.report import require_plotting
@@ -55,14 +57,15 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
 
         return await run_folder(config, key, reporter)
     started = time.time()
-    async with open_run(config, key, reporter.event) as run:
+    async with open_run(config, key, reporter.event, keys) as run:
         run.event("start", total_rows=run.stats.total_rows, input=str(config.input),
                   output=config.output_name, model=config.model, base_url=config.endpoint,
                   key_from=key.source if key is not None else None,
-                  concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm)
+                  concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm,
+                  **_endpoints_event(config.endpoints, keys))
         watcher = asyncio.create_task(reporter.watch(run.stats))
         timeline = asyncio.create_task(
-            Sampler(run.stats, config.rpm, config.tpm).keep(run.journal))
+            Sampler(run.stats, *_pool_limits(config)).keep(run.journal))
         try:
             try:
                 await execute(run, backend)
@@ -94,6 +97,45 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
     summary = dataclasses.replace(summary, output=output, usage_output=sidecar, report=page)
     reporter.finish(summary)
     return summary
+
+
+def _endpoint_keys(config: RunConfig) -> dict[str, Secret | None]:
+    """Each endpoint's key by name (empty for a run with one endpoint), resolved and checked for
+    that endpoint alone."""
+    from batchrun.settings.keys import check_transport
+
+    keys = {}
+    for endpoint in config.endpoints:
+        at = config.at(endpoint)
+        try:
+            keys[endpoint.name] = key = resolve_key(at)
+            check_transport(at, key)
+        except BatchrunError as error:
+            raise type(error)(f"endpoint '{endpoint.name}': {error.message}") from None
+    return keys
+
+
+def _endpoints_event(endpoints: tuple[Endpoint, ...],
+                     keys: dict[str, Secret | None]) -> dict[str, Any]:
+    """The start event's list of endpoints: where each sends, how fast, and where its key came
+    from (never the key)."""
+    if not endpoints:
+        return {}
+    return {"endpoints": [
+        {"name": e.name, "model": e.model, "base_url": e.base_url, "rpm": e.rpm, "tpm": e.tpm,
+         "concurrency": e.concurrency, "fallback": e.fallback,
+         "key_from": key.source if (key := keys.get(e.name)) is not None else None}
+        for e in endpoints]}
+
+
+def _pool_limits(config: RunConfig) -> tuple[float | None, float | None]:
+    """The run's limits on its timeline: with several endpoints, the sum of the pool's."""
+    if not config.endpoints:
+        return config.rpm, config.tpm
+    pool = [e for e in config.endpoints if not e.fallback]
+    rpms, tpms = [e.rpm for e in pool], [e.tpm for e in pool]
+    return (None if None in rpms else sum(r for r in rpms if r is not None),
+            None if None in tpms else sum(t for t in tpms if t is not None))
 
 
 def _run_loop(coro: Coroutine[Any, Any, _T]) -> _T:

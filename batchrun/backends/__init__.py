@@ -1,6 +1,7 @@
 """Backends: how pending jobs become outcomes. One small protocol, chosen in one place.
 
     online   each job is its own request, paced by the limiter (`backends.online`)
+    pool     the same, on several endpoints at once, each under its own limits (`backends.pool`)
     batch    jobs go out as JSONL files in the provider's Batch API at half price (`backends.batch`)
     ray      the same sending core in Ray Data actors, one limit for the cluster (`batchrun.ray`)
 
@@ -30,11 +31,27 @@ def choose_backend(config: RunConfig) -> Backend:
         from batchrun.backends.batch import BatchBackend
 
         return BatchBackend()
+    if config.endpoints:
+        return _pool_backend(config)
     if config.engine == "ray":
         return _ray_backend()
     from batchrun.backends.online import OnlineBackend
 
     return OnlineBackend()
+
+
+def _pool_backend(config: RunConfig) -> Backend:
+    """Several endpoints, sent from this process (the Ray engine and the cache do not take them
+    yet)."""
+    if config.engine == "ray":
+        raise UsageError("--engine ray does not run several endpoints yet ([[endpoints]] or "
+                         "--fallback-model): use --engine local")
+    if config.cache is not None:
+        raise UsageError("--cache does not work with several endpoints yet ([[endpoints]] or "
+                         "--fallback-model): drop --cache")
+    from batchrun.backends.pool import PoolBackend
+
+    return PoolBackend()
 
 
 def _ray_backend() -> Backend:

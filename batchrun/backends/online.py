@@ -38,22 +38,24 @@ class OnlineBackend:
             seats = asyncio.Semaphore(config.concurrency)  # rows sending, or about to
             sender = JobSender(config, wire, limiter, run.stats, run.stopper, run.price, run.emit,
                                calibration, seats)
-            keeper = asyncio.create_task(_keep_calibration(run.journal, calibration))
+            keeper = asyncio.create_task(keep_calibration(run.journal, calibration))
             try:
                 await Pump(run, sender.settle, seats, config.concurrency).drain(jobs)
             finally:
                 keeper.cancel()
-                _save(run.journal, calibration)
+                save_calibration(run.journal, calibration)
 
 
-async def _keep_calibration(journal: Journal, calibration: Calibration) -> None:
-    """Save the learned token ratio now and then, so that a killed run keeps it too."""
+async def keep_calibration(journal: Journal, calibration: Calibration) -> None:
+    """Save the learned token ratio now and then, so that a killed run keeps it too (the pool
+    backend's too)."""
     while True:
         await asyncio.sleep(KEEP_CALIBRATION_EVERY)
-        _save(journal, calibration)
+        save_calibration(journal, calibration)
 
 
-def _save(journal: Journal, calibration: Calibration) -> None:
+def save_calibration(journal: Journal, calibration: Calibration) -> None:
+    """Keep the learned token ratio in the journal, for the next run on this output."""
     learned = calibration.learned()
     if learned:
         # A journal that cannot be written has stopped the run already, through its commits.

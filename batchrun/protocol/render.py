@@ -109,7 +109,7 @@ class Renderer:
             | {c for c in (config.messages_column, config.image_column) if c}
         )
         self._params = _params(config)
-        self._salt = config.base_url.encode() + b"\n"
+        self._salt, self._model = _identity(config, self._params)
         self._reserve = completion_reserve(config)
         # Local image files are relative to the input's folder; to the working one for a URL.
         self._image_base = config.input.parent if isinstance(config.input, Path) else Path()
@@ -138,6 +138,8 @@ class Renderer:
         raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         h = hashlib.blake2b(self._salt, digest_size=16)
         h.update(raw)
+        if self._model is not None:  # several endpoints: the key above names no model
+            raw = self._model + raw[1:]
         return Request(h.digest(), raw, count_prompt_tokens(messages) + self._reserve)
 
     def _messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -204,7 +206,7 @@ class BodyRenderer(Renderer):
         self.pieces = ()
         self.needed = ["body"]
         self._params = _params(config)
-        self._salt = config.base_url.encode() + b"\n"
+        self._salt, self._model = _identity(config, self._params)
         self._reserve = completion_reserve(config)
 
     def render(self, row: Mapping[str, Any]) -> Request | Invalid:
@@ -224,9 +226,13 @@ class BodyRenderer(Renderer):
         merged = dict(self._params)
         merged.update(_canonical(body))
         merged["messages"] = messages
+        if self._model is not None:  # several endpoints: each names its own model
+            merged.pop("model", None)
         raw = orjson.dumps(merged, option=orjson.OPT_SORT_KEYS)
         h = hashlib.blake2b(self._salt, digest_size=16)
         h.update(raw)
+        if self._model is not None:
+            raw = self._model + raw[1:]
         # The job's reserve, not the body's max_tokens: plan and budget estimates subtract the
         # job's reserve to find the prompt, so the two must agree (--max-tokens sets both).
         return Request(h.digest(), raw, count_prompt_tokens(messages) + self._reserve)
@@ -253,6 +259,38 @@ def _canonical(body: Mapping[str, Any]) -> dict[str, Any]:
 
 class _RowProblem(Exception):
     pass
+
+
+# With several endpoints a row's identity (its key: resume, dedup) is its messages and
+# parameters alone, the same whichever endpoints a run lists; one endpoint keeps its model and
+# base URL in the key, as it always has.
+POOL_SALT = b"endpoints\n"
+
+
+def _identity(config: RunConfig, params: dict[str, Any]) -> tuple[bytes, bytes | None]:
+    """The salt of a request's key, and with several endpoints the body's model prefix (the
+    first endpoint's model: `params` loses its model, which the key must not name)."""
+    if not config.endpoints:
+        return config.base_url.encode() + b"\n", None
+    params.pop("model", None)
+    return POOL_SALT, rendered_prefix(config)
+
+
+def rendered_prefix(config: RunConfig) -> bytes:
+    """How the bodies of a run with several endpoints are rendered: with its first pool
+    endpoint's model, which the others swap for their own (`with_model`)."""
+    first = next((e for e in config.endpoints if not e.fallback), config.endpoints[0])
+    return model_prefix(first.model)
+
+
+def model_prefix(model: str | None) -> bytes:
+    """How a body of a run with several endpoints begins: the model its endpoint names."""
+    return b'{"model":' + orjson.dumps(model) + b"," if model else b"{"
+
+
+def with_model(body: bytes, prefix: bytes, other: bytes) -> bytes:
+    """A body rendered with `prefix` (`model_prefix`) as another endpoint sends it."""
+    return other + body[len(prefix):]
 
 
 def _params(config: RunConfig) -> dict[str, Any]:

@@ -177,3 +177,27 @@ def classify_http(status: int, body: Any, retry_after: float | None,
     if status == 403:
         return Failure(Kind.ROW, line, status)
     return Failure(Kind.ROW, line, status)
+
+
+# What a 400 says when it is about the model or its parameters (another endpoint, another model,
+# may take the same row): the context window, a parameter it does not support, the model itself.
+_ENDPOINT_400 = re.compile(
+    r"context|token|too long|too large|param|unsupported|not supported|model", re.IGNORECASE)
+
+
+def elsewhere(failure: Failure) -> bool:
+    """Could another endpoint answer the row this failure ended on one? (Several endpoints.)
+
+    Yes for what depends on the endpoint's model, provider or account rather than the row: a
+    context window exceeded (400, 413), a 400 about a parameter or the model, a content filter or
+    a refusal (403) of this provider, and transient failures (5xx, timeouts, 429s, `finish_reason:
+    error`) that outlasted this endpoint's retries. No for a request no server takes as it is
+    (another 400: malformed messages, an image that cannot be read), which would fail again.
+    """
+    if failure.kind is Kind.RETRY:
+        return True  # only asked once the retries on this endpoint are exhausted
+    if failure.kind is Kind.JOB:
+        return False  # the endpoint retires: its rows go on without counting this as a try
+    if failure.status in (403, 413, 422) or failure.status == 200:  # 200: content filtered
+        return True
+    return failure.status == 400 and _ENDPOINT_400.search(failure.message) is not None

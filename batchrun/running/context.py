@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class RunContext:
     # What a backend left running when it delivered (a local Ray stopping while the output is
     # written): the run waits for it before it closes.
     finishing: list[asyncio.Task[None]] = field(default_factory=list)
+    # Several endpoints: each one's key by endpoint name (`key` is then None).
+    keys: Mapping[str, Secret | None] = field(default_factory=dict)
 
     def event(self, name: str, **data: Any) -> None:
         """Tell the progress display and the JSON log something happened."""
@@ -59,8 +61,10 @@ class RunContext:
 
 
 @contextlib.asynccontextmanager
-async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIterator[RunContext]:
-    """Open the input, take the output, open its journal and endpoint; close them all after."""
+async def open_run(config: RunConfig, key: Secret | None, emit: Emit,
+                   keys: Mapping[str, Secret | None] | None = None) -> AsyncIterator[RunContext]:
+    """Open the input, take the output, open its journal and endpoint; close them all after.
+    `keys`: each endpoint's key, by name, for a run with several (checked where resolved)."""
     check_transport(config, key)
     table, renderer = open_job(config)
     stats = Stats(total_rows=table.count_rows())
@@ -93,7 +97,8 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit) -> AsyncIt
             async with _endpoint(config) as base_url:
                 run = RunContext(config, key, table, renderer, journal, base_url, stats,
                                  Stopper(emit), run_price(config.model, config.price, config.backend,
-                                                        config.batch_price), emit)
+                                                        config.batch_price), emit,
+                                 keys=keys or {})
                 try:
                     yield run
                 finally:

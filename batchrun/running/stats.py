@@ -73,3 +73,34 @@ class Stats(Counts):
     pace: Callable[[], Pace] = _unpaced
     # Live Batch API batches: id -> (status, completed, failed, total), for the progress display.
     batches: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+    # Several endpoints: each one's own counters by name (the run's are their sum, `Tally`), and
+    # an endpoint's limits as configured (requests, tokens per minute) for its timeline.
+    endpoints: dict[str, Stats] = field(default_factory=dict)
+    limits: tuple[float | None, float | None] = (None, None)
+
+
+# What the endpoints' counters add to the run's: their sending. Rows (ok, errors, finished) are
+# counted once, by the pool, when a row is settled: a row failed on one endpoint may be
+# answered by the next.
+TALLIED = ("sent", "retries", "rate_limited", "transient", "prompt_tokens", "completion_tokens",
+           "cost_usd")
+
+
+class Tally:
+    """Adds what each part (an endpoint's `Stats`) sent since the last fold to the whole's."""
+
+    def __init__(self, whole: Stats, parts: list[Stats]) -> None:
+        self._whole = whole
+        self._parts = parts
+        self._last = [Counts() for _ in parts]
+
+    def fold(self) -> None:
+        """Bring the whole's sending counters and requests in flight up to date."""
+        whole = self._whole
+        for i, part in enumerate(self._parts):
+            now = part.counts()
+            grown = now.minus(self._last[i])
+            self._last[i] = now
+            for name in TALLIED:
+                setattr(whole, name, getattr(whole, name) + getattr(grown, name))
+        whole.in_flight = sum(part.in_flight for part in self._parts)

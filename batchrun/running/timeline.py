@@ -2,7 +2,9 @@
 
 The engine only counts (plain integer additions it does anyway for the progress display); a task
 of its own reads the counters once a second and appends what changed to the journal's `timeline`
-table in a tiny transaction of its own. Nothing is added to the path of a request.
+table in a tiny transaction of its own. Nothing is added to the path of a request. A run with
+several endpoints also keeps one sample per endpoint per interval (`Sample.endpoint`), from each
+endpoint's own counters (`Stats.endpoints`): its pace, 429s and errors.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Sampler:
         self._last = Counts()
         self._pauses = 0
         self._at = stats.started
+        self._endpoints: dict[str, Sampler] = {}  # one per endpoint of a pool, by name
 
     def sample(self) -> Sample | None:
         """The interval since the last sample; None when it is empty (no time, nothing done)."""
@@ -67,12 +70,27 @@ class Sampler:
         finally:
             self._append(journal)
 
-    def _append(self, journal: Journal) -> None:
+    def samples(self) -> list[Sample]:
+        """The run's sample of the interval, then each endpoint's (none when it is empty)."""
         sample = self.sample()
         if sample is None:
+            return []
+        samples = [sample]
+        for name, stats in self.stats.endpoints.items():
+            sampler = self._endpoints.get(name)
+            if sampler is None:
+                sampler = self._endpoints[name] = Sampler(stats, *stats.limits, clock=self._clock)
+            part = sampler.sample()
+            if part is not None:
+                samples.append(part._replace(run=sample.run, endpoint=name))
+        return samples
+
+    def _append(self, journal: Journal) -> None:
+        samples = self.samples()
+        if not samples:
             return
         with contextlib.suppress(BatchrunError):  # a full disk stops the run through its commits
-            journal.append_timeline([sample])
+            journal.append_timeline(samples)
 
 
 def coarsen(samples: Sequence[Sample], most: int) -> list[Sample]:

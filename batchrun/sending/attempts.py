@@ -20,7 +20,7 @@ from batchrun.errors import JobStopped
 from batchrun.protocol.answers import Answer, Usage, add_usage, build_outcome, judge
 from batchrun.protocol.outcome import OK, Outcome
 from batchrun.protocol.render import completion_reserve
-from batchrun.protocol.retry import Failure, Kind, RetryPolicy
+from batchrun.protocol.retry import Failure, Kind, RetryPolicy, elsewhere
 from batchrun.protocol.tokens import Calibration
 from batchrun.running.rows import Job
 from batchrun.running.stats import Stats
@@ -28,6 +28,7 @@ from batchrun.running.stopping import Stopper
 from batchrun.sending.budget import Budget
 from batchrun.sending.decision import Finish, History, Pending, Retry, Stop, decide
 from batchrun.sending.http import Reply
+from batchrun.sending.routing import Trail
 from batchrun.settings.config import RunConfig
 from batchrun.settings.prices import Price
 
@@ -53,6 +54,16 @@ class Limits(Protocol):
                                concurrent: bool = False) -> bool: ...
 
 
+class Switch(Protocol):
+    """What the sender asks of a stop switch: the run's `Stopper`, or one endpoint's of a pool
+    (`sending.pool.Switch`: a job-wide failure there retires that endpoint only)."""
+
+    @property
+    def stopping(self) -> bool: ...
+    def stop(self, error: JobStopped) -> None: ...
+    async def sleep(self, seconds: float) -> None: ...
+
+
 class Wire(Protocol):
     """One attempt on the wire (`send.Sender`)."""
 
@@ -70,20 +81,25 @@ class JobSender:
     """Settles jobs one at a time per caller; many callers (workers) share one JobSender."""
 
     def __init__(self, config: RunConfig, wire: Wire, limiter: Limits, stats: Stats,
-                 stopper: Stopper, price: Price | None,
+                 stopper: Stopper | Switch, price: Price | None,
                  emit: Callable[[str, dict[str, Any]], None],
                  calibration: Calibration | None = None,
-                 seats: asyncio.Semaphore | None = None) -> None:
+                 seats: asyncio.Semaphore | None = None, *,
+                 budget: Budget | None = None, halt: Stopper | None = None) -> None:
+        """`budget` and `halt` are the run's when several senders (endpoints) share them: a
+        budget stop halts the whole run, while `stopper` may be one endpoint's switch."""
         self._config = config
         self._seats = seats  # the callers' seats: a row waiting to retry gives its seat up
         self._wire = wire
         self._limiter = limiter
         self._stats = stats
         self._stopper = stopper
+        self._halt = halt or stopper
         self._price = price
         self._emit = emit
         self._policy = RetryPolicy(max_attempts=config.max_attempts, deadline=config.row_deadline)
-        self._budget = Budget(config.max_cost, config.max_total_tokens)
+        self._budget = budget if budget is not None else Budget(config.max_cost,
+                                                                  config.max_total_tokens)
         self._rng = random.Random()
         self._refused = 0  # 403s in a row with no answer between: many mean no access at all
         # Attempts that reached no server while nothing has answered yet (None: something has).
@@ -94,8 +110,9 @@ class JobSender:
         self._reserve = completion_reserve(config)
         self._booked_ratio = self._calibration.ratio(self._model)  # what the limiter's books use
 
-    async def settle(self, job: Job) -> Outcome | None:
-        """Send `job` until it succeeds, fails for good, or the run stops (None: pending)."""
+    async def settle(self, job: Job, trail: Trail | None = None) -> Outcome | None:
+        """Send `job` until it succeeds, fails for good, or the run stops (None: pending).
+        A pool passes the row's `trail`: whether another endpoint may answer its error."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = failed = limited = 0
@@ -132,6 +149,8 @@ class JobSender:
                 log.debug("retrying after: %s", failure.message if failure else "")
                 await self._wait(action.delay)
             elif isinstance(action, Finish):
+                if trail is not None and failure is not None:
+                    trail.elsewhere = elsewhere(failure)  # might another endpoint answer it?
                 return self._finish(job, action, answer, usage, sent, latency_ms, parsed)
             elif isinstance(action, Stop):
                 self._stopper.stop(JobStopped(action.reason))
@@ -187,7 +206,7 @@ class JobSender:
         refusal = self._budget.admit(fresh.tokens, fresh.cost)
         if refusal:
             self._limiter.release()
-            self._stopper.stop(JobStopped(refusal))
+            self._halt.stop(JobStopped(refusal))
             return None
         return fresh
 
@@ -214,7 +233,7 @@ class JobSender:
         if budget is not None:
             refusal = budget.admit(hold.tokens, hold.cost)
             if refusal:
-                self._stopper.stop(JobStopped(refusal))
+                self._halt.stop(JobStopped(refusal))
                 return None
         sent_at = self._limiter.start_now(hold.tokens)  # no coroutine when none must wait
         if sent_at is None:

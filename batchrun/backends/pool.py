@@ -1,0 +1,109 @@
+"""The pool backend: a run with several endpoints (`[[endpoints]]`, `--fallback-model`), online.
+
+Each endpoint sends as a run with one endpoint does (`backends.online`): its own limiter,
+connection pool and key, seats for its concurrency and a `JobSender`, here with a stop switch of
+its own (a job-wide failure there retires it) and with the run's one budget. The pump
+(`sending.pool`) hands rows to whichever endpoint has a free seat and a turn, retires endpoints
+and sends rows on; each endpoint counts for itself, and the run's counters are their sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from batchrun.backends.online import keep_calibration, save_calibration
+from batchrun.protocol.render import completion_reserve, model_prefix, rendered_prefix, with_model
+from batchrun.protocol.tokens import CALIBRATION_META, Calibration
+from batchrun.running.context import RunContext
+from batchrun.running.rows import Job
+from batchrun.running.stats import Stats, Tally
+from batchrun.sending.attempts import JobSender
+from batchrun.sending.budget import Budget
+from batchrun.sending.http import Sender, new_session
+from batchrun.sending.limiter import Limiter
+from batchrun.sending.pool import Member, PoolPump, Switch
+from batchrun.sending.routing import try_order
+from batchrun.settings.endpoints import Endpoint
+from batchrun.settings.prices import Price, run_price
+
+
+class PoolBackend:
+    """Several endpoints share the rows, each under its own limits; one budget and journal."""
+
+    async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
+        """Send every job on the endpoints; answers are committed as they arrive."""
+        config = run.config
+        budget = Budget(config.max_cost, config.max_total_tokens)
+        calibration = Calibration(None if config.fresh else
+                                  run.journal.meta().get(CALIBRATION_META))
+        # Every key of the run is scrubbed from every endpoint's messages.
+        scrub = tuple(key.reveal() for key in run.keys.values() if key is not None)
+        limiters: list[Limiter] = []
+        async with contextlib.AsyncExitStack() as stack:
+            members = []
+            for index, endpoint in enumerate(config.endpoints):
+                at = config.at(endpoint)
+                limiter = Limiter(at.rpm, at.tpm, at.concurrency)
+                limiters.append(limiter)
+                switch = Switch(run.stopper)
+                switch.when_retired(_closing(limiter))
+                run.stopper.when_stopping(limiter.close)
+                stats = Stats(limits=(at.rpm, at.tpm))
+                stats.pace = _pace_of(limiter)
+                run.stats.endpoints[endpoint.name] = stats
+                session = await stack.enter_async_context(
+                    new_session(at.concurrency, tls=endpoint.base_url.startswith("https:")))
+                key = run.keys.get(endpoint.name)
+                wire = Sender(session, endpoint.base_url, key, at.timeout, scrub=scrub)
+                seats = asyncio.Semaphore(at.concurrency)
+                price = run_price(at.model, config.price, config.backend, config.batch_price)
+                sender = JobSender(at, wire, limiter, stats, switch, price, run.emit, calibration,
+                                   seats, budget=budget, halt=run.stopper)
+                members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,
+                                      sender.settle, seats, switch, stats,
+                                      _sending_as(run, endpoint, price)))
+            run.stats.pace = lambda: _summed(limiters)
+            tally = Tally(run.stats, [m.stats for m in members])
+            keeper = asyncio.create_task(keep_calibration(run.journal, calibration))
+            try:
+                await PoolPump(run, members, try_order(config.endpoints), tally.fold).drain(jobs)
+            finally:
+                keeper.cancel()
+                save_calibration(run.journal, calibration)
+
+
+def _sending_as(run: RunContext, endpoint: Endpoint, price: Price | None) -> Callable[[Job], Job]:
+    """A job as `endpoint` sends it: the body names its model, and the budget holds its price."""
+    rendered, own = rendered_prefix(run.config), model_prefix(endpoint.model)
+    if own == rendered and price == run.price:
+        return _same
+    reserve = completion_reserve(run.config)
+
+    def send_as(job: Job) -> Job:
+        cost = price.cost(job.tokens - reserve, reserve) if price is not None else 0.0
+        return job._replace(body=with_model(job.body, rendered, own), cost_estimate=cost)
+
+    return send_as
+
+
+def _closing(limiter: Limiter) -> Callable[[str], None]:
+    """A retiring endpoint's starts waiting on its limiter go now, and see the switch."""
+    return lambda _reason: limiter.close()
+
+
+def _same(job: Job) -> Job:
+    return job
+
+
+def _pace_of(limiter: Limiter) -> Callable[[], tuple[float | None, float | None, int]]:
+    return lambda: (limiter.rpm, limiter.tpm, limiter.pauses)
+
+
+def _summed(limiters: list[Limiter]) -> tuple[float | None, float | None, int]:
+    """The pool's pace: the sum of its endpoints' (unpaced if any one is)."""
+    rpms, tpms = [lim.rpm for lim in limiters], [lim.tpm for lim in limiters]
+    rpm = None if any(r is None for r in rpms) else sum(r for r in rpms if r is not None)
+    tpm = None if any(t is None for t in tpms) else sum(t for t in tpms if t is not None)
+    return rpm, tpm, sum(lim.pauses for lim in limiters)

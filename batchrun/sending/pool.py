@@ -1,0 +1,313 @@
+"""The pool's pump: several endpoints settle one run's rows, each with its own workers and seats.
+
+    await PoolPump(run, members).drain(jobs)
+
+Pool endpoints' workers take rows from one shared queue, so each endpoint takes rows as fast as
+its own limiter and seats let it, and a run goes at the sum of their limits. Each endpoint also
+has a queue of its own, for rows sent to it by name: a row another endpoint failed for a reason
+this one may not share (`protocol.retry.elsewhere`), tried on each endpoint at most once in
+`routing.try_order` (pool endpoints first, then fallbacks in order); and a row whose endpoint
+retired while it held it. Fallback endpoints take only those, and every row once no pool
+endpoint is left.
+
+An endpoint retires at a job-wide failure of its own (401, 402, quota, model not found, 403s on
+every row, never answered): its `Switch` stops its starts and waits, its row in hand and its
+queued rows go to the others, and the run stops (exit 3, each endpoint's reason named) only when
+no endpoint is left. A budget or a signal stops the whole run, as with one endpoint.
+
+Each outcome is committed once, when the row is settled: answered by some endpoint, or failed
+where no endpoint is left to try, with its attempts, usage and cost summed over the endpoints it
+went through (`routing.carried`) and the name of the endpoint that gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from batchrun.errors import BatchrunError, JobStopped
+from batchrun.journal.database import GroupCommit
+from batchrun.protocol.outcome import ERROR, OK, Outcome
+from batchrun.running.context import RunContext
+from batchrun.running.rows import Job
+from batchrun.running.stats import Stats
+from batchrun.running.stopping import Stopper
+from batchrun.sending.routing import Trail, carried, next_endpoint
+from batchrun.sending.workers import FLUSH_EVERY
+
+log = logging.getLogger("batchrun")
+
+FOLD_EVERY = 0.25  # seconds between two sums of the endpoints' counters into the run's
+MOVED_WORKERS = 1  # per seat of a pool endpoint: workers for rows sent to it by name
+
+Settle = Callable[[Job, Trail], Awaitable[Outcome | None]]
+
+
+class Switch:
+    """One endpoint's stop switch: set when the endpoint retires, or when the whole run stops.
+
+    The endpoint's sender stops (`stop`) at a job-wide failure, which retires the endpoint only;
+    its waits (`sleep`) end at either.
+    """
+
+    def __init__(self, run: Stopper) -> None:
+        self._event = asyncio.Event()
+        self.reason: str | None = None  # why it retired (None: it has not)
+        self._on_retire: list[Callable[[str], object]] = []
+        run.when_stopping(self._event.set)
+
+    @property
+    def stopping(self) -> bool:
+        """Does the endpoint send no more? (Retired, or the run stops.)"""
+        return self._event.is_set()
+
+    def stop(self, error: BatchrunError) -> None:
+        """Retire the endpoint for the rest of the run (the first reason is the one kept)."""
+        if self._event.is_set():
+            return
+        self.reason = error.message
+        self._event.set()
+        for hook in self._on_retire:
+            hook(error.message)
+
+    def when_retired(self, hook: Callable[[str], object]) -> None:
+        """Call `hook(reason)` when the endpoint retires."""
+        self._on_retire.append(hook)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, or less if the endpoint retires or the run stops meanwhile."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+
+
+@dataclass
+class Member:
+    """One endpoint as the pump drives it."""
+
+    index: int
+    name: str
+    fallback: bool
+    concurrency: int
+    settle: Settle  # its JobSender's settle
+    seats: asyncio.Semaphore
+    switch: Switch
+    stats: Stats  # its own counters (the run's are their sum: `Tally`)
+    send_as: Callable[[Job], Job]  # the job as this endpoint sends it: its model in the body
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class PoolPump:
+    """The workers, queues and group commit of a run with several endpoints."""
+
+    def __init__(self, run: RunContext, members: list[Member], order: tuple[int, ...],
+                 fold: Callable[[], None]) -> None:
+        self._run = run
+        self._members = members
+        self._order = order
+        self._fold = fold
+        seats = sum(m.concurrency for m in members if not m.fallback)
+        self._shared: asyncio.Queue[Job] = asyncio.Queue(maxsize=2 * seats)
+        self._own: list[asyncio.Queue[tuple[Job, Trail]]] = [asyncio.Queue() for _ in members]
+        self._retired: set[int] = set()
+        self._open = 0  # rows taken from the plan and not yet committed (or left pending)
+        self._producing = True
+        self._done = asyncio.Event()
+        self._busy: set[asyncio.Task[None]] = set()  # workers holding a row
+        self._chores: set[asyncio.Future[None]] = set()
+        self._fallbacks_share = False  # fallback endpoints take rows from the shared queue too
+        self._commits = GroupCommit(run.journal, FLUSH_EVERY, self._committed)
+        for member in members:
+            member.switch.when_retired(functools.partial(self._retire, member))
+
+    async def drain(self, jobs: AsyncIterator[list[Job]]) -> None:
+        """Settle every job of `jobs` on the endpoints, or stop early when the run stops."""
+        stopper = self._run.stopper
+        for member in self._members:
+            if not member.fallback:
+                self._spawn(member, shared=True, count=2 * member.concurrency)
+            own = (2 if member.fallback else MOVED_WORKERS) * member.concurrency
+            self._spawn(member, shared=False, count=own)
+        producer = asyncio.create_task(self._produce(jobs))
+        flusher = asyncio.create_task(self._commits.run())
+        folder = asyncio.create_task(self._keep_folding())
+        stopper.when_stopping(producer.cancel)
+        stopper.when_stopping(self._done.set)
+        stopper.when_cancelled(lambda: [t.cancel() for m in self._members for t in m.workers])
+        workers: list[asyncio.Task[None]] = []
+        try:
+            producer_error: BaseException | None = None
+            try:
+                await producer
+            except asyncio.CancelledError:
+                if not stopper.stopping:
+                    raise
+            except BatchrunError as exc:  # e.g. the journal cannot be written: a reason to stop
+                stopper.stop(exc)
+            except BaseException as exc:  # a bug: raised below, once the workers are done
+                producer_error = exc
+                stopper.cancel()
+            if producer_error is None:
+                await self._done.wait()
+            workers = [t for m in self._members for t in m.workers]
+            self._cancel_idle(workers)  # rows still queued stay pending
+            await _wait([*workers, *self._chores])
+            if producer_error is not None:
+                raise producer_error
+        finally:
+            rest = [producer, folder, *(t for m in self._members for t in m.workers),
+                    *self._chores, flusher]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+            self._commits.flush()
+            self._fold()
+
+    def _spawn(self, member: Member, *, shared: bool, count: int) -> None:
+        member.workers.extend(asyncio.create_task(self._work(member, shared))
+                              for _ in range(count))
+
+    async def _produce(self, jobs: AsyncIterator[list[Job]]) -> None:
+        stopper, queue = self._run.stopper, self._shared
+        async for batch in jobs:
+            if stopper.stopping:
+                break
+            for job in batch:
+                self._open += 1
+                if queue.full():
+                    await queue.put(job)
+                else:
+                    queue.put_nowait(job)
+            await asyncio.sleep(0)  # let workers and the flusher run between batches
+        self._producing = False
+        self._check_done()
+
+    async def _keep_folding(self) -> None:
+        while True:
+            await asyncio.sleep(FOLD_EVERY)
+            self._fold()
+
+    async def _work(self, member: Member, shared: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        stopper, switch = self._run.stopper, member.switch
+        while not switch.stopping:
+            if shared:
+                job, trail = await self._shared.get(), None
+            else:
+                job, trail = await self._own[member.index].get()
+            self._busy.add(task)  # before any await: a cancel of idle workers spares this one
+            try:
+                await self._settle(member, job, trail or Trail())
+            except JobStopped as exc:  # the journal cannot be written: start no more
+                stopper.stop(exc)
+                return
+            finally:
+                self._busy.discard(task)
+
+    async def _settle(self, member: Member, job: Job, trail: Trail) -> None:
+        """Settle one row on `member`, then commit it, or send it on to another endpoint."""
+        async with member.seats:
+            if member.switch.stopping:
+                outcome = None
+            else:
+                trail.elsewhere = False
+                outcome = await member.settle(member.send_as(job), trail)
+        if outcome is None:  # the run stops (the row stays pending), or the endpoint retired
+            if not self._run.stopper.stopping:
+                await self._send_on(job, trail)
+            else:
+                self._close_one()
+            return
+        if outcome.status == ERROR and trail.elsewhere:
+            trail.tried.add(member.index)
+            trail.carried = carried(trail.carried, outcome._replace(endpoint=member.name))
+            await self._send_on(job, trail)
+            return
+        await self._commit(carried(trail.carried, outcome._replace(endpoint=member.name)))
+
+    async def _send_on(self, job: Job, trail: Trail) -> None:
+        """Give the row to the next endpoint it has not tried; with none left, its last error is
+        its outcome (or, if no endpoint ever failed it, it stays pending: the run is stopping)."""
+        nxt = next_endpoint(self._order, trail.tried, self._retired)
+        if nxt is not None:
+            self._own[nxt].put_nowait((job, trail))
+        elif trail.carried is not None:
+            await self._commit(trail.carried)
+        else:
+            self._close_one()
+
+    async def _commit(self, outcome: Outcome) -> None:
+        stats = self._run.stats
+        if outcome.status == OK:
+            stats.ok += 1
+        else:
+            stats.errors += 1
+        # Durable before this seat sends again: a kill -9 pays twice only for requests in flight.
+        await self._commits.commit(outcome)
+        self._close_one()
+
+    def _close_one(self) -> None:
+        self._open -= 1
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if not self._producing and self._open <= 0:
+            self._done.set()
+
+    def _retire(self, member: Member, reason: str) -> None:
+        """`member` sends no more: its queued rows go to the others; the run stops when no
+        endpoint is left."""
+        if self._run.stopper.stopping:
+            return  # the run's own stop, not the endpoint's
+        self._retired.add(member.index)
+        log.warning("endpoint %s retired for the rest of the run: %s", member.name, reason)
+        self._run.event("endpoint_retired", endpoint=member.name, reason=reason)
+        self._cancel_idle(member.workers)
+        queue = self._own[member.index]
+        left = [m for m in self._members if m.index not in self._retired]
+        if not left:
+            reasons = "; ".join(f"{m.name}: {_bare(m.switch.reason)}" for m in self._members)
+            self._run.stopper.stop(JobStopped(f"stopped: no endpoint is left ({reasons})"))
+            return
+        while not queue.empty():
+            self._chore(self._send_on(*queue.get_nowait()))
+        if not self._fallbacks_share and all(m.fallback for m in left):
+            self._fallbacks_share = True  # no pool endpoint is left: fallbacks take every row
+            for fallback in left:
+                self._spawn(fallback, shared=True, count=2 * fallback.concurrency)
+
+    def _chore(self, work: Awaitable[None]) -> None:
+        """Run `work` (a row sent on from a retired endpoint) as a task the pump waits for."""
+        task = asyncio.ensure_future(self._stopping_on_failure(work))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _stopping_on_failure(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except JobStopped as exc:  # the journal cannot be written: start no more
+            self._run.stopper.stop(exc)
+
+    def _cancel_idle(self, workers: list[asyncio.Task[None]]) -> None:
+        for task in workers:
+            if task not in self._busy:
+                task.cancel()
+
+    def _committed(self, n: int) -> None:
+        self._run.stats.finished += n
+
+
+def _bare(reason: str | None) -> str:
+    """A retired endpoint's reason without the "stopped: " a job-wide stop begins with."""
+    reason = reason or "retired"
+    return reason.removeprefix("stopped: ")
+
+
+async def _wait(workers: list[asyncio.Task[None]] | list[asyncio.Future[None]]) -> None:
+    for result in await asyncio.gather(*workers, return_exceptions=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

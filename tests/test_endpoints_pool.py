@@ -1,0 +1,200 @@
+"""The endpoint pool at run time: several endpoints share a run's rows, each under its own limits;
+one that fails job-wide retires and its rows go on; a row one endpoint cannot answer is tried on
+the next; one journal, so that no rerun pays twice. Real runs against simulators on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batchrun
+from batchrun.errors import JobStopped
+from batchrun.settings.endpoints import Endpoint
+from batchrun.sim import Step
+
+from .helpers import prompts_csv, read_output, write_csv
+
+CONTEXT_400 = Step.status(400, "This model's maximum context length is 64 tokens",
+                          code_str="context_length_exceeded")
+
+
+def endpoint(name: str, server: Any, **fields: Any) -> Endpoint:
+    """An endpoint on a simulator, its model named after it unless given."""
+    return Endpoint(name=name, base_url=server.base_url, model=fields.pop("model", f"m-{name}"),
+                    **fields)
+
+
+def run_pool(tmp_path: Path, src: Path, *endpoints: Endpoint, out: str = "out.parquet",
+             **options: Any) -> batchrun.Summary:
+    """`batchrun.run` of `src` on these endpoints (no progress display)."""
+    config = batchrun.build_config(None, {
+        "input": str(src), "output": str(tmp_path / out), "model": "unused",
+        "base_url": endpoints[0].base_url, "progress": False, "max_attempts": 2, **options})
+    return batchrun.run(dataclasses.replace(config, endpoints=endpoints))
+
+
+def by_endpoint(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["endpoint"]] = counts.get(row["endpoint"], 0) + 1
+    return counts
+
+
+def test_rows_split_by_each_endpoints_pace_at_their_summed_rate(tmp_path: Path, sim) -> None:
+    fast, slow = sim(rpm=6000, window_s=1, latency=0.01), sim(rpm=3000, window_s=1, latency=0.01)
+    src = prompts_csv(tmp_path / "in.csv", 300)
+    summary = run_pool(tmp_path, src, endpoint("A", fast, rpm=6000, concurrency=16),
+                       endpoint("B", slow, rpm=3000, concurrency=16))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    split = by_endpoint(rows)
+    assert split["A"] + split["B"] == 300
+    assert 1.5 <= split["A"] / split["B"] <= 2.7, split  # about 2:1, as their paces
+    assert fast.stats.ok == split["A"] and slow.stats.ok == split["B"]  # each row sent once
+    requests = fast.stats.requests + slow.stats.requests
+    assert fast.stats.rate_limited + slow.stats.rate_limited <= 0.01 * requests
+    assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}  # its own model
+
+
+def test_an_endpoint_out_of_credits_retires_and_the_other_finishes_the_run(tmp_path: Path,
+                                                                          sim) -> None:
+    broke, rich = sim(latency=0.005), sim(latency=0.005)
+    broke.script(*[Step.ok()] * 10, *[Step.status(402, "Insufficient credits")] * 1000)
+    src = prompts_csv(tmp_path / "in.csv", 80)
+    summary = run_pool(tmp_path, src, endpoint("A", broke, concurrency=4),
+                       endpoint("B", rich, concurrency=4))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    split = by_endpoint(rows)
+    assert split["A"] == broke.stats.ok == 10 and split["B"] == rich.stats.ok == 70
+    # Every row billed once: the 402s cost nothing, and nothing was answered twice.
+    assert broke.stats.ok + rich.stats.ok == 80
+    # The 402s are few: the rows in flight when it retired, not one per row.
+    assert broke.stats.status_counts.get(402, 0) <= 4
+
+
+def test_rows_over_one_endpoints_context_are_answered_by_the_other(tmp_path: Path, sim) -> None:
+    small, big = sim(latency=0.005), sim(latency=0.005)
+    small.rule("LONG", CONTEXT_400)
+    rows_in = [{"prompt": f"{'LONG ' if i % 4 == 0 else ''}question {i}"} for i in range(24)]
+    src = write_csv(tmp_path / "in.csv", rows_in)
+    summary = run_pool(tmp_path, src, endpoint("small", small, concurrency=2),
+                       endpoint("big", big, concurrency=2))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    for row in rows:
+        if row["prompt"].startswith("LONG"):
+            assert row["endpoint"] == "big" and row["model"] == "m-big"
+            assert row["attempts"] in (1, 2)  # 2 when small tried it first
+    long_on_small = sum(1 for r in rows if r["prompt"].startswith("LONG") and r["attempts"] == 2)
+    assert small.stats.status_counts.get(400, 0) == long_on_small
+
+
+def test_a_fallback_model_answers_only_the_rows_the_first_could_not(tmp_path: Path, sim) -> None:
+    server = sim(latency=0.005)
+    server.rule("LONG", CONTEXT_400, times=3)  # each long row's first request: on `small`
+    rows_in = [{"prompt": f"{'LONG ' if i in (2, 5, 7) else ''}question {i}"} for i in range(12)]
+    src = write_csv(tmp_path / "in.csv", rows_in)
+    summary = run_pool(tmp_path, src, endpoint("small", server, model="small"),
+                       endpoint("big", server, model="big", fallback=True))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    for row in rows:
+        long = row["prompt"].startswith("LONG")
+        assert (row["endpoint"], row["model"], row["attempts"]) == (
+            ("big", "big", 2) if long else ("small", "small", 1))
+    assert server.stats.requests == 15
+
+
+def test_a_row_that_fails_on_every_endpoint_is_an_error_with_each_attempt(tmp_path: Path,
+                                                                        sim) -> None:
+    one, two, three = sim(), sim(), sim()
+    for server in (one, two, three):
+        server.rule("BAD", CONTEXT_400)
+    src = write_csv(tmp_path / "in.csv", [{"prompt": "BAD row"}, {"prompt": "good row"}])
+    summary = run_pool(tmp_path, src, endpoint("A", one), endpoint("B", two),
+                       endpoint("C", three, fallback=True))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 1
+    bad = rows[0]
+    assert bad["status"] == "error" and bad["attempts"] == 3 and bad["endpoint"] == "C"
+    assert "context length" in bad["error"]
+    assert rows[1]["status"] == "ok" and rows[1]["endpoint"] in ("A", "B")
+    assert three.stats.requests == 1  # the fallback saw only the row the pool could not answer
+
+
+def test_when_every_endpoint_retires_the_run_stops_naming_each_reason(tmp_path: Path,
+                                                                     sim) -> None:
+    locked, broke = sim(), sim()
+    locked.rule("", Step.status(401, "Incorrect API key provided", code_str="invalid_api_key"))
+    broke.rule("", Step.status(402, "Insufficient credits"))
+    src = prompts_csv(tmp_path / "in.csv", 20)
+    with pytest.raises(JobStopped) as stopped:
+        run_pool(tmp_path, src, endpoint("A", locked), endpoint("B", broke))
+    message = stopped.value.message
+    assert stopped.value.exit_code == 3
+    assert "no endpoint is left" in message and "A: HTTP 401" in message and "B: HTTP 402" in message
+
+
+def test_a_rerun_with_another_endpoint_list_sends_nothing_new(tmp_path: Path, sim) -> None:
+    first, second, third = sim(), sim(), sim()
+    src = prompts_csv(tmp_path / "in.csv", 30)
+    run_pool(tmp_path, src, endpoint("A", first), endpoint("B", second))
+    sent = first.stats.requests + second.stats.requests
+    assert sent == 30
+    summary = run_pool(tmp_path, src, endpoint("C", third), endpoint("B", second, model="other"))
+    assert summary.exit_code == 0
+    assert first.stats.requests + second.stats.requests == sent and third.stats.requests == 0
+    rows = read_output(tmp_path / "out.parquet")
+    assert all(r["status"] == "ok" and r["endpoint"] in ("A", "B") for r in rows)
+
+
+# --- routing as plain values --------------------------------------------------------------
+
+def test_what_another_endpoint_may_answer() -> None:
+    from batchrun.protocol.retry import Failure, Kind, classify_http, elsewhere
+
+    def http(status: int, message: str, code: str | None = None) -> Failure:
+        return classify_http(status, {"error": {"message": message, "code": code}}, None)
+
+    assert elsewhere(http(400, "maximum context length is 8192 tokens", "context_length_exceeded"))
+    assert elsewhere(http(400, "Unsupported parameter: 'seed'"))
+    assert elsewhere(http(400, "The model `x` does not support images"))
+    assert elsewhere(http(413, "Request entity too large"))
+    assert elsewhere(http(403, "Your input was flagged by moderation"))
+    assert elsewhere(Failure(Kind.ROW, "content filtered by the provider", 200))
+    assert elsewhere(http(503, "overloaded"))  # once this endpoint's retries are used up
+    assert not elsewhere(http(400, "messages[0].role must be one of user, system"))
+    assert not elsewhere(http(402, "Insufficient credits"))  # job-wide: the endpoint retires
+
+
+def test_a_row_tries_pool_endpoints_then_fallbacks_each_at_most_once() -> None:
+    from batchrun.sending.routing import next_endpoint, try_order
+
+    endpoints = [Endpoint(name="big", base_url="u", fallback=True),
+                 Endpoint(name="A", base_url="u"), Endpoint(name="B", base_url="u"),
+                 Endpoint(name="huge", base_url="u", fallback=True)]
+    order = try_order(endpoints)
+    assert order == (1, 2, 0, 3)
+    assert next_endpoint(order, {1}, set()) == 2
+    assert next_endpoint(order, {1}, {2}) == 0  # B retired: the first fallback
+    assert next_endpoint(order, {1, 2, 0}, set()) == 3
+    assert next_endpoint(order, {1, 2, 0}, {3}) is None
+
+
+def test_a_rows_outcome_sums_what_it_used_on_each_endpoint() -> None:
+    from batchrun.protocol.outcome import ERROR, OK, Outcome
+    from batchrun.sending.routing import carried
+
+    failed = Outcome(b"k", ERROR, error="context", attempts=1, endpoint="A")
+    retried = Outcome(b"k", ERROR, error="503", attempts=2, prompt_tokens=10, completion_tokens=0,
+                      total_tokens=10, cost_usd=0.5, endpoint="B")
+    answered = Outcome(b"k", OK, response="hi", attempts=1, prompt_tokens=7, completion_tokens=3,
+                       total_tokens=10, cost_usd=0.25, model="m-C", endpoint="C")
+    final = carried(carried(failed, retried), answered)
+    assert (final.status, final.response, final.model, final.endpoint) == ("ok", "hi", "m-C", "C")
+    assert (final.attempts, final.prompt_tokens, final.total_tokens) == (4, 17, 20)
+    assert final.cost_usd == 0.75 and final.cached_tokens is None

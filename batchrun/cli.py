@@ -81,11 +81,13 @@ def plan(job: Path | None, plan_format: str, **options: Any) -> None:
     from batchrun.views.plan import make_plan, plan_json, render_plan
 
     config = build_config(job, options)
-    try:
-        key, needed = resolve_key(config), None
-    except MissingKey as missing:  # look before you pay: the plan says which key a run needs
-        key, needed = None, missing.message
-    check_transport(config, key)
+    key, needed = None, None
+    if not config.endpoints:  # with several, the plan looks up each endpoint's key itself
+        try:
+            key = resolve_key(config)
+        except MissingKey as missing:  # look before you pay: the plan says which key a run needs
+            needed = missing.message
+        check_transport(config, key)
     made = make_plan(config, key, needed)
     if plan_format == "json":
         import orjson

@@ -13,6 +13,7 @@ import pytest
 from batchrun.cli import cli
 from batchrun.running.output import CACHED_FIELD, RESULT_NAMES
 from batchrun.settings.config import FIELDS
+from batchrun.settings.endpoints import ENDPOINT_SETTINGS
 
 from .helpers import clean_env, journal_count, run_cli, start_cli, wait_until
 
@@ -155,6 +156,7 @@ def documented_keys(path: Path) -> set[tuple[str, str]]:
 def test_job_file_reference_lists_every_key() -> None:
     documented = documented_keys(DOCS / "job-file.md")
     expected = {(f"[{f.section}]", f.key or f.name) for f in FIELDS}
+    expected |= {(f"[{s.section}]", s.key) for s in ENDPOINT_SETTINGS}  # the [[endpoints]] tables
     assert expected - documented == set(), "job-file keys missing from docs/job-file.md"
     assert documented - expected == set(), "docs/job-file.md lists job-file keys that do not exist"
 

@@ -24,11 +24,31 @@ from batchrun.data.openai_api import MAX_BATCH_LINES, MAX_BATCH_MB
 from batchrun.errors import UsageError
 from batchrun.settings import checks
 from batchrun.settings.checks import at_least, in_range, positive
-from batchrun.settings.endpoints import Endpoint
+from batchrun.settings.endpoints import (
+    FLAGS,
+    MAX_CONCURRENCY,
+    PER_ENDPOINT,
+    SECTION,
+    Endpoint,
+    Limits,
+    build_endpoints,
+    locate,
+    model_names,
+    read_tables,
+    refuse_per_endpoint,
+    with_fallback_models,
+)
 from batchrun.settings.files import FORMATS, locations, read_schema, read_tools
 from batchrun.settings.prices import Price, run_price
 from batchrun.settings.providers import PRESETS, Preset
-from batchrun.settings.setting import Setting, declaration, declared, setting, settings_field
+from batchrun.settings.setting import (
+    Setting,
+    checked,
+    declaration,
+    declared,
+    setting,
+    settings_field,
+)
 
 CACHE_ENV = "BATCHRUN_CACHE"  # the shared response cache of every run that names none
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -73,6 +93,15 @@ class RunConfig:
     model: str | None = setting(
         None, "request", str, flag="--model", shapes="body",
         help="Model name sent in each request.", shown_default="the preset's, if it has one")
+    fallback_models: tuple[str, ...] = setting(
+        (), "request", str, flag="--fallback-model", metavar="MODEL", multiple=True,
+        accepts=(str, list, tuple), check=model_names,
+        help="Another model on the same endpoint and key, for rows the model cannot answer "
+             "(repeatable, tried in order).",
+        doc="Another model on the same base URL, key and limits: a row that fails on `--model` "
+            "for a reason another model may not share (context length, content filter, ...) is "
+            "tried on it; repeat the flag (or give a list) for several, tried in order "
+            "([several endpoints](endpoints.md#--fallback-model)).")
     api_key_env: str | None = setting(
         None, "provider", str, flag="--api-key-env", metavar="NAME",
         help="Name of the environment variable holding the API key (default "
@@ -165,7 +194,7 @@ class RunConfig:
         help="Tokens per minute to stay under (prompt + max_tokens).",
         doc="Tokens per minute to stay under (prompt estimate + `max_tokens` per request).")
     concurrency: int = setting(
-        16, "limits", int, flag="--concurrency", check=in_range(1, 10_000),
+        16, "limits", int, flag="--concurrency", check=in_range(1, MAX_CONCURRENCY),
         help="Requests in flight at once (default {default}).",
         doc="Requests in flight at once (1 to 10,000).")
     max_attempts: int = setting(
@@ -323,7 +352,7 @@ class RunConfig:
         return replace(self, base_url=endpoint.base_url, provider=endpoint.provider,
                        model=endpoint.model, api_key_env=endpoint.api_key_env,
                        rpm=endpoint.rpm, tpm=endpoint.tpm, concurrency=endpoint.concurrency,
-                       endpoints=())
+                       endpoints=(), fallback_models=())
 
     @property
     def is_local(self) -> bool:
@@ -381,6 +410,9 @@ def load_job_file(path: Path) -> dict[str, Any]:
     sections = sorted({s.section for s in SETTINGS})
     flat: dict[str, Any] = {}
     for section, table in raw.items():
+        if section == SECTION:  # [[endpoints]]: an array of tables, checked table by table
+            flat[SECTION] = read_tables(table, str(path))
+            continue
         if not isinstance(table, dict):
             raise UsageError(
                 f"{path}: top-level key '{section}' must be a section, one of [{'], ['.join(sections)}]"
@@ -392,7 +424,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
             if spec is None:
                 known = ", ".join(k for s, k in by_place if s == section)
                 raise UsageError(f"{path}: unknown key '{key}' in [{section}]; known: {known}")
-            flat[spec.name] = _checked(spec, value, f"{path}: [{section}] {key}")
+            flat[spec.name] = checked(spec, value, f"{path}: [{section}] {key}")
     # Relative paths in a job file are relative to the job file's directory, so a job runs the
     # same from any working directory (`batchrun run jobs/demo.toml` reads `jobs/../data/...`).
     # Paths given as flags stay relative to the working directory, as on any command line.
@@ -404,84 +436,49 @@ def load_job_file(path: Path) -> dict[str, Any]:
     return flat
 
 
-def _checked(spec: Setting, value: Any, where: str) -> Any:
-    if isinstance(value, bool) and bool not in spec.types:
-        raise UsageError(f"{where} must be {_type_names(spec.types)}, not a boolean")
-    if not isinstance(value, spec.types):
-        raise UsageError(f"{where} must be {_type_names(spec.types)}, not {type(value).__name__}")
-    # Command-line bytes that are not UTF-8 arrive as lone surrogates; no request can carry them.
-    texts = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else []
-    for text in texts:
-        if isinstance(text, str) and not _is_utf8(text):
-            raise UsageError(f"{where} holds bytes that are not valid UTF-8 text; check the value "
-                             "and the shell's locale (LANG)")
-    complaint = spec.complaint(value)
-    if complaint:
-        raise UsageError(f"{where} {complaint} (got {_shown(value)})")
-    return value
-
-
-def _shown(value: Any) -> str:
-    """A value as a person typed it: a repeated flag's values listed, not a Python tuple."""
-    if isinstance(value, list | tuple):
-        return f"{len(value)}: " + ", ".join(repr(v) for v in value)
-    return repr(value)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    names.update({list: "a list", tuple: "a list", dict: "a table"})
-    return " or ".join(dict.fromkeys(names[t] for t in types))
-
-
 def build_config(job_file: Path | None, overrides: Mapping[str, Any]) -> RunConfig:
     """Merge defaults < job file < flags (None means 'not given') into a validated RunConfig."""
     settings: dict[str, Any] = load_job_file(job_file) if job_file else {}
+    # How each setting was given, as messages name it: the flag, else the job file's key.
+    given = {name: f"[{SETTINGS_BY_NAME[name].section}] {SETTINGS_BY_NAME[name].key}"
+             for name in settings if name in SETTINGS_BY_NAME}
     for name, value in overrides.items():
-        if value is None or (name == "stop" and value == ()):
-            continue
         spec = SETTINGS_BY_NAME.get(name)
-        settings[name] = _checked(spec, value, f"--{name.replace('_', '-')}") if spec else value
-    return _finish(settings, job_file)
+        if value is None or (spec is not None and spec.multiple and value == ()):
+            continue
+        if name == SECTION:  # the Python API's endpoints=[{...}, ...]: tables, as in a job file
+            settings[name] = read_tables(value, "endpoints")
+        elif spec is not None:
+            given[name] = spec.flag.split("/")[0] if spec.flag else f"--{name.replace('_', '-')}"
+            settings[name] = checked(spec, value, given[name])
+        else:
+            settings[name] = value
+    return _finish(settings, job_file, given)
 
 
-def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
+def _finish(s: dict[str, Any], job_file: Path | None, given: Mapping[str, str]) -> RunConfig:
     """Check what only the settings together can tell, and build the RunConfig from them."""
     if not s.get("input"):
         raise UsageError("no input: give --input PATH or [input] path in the job file")
     # With the Ray engine, an output that is no file format is a folder: a Parquet dataset.
     input_path, output, output_url = locations(s.pop("input"), s.pop("output", None),
                                                folders=s.get("engine") == "ray")
-    provider, base_url, model = _endpoint(s, input_path)
+    provider, base_url, model, endpoints = _endpoints(s, input_path, given)
     tools = _request_tools(s)
     if s.get("template") is not None and s.get("messages_column") is not None:
         raise UsageError("--template and --messages-column cannot be used together; choose one")
 
     stop = s.pop("stop", ())
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    _checked(SETTINGS_BY_NAME["stop"], stop, "--stop")
+    checked(SETTINGS_BY_NAME["stop"], stop, "--stop")
     response_format = s.pop("response_format", "text")
     schema = read_schema(response_format)
     price = _price(s)
     batch_price = _price(s, "batch_")
     if s.get("no_wait") and s.get("backend", "online") != "batch":
         raise UsageError("--no-wait applies to --backend batch; add --backend batch or drop it")
-    if s.get("max_cost") is not None and run_price(
-        model, price, s.get("backend", "online"), batch_price
-    ) is None:
-        raise UsageError(
-            f"--max-cost needs a price, and model {model or '(account default)'} has no built-in "
-            "one: give it in a job file's [pricing] section (input_per_million and "
-            "output_per_million; no flag sets a price), or use --max-total-tokens"
-        )
+    if s.get("max_cost") is not None:
+        _priced_for_budget(endpoints, model, price, batch_price, s.get("backend", "online"))
     api_key_file = s.pop("api_key_file", None)
     cache = s.pop("cache", None) or os.environ.get(CACHE_ENV) or None
     known = {f.name for f in fields(RunConfig)}
@@ -504,38 +501,63 @@ def _finish(s: dict[str, Any], job_file: Path | None) -> RunConfig:
         tools=tools,
         job_file=job_file,
         output_url=output_url,
+        endpoints=endpoints,
         **s,
     )
 
 
+def _priced_for_budget(endpoints: tuple[Endpoint, ...], model: str | None, price: Price | None,
+                       batch_price: Price | None, backend: str) -> None:
+    """--max-cost needs a price for every model the run may pay for."""
+    models: list[tuple[str | None, str]] = [(e.model, f" (endpoint '{e.name}')")
+                                             for e in endpoints] or [(model, "")]
+    for priced, which in models:
+        if run_price(priced, price, backend, batch_price) is None:
+            raise UsageError(
+                f"--max-cost needs a price, and model {priced or '(account default)'}{which} has "
+                "no built-in one: give it in a job file's [pricing] section (input_per_million "
+                "and output_per_million; no flag sets a price), or use --max-total-tokens")
+
+
+def _endpoints(s: dict[str, Any], input_path: Path | str, given: Mapping[str, str],
+               ) -> tuple[str | None, str, str | None, tuple[Endpoint, ...]]:
+    """The run's endpoints (none but the flags' one: `()`), and the provider, base URL and model
+    of the run itself: with `[[endpoints]]`, its first pool endpoint's."""
+    limits = Limits(s.get("rpm"), s.get("tpm"),
+                    s.get("concurrency", SETTINGS_BY_NAME["concurrency"].default))
+    models = s.pop("fallback_models", ())
+    models = (models,) if isinstance(models, str) else tuple(models)
+    tables = s.pop(SECTION, None)
+    if tables is not None:
+        refuse_per_endpoint({name: how for name, how in given.items()
+                             if name in PER_ENDPOINT or name == "fallback_models"})
+        endpoints = build_endpoints(tables, limits)
+        first = next(e for e in endpoints if not e.fallback)
+        s["api_key_env"] = first.api_key_env
+        provider, base_url, model = first.provider, first.base_url, first.model
+    else:
+        provider, base_url, model = _endpoint(s, input_path)
+        endpoints = with_fallback_models(provider, base_url, model, s.get("api_key_env"), limits,
+                                         models) if models else ()
+    s["fallback_models"] = models
+    if endpoints and s.get("backend") == "batch":
+        raise UsageError("--backend batch with several endpoints is not supported yet: run them "
+                         "online, or one endpoint with the Batch API")
+    return provider, base_url, model, endpoints
+
+
 def _endpoint(s: dict[str, Any], input_path: Path | str) -> tuple[str | None, str, str | None]:
-    """Provider, base URL and model: a preset fills what is not given (OpenAI, if nothing is)."""
-    provider = s.pop("provider", None)
-    preset = PRESETS.get(provider) if provider else None
-    base_url = s.pop("base_url", None) or (preset.base_url if preset else None)
-    if base_url is None:
-        provider, preset, base_url = "openai", PRESETS["openai"], PRESETS["openai"].base_url
-    base_url = base_url.rstrip("/")
-    if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--base-url {base_url!r} must be an http(s) URL such as https://host/v1")
-    model = s.pop("model", None) or (preset.default_model if preset else None)
+    """Provider, base URL and model of the flags' one endpoint (`endpoints.locate`)."""
     # A batch JSONL input's bodies name their model; a body that does not needs --model (render).
-    if model is None and not (preset and preset.model_optional) and not is_requests(input_path):
-        raise UsageError("no model: give --model NAME or [request] model in the job file")
-    if model and preset and preset.model_needs_org_prefix and "/" not in model:
-        raise UsageError(
-            f"{preset.name} model ids carry an organization prefix: use e.g. 'openai/{model}'"
-        )
-    return provider, base_url, model
+    return locate(s.pop("provider", None), s.pop("base_url", None), s.pop("model", None), FLAGS,
+                  model_optional=True if is_requests(input_path) else None)
 
 
 def _request_tools(s: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
     """[request] tools (inline or a JSON file), and a tool_choice that names one of them."""
     given = s.pop("tools", ())
     if isinstance(given, str):  # a JSON file holding the list
-        given = _checked(SETTINGS_BY_NAME["tools"], read_tools(given), f"tools file {given}:")
+        given = checked(SETTINGS_BY_NAME["tools"], read_tools(given), f"tools file {given}:")
     tools: tuple[Mapping[str, Any], ...] = tuple(given)
     if s.get("tool_choice") is not None:
         choice = s["tool_choice"]

@@ -1,4 +1,13 @@
-"""Keys: where a run's API key comes from, and the rules that keep it from going astray."""
+"""Keys: where a run's API key comes from, and the rules that keep it from going astray.
+
+    resolve_key(config)     the key of a run with one endpoint
+    resolve_keys(config)    each endpoint's key, by endpoint name (`[[endpoints]]`, `--fallback-model`)
+
+An endpoint's key is resolved for that endpoint only, by the same rules as a run's. When the
+endpoints are on more than one host, a key that names no provider (BATCHRUN_API_KEY, and
+OPENAI_API_KEY for a host no preset names) is not shared among them: each endpoint's key comes
+from its `api_key_env` or its provider's own variable, so no key reaches another endpoint's host.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ from urllib.parse import urlsplit
 
 from batchrun.errors import MissingKey, UsageError
 from batchrun.settings.config import RunConfig, is_loopback
+from batchrun.settings.endpoints import Endpoint
 from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS, Preset
 
 
@@ -43,13 +53,77 @@ def resolve_key(config: RunConfig, environ: Mapping[str, str] = os.environ) -> S
     if config.api_key_file is not None:
         return _read_key_file(config.api_key_file)
     names = key_names(config)
+    key = _from_environment(names, environ)
+    if key is None and not config.is_local:
+        raise MissingKey(_missing(config, names, environ))
+    return key  # None: never a key meant for someone else; a local server gets no header instead
+
+
+def _from_environment(names: tuple[str, ...], environ: Mapping[str, str]) -> Secret | None:
+    """The first of these variables that is set, checked; None if none is."""
     for name in names:
         value = environ.get(name, "").strip()
         if value:
             return _checked_key(value, name)
-    if config.is_local:
-        return None  # never a key meant for someone else: a local server gets no header instead
-    raise MissingKey(_missing(config, names, environ))
+    return None
+
+
+def resolve_keys(config: RunConfig, environ: Mapping[str, str] = os.environ,
+                 ) -> dict[str, Secret | None]:
+    """Each endpoint's key by endpoint name, each resolved for its endpoint alone and checked to
+    travel safely (`endpoint_key`); empty for a run with one endpoint (`resolve_key`)."""
+    return {endpoint.name: endpoint_key(config, endpoint, environ)
+            for endpoint in config.endpoints}
+
+
+def endpoint_key(config: RunConfig, endpoint: Endpoint,
+                 environ: Mapping[str, str] = os.environ) -> Secret | None:
+    """One endpoint's key (None: a local server needs none), and its transport checked.
+
+    MissingKey or UsageError name the endpoint and the variable to set.
+    """
+    at = config.at(endpoint)
+    try:
+        if at.api_key_file is not None:  # --fallback-model's endpoints share the run's key file
+            key: Secret | None = _read_key_file(at.api_key_file)
+        else:
+            names = endpoint_key_names(config, endpoint)
+            key = _from_environment(names, environ)
+            if key is None and not at.is_local:
+                fix = ("or use --api-key-file" if config.fallback_models else
+                       "or name another with api_key_env in its [[endpoints]] table")
+                named = endpoint.api_key_env or _shares_keys(config)
+                raise MissingKey(_missing(at, names, environ, fix) if named
+                                 else _missing_alone(names))
+        check_transport(at, key)
+    except UsageError as error:
+        raise type(error)(f"endpoint '{endpoint.name}': {error.message}") from None
+    return key
+
+
+def endpoint_key_names(config: RunConfig, endpoint: Endpoint) -> tuple[str, ...]:
+    """The variables one endpoint's key may come from, in order (a key file aside): the run's
+    rules when its endpoints share one host, else its api_key_env or its provider's own."""
+    at = config.at(endpoint)
+    if endpoint.api_key_env or _shares_keys(config):
+        return key_names(at)
+    preset = at.preset or _preset_of_host(at.base_url)
+    return (preset.key_env,) if preset is not None and preset.key_env else ()
+
+
+def _shares_keys(config: RunConfig) -> bool:
+    """Endpoints on one host (as `--fallback-model`'s) may share a key that names no provider."""
+    return len({urlsplit(e.base_url).netloc.lower() for e in config.endpoints}) <= 1
+
+
+def _missing_alone(names: tuple[str, ...]) -> str:
+    """No key for an endpoint of a pool on several hosts: name its variable."""
+    if names:
+        return (f"no API key: set {names[0]} in the environment, or name the variable that "
+                "holds its key with api_key_env in its [[endpoints]] table")
+    return ("no API key: name the variable that holds its key with api_key_env = \"NAME\" in its "
+            "[[endpoints]] table (a key that names no provider is not shared by endpoints on "
+            "different hosts)")
 
 
 def key_names(config: RunConfig) -> tuple[str, ...]:
@@ -76,10 +150,11 @@ def _preset_of_host(base_url: str) -> Preset | None:
     return None
 
 
-def _missing(config: RunConfig, names: tuple[str, ...], environ: Mapping[str, str]) -> str:
+def _missing(config: RunConfig, names: tuple[str, ...], environ: Mapping[str, str],
+             fix: str = "or use --api-key-file") -> str:
     """One line for a remote run without a key: the variable to set, first."""
     wanted = " or ".join(reversed(names))  # the provider's own variable first
-    line = f"no API key: set {wanted} in the environment (or use --api-key-file)"
+    line = f"no API key: set {wanted} in the environment ({fix})"
     preset = config.preset or _preset_of_host(config.base_url)
     if preset is not None and FALLBACK_KEY_ENV not in names and not config.api_key_env and (
             environ.get(FALLBACK_KEY_ENV, "").strip()):

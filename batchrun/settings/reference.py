@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from batchrun.data.locations import STATE_ENV
 from batchrun.settings.config import CACHE_ENV, SETTINGS
+from batchrun.settings.endpoints import ENDPOINT_SETTINGS, PER_ENDPOINT
 from batchrun.settings.providers import DEFAULT_KEY_ENVS, FALLBACK_KEY_ENV, PRESETS
 from batchrun.settings.setting import Setting, show
 
@@ -65,6 +66,33 @@ max_tokens = 80
 rpm = 500
 tpm = 200_000
 max_cost = 2.00
+```
+"""
+
+ENDPOINTS_INTRO = """\
+## `[[endpoints]]`
+
+A run may send its rows to several endpoints: each `[[endpoints]]` table is one, with its own
+base URL or preset, model, key and limits ([several endpoints](endpoints.md)). Endpoints without
+`fallback = true` share the rows; fallback endpoints get only rows that failed on the others, in
+the order of the list. The run's `--rpm`, `--tpm`, `--concurrency` and `[limits]` are each
+endpoint's defaults. With `[[endpoints]]`, the settings of a run's one endpoint are refused
+(exit 2), as flags or as keys, since the endpoints describe them: {refused}; so are
+`--fallback-model` and `--backend batch`.
+
+```toml
+[[endpoints]]
+name = "A"
+base_url = "https://api.openai.com/v1"
+model = "gpt-4o-mini"
+api_key_env = "OPENAI_KEY_A"
+rpm = 3000
+
+[[endpoints]]
+name = "big"
+provider = "llmost"
+model = "openai/gpt-4o"
+fallback = true
 ```
 """
 
@@ -128,9 +156,15 @@ def job_file_page() -> str:
     rows = [[f"`[{s.section}]`", _code(s.key), _job_type(s), _job_default(s),
              _code(s.flag.replace("/", " / ")) if s.flag else "", s.description]
             for section in sections for s in SETTINGS if s.section == section]
+    refused = [s for s in SETTINGS if s.name in PER_ENDPOINT]
+    endpoint_rows = [[_code(s.key), _job_type(s), _job_default(s), s.description]
+                     for s in ENDPOINT_SETTINGS]
     return "\n".join([
         JOB_FILE_INTRO.format(generated=_GENERATED.format(page="job-file")),
         _table(["Section", "Key", "Type", "Default", "Flag", "Meaning"], rows),
+        ENDPOINTS_INTRO.format(refused=", ".join(
+            f"{_code(s.flag or '')} ({_code(f'[{s.section}] {s.key}')})" for s in refused)),
+        _table(["Key", "Type", "Default", "Meaning"], endpoint_rows),
         JOB_FILE_OUTRO,
     ]).rstrip("\n") + "\n"
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from batchrun.errors import UsageError
+
 Check = Callable[[Any], str | None]  # a complaint ("must be ..."), or None when the value is fine
 # How a setting takes part in a request's identity (the resume key, the batch fingerprint):
 # the endpoint it goes to, the messages it renders, or a parameter of its body.
@@ -104,3 +106,42 @@ def show(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:,g}" if isinstance(value, float) else f"{value:,}"
+
+
+def checked(spec: Setting, value: Any, where: str) -> Any:
+    """`value` if `spec` accepts it; else UsageError: "{where} must be ... (got ...)"."""
+    if isinstance(value, bool) and bool not in spec.types:
+        raise UsageError(f"{where} must be {_type_names(spec.types)}, not a boolean")
+    if not isinstance(value, spec.types):
+        raise UsageError(f"{where} must be {_type_names(spec.types)}, not {type(value).__name__}")
+    # Command-line bytes that are not UTF-8 arrive as lone surrogates; no request can carry them.
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else []
+    for text in texts:
+        if isinstance(text, str) and not _is_utf8(text):
+            raise UsageError(f"{where} holds bytes that are not valid UTF-8 text; check the value "
+                             "and the shell's locale (LANG)")
+    complaint = spec.complaint(value)
+    if complaint:
+        raise UsageError(f"{where} {complaint} (got {_shown(value)})")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value as a person typed it: a repeated flag's values listed, not a Python tuple."""
+    if isinstance(value, list | tuple):
+        return f"{len(value)}: " + ", ".join(repr(v) for v in value)
+    return repr(value)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names.update({list: "a list", tuple: "a list", dict: "a table"})
+    return " or ".join(dict.fromkeys(names[t] for t in types))

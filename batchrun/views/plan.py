@@ -2,12 +2,13 @@
 
 `make_plan` reads the input and, if there is one, the journal (read-only), through the same
 selection loop as a run (`running.rows.select`), so it counts exactly the requests a run would send.
+A run with several endpoints gets their part from `views.plan_pool`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -26,6 +27,16 @@ from batchrun.sending.http import request_headers
 from batchrun.settings.config import RunConfig
 from batchrun.settings.keys import Secret
 from batchrun.settings.prices import Price, batch_price, price_for
+from batchrun.views.plan_pool import (
+    EndpointPlan,
+    Pace,
+    endpoints_json,
+    per_minute,
+    plan_endpoints,
+    pool_cost,
+    pool_pace,
+    render_endpoints,
+)
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,14 @@ class Plan:
     key_from: str | None = None  # where the key comes from (a variable's name), never the key
     key_needed: str | None = None  # no key found: what a run will need (plan goes on without)
     cached: int = 0  # requests the shared cache (--cache) answers: not sent, not paid
+    endpoints: tuple[EndpointPlan, ...] = ()  # a run with several: each one's part
 
     @property
     def cost_usd(self) -> float | None:
-        """Worst-case cost of the requests to send (every answer as long as allowed)."""
+        """Worst-case cost of the requests to send (every answer as long as allowed); with
+        endpoints, each pool endpoint's share at its model's price."""
+        if self.endpoints:
+            return pool_cost(self.endpoints)
         if self.price is None:
             return None
         return self.price.cost(self.prompt_tokens, self.completion_tokens)
@@ -127,9 +142,14 @@ def make_plan(config: RunConfig, key: Secret | None, key_needed: str | None = No
     # How the provider counted the prompts of earlier runs on this output, against our estimate.
     calibration = Calibration(learned)
     ratio = calibration.ratio(config.model or "")
+    prompt_tokens = math.ceil(prompt_tokens * ratio)
+    endpoints = plan_endpoints(config, to_send, prompt_tokens, to_send * reserve)
+    if endpoints and sample is not None:  # sent as the first pool endpoint would: its key hidden
+        first = next(p for p in endpoints if not p.endpoint.fallback)
+        sample = replace(sample, headers=request_headers(first.key, hidden=True))
     return Plan(
         total_rows=total, to_send=to_send, reused=reused, copies=copies, invalid=invalid,
-        first_invalid=first_invalid, prompt_tokens=math.ceil(prompt_tokens * ratio),
+        first_invalid=first_invalid, prompt_tokens=prompt_tokens,
         completion_tokens=to_send * reserve, reserve=reserve,
         price=price_for(config.model, config.price), journal=journal_note, sample=sample,
         token_ratio=ratio, ratio_answers=calibration.answers(config.model or "")[0],
@@ -138,7 +158,7 @@ def make_plan(config: RunConfig, key: Secret | None, key_needed: str | None = No
                      if config.backend == "batch" else None),
         key_from=key.source if key is not None else None,
         key_needed=key_needed,
-        cached=cached,
+        cached=cached, endpoints=endpoints,
     )
 
 
@@ -193,12 +213,16 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         add(f"  skipped   {'; '.join(skipped)}")
     if plan.first_invalid:
         add(f"  invalid   first at row {plan.first_invalid[0]}: {plan.first_invalid[1]}")
-    model = config.model or "(the account's default model)"
-    add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
-    if plan.key_needed:
-        add(f"  key       none found; before a run, {plan.key_needed.removeprefix('no API key: ')}")
+    if plan.endpoints:  # each endpoint's line names its model and where its key comes from
+        lines.extend(render_endpoints(plan.endpoints))
     else:
-        add(f"  key       {plan.key_from or 'none (a local server needs none)'}")
+        model = config.model or "(the account's default model)"
+        add(f"  model     {model}" + (f" via {config.provider}" if config.provider else ""))
+        if plan.key_needed:
+            add(f"  key       none found; before a run, "
+                f"{plan.key_needed.removeprefix('no API key: ')}")
+        else:
+            add(f"  key       {plan.key_from or 'none (a local server needs none)'}")
     reserve_note = "" if config.max_tokens else "; no --max-tokens, so the server default is assumed"
     add(f"  tokens    ~{plan.prompt_tokens:,} prompt ({_ratio_note(plan)}) + at most "
         f"{plan.completion_tokens:,} completion ({plan.reserve:,} per request){reserve_note}")
@@ -217,7 +241,7 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
         add(f"  POST {s.url}")
         if "Authorization" not in s.headers:
             add("  (no Authorization header: " + ("no key found yet; a run sends one)"
-                                                    if plan.key_needed else
+                                                    if _key_needed(plan) else
                                                     "no key set, none needed for a local server)"))
         for name, value in s.headers.items():
             add(f"  {name}: {value}")
@@ -226,9 +250,18 @@ def render_plan(plan: Plan, config: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def _key_needed(plan: Plan) -> bool:
+    """No key found for the sample's endpoint (the run's, or the first of the pool)."""
+    if plan.endpoints:
+        return next(p for p in plan.endpoints if not p.endpoint.fallback).key_needed is not None
+    return plan.key_needed is not None
+
+
 def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
-    """The plan as one JSON object for scripts (`batchrun plan --format json`)."""
-    minutes, binding = _binding(plan, config)
+    """The plan as one JSON object for scripts (`batchrun plan --format json`); `endpoints` is
+    empty for a run with one endpoint."""
+    pace = _pace(config)
+    minutes, binding = _binding(plan, pace)
     price = None
     if plan.price is not None:
         price = {"input_per_million": plan.price.input_per_million,
@@ -256,11 +289,11 @@ def plan_json(plan: Plan, config: RunConfig) -> dict[str, Any]:
                    "prompt_ratio_answers": plan.ratio_answers},
         "cost_usd_max": plan.cost_usd, "price": price,
         "time": {"min_seconds": minutes * 60 if minutes is not None else None, "binds": binding,
-                 "rpm": config.rpm, "tpm": config.tpm, "concurrency": config.concurrency},
+                 "rpm": pace.rpm, "tpm": pace.tpm, "concurrency": pace.concurrency},
         "budget": {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens,
                    "note": _budget_line(plan, config)},
         "backend": config.backend, "held": plan.held, "batch": _batch_json(plan, config),
-        "sample": sample,
+        "sample": sample, "endpoints": endpoints_json(plan.endpoints),
     }
 
 
@@ -272,13 +305,20 @@ def _ratio_note(plan: Plan) -> str:
             "earlier answers on this output")
 
 
-def _binding(plan: Plan, config: RunConfig) -> tuple[float | None, str | None]:
+def _pace(config: RunConfig) -> Pace:
+    """The run's limits, or with endpoints the pool's: the sums of its endpoints' limits."""
+    if config.endpoints:
+        return pool_pace(config)
+    return Pace(config.rpm, config.tpm, config.concurrency)
+
+
+def _binding(plan: Plan, pace: Pace) -> tuple[float | None, str | None]:
     """Minutes the configured limits imply at least, and which limit binds (None: no limit)."""
     bounds: list[tuple[float, str]] = []
-    if plan.to_send and config.rpm:
-        bounds.append((plan.to_send / config.rpm, "rpm"))
-    if plan.to_send and config.tpm:
-        bounds.append(((plan.prompt_tokens + plan.completion_tokens) / config.tpm, "tpm"))
+    if plan.to_send and pace.rpm:
+        bounds.append((plan.to_send / pace.rpm, "rpm"))
+    if plan.to_send and pace.tpm:
+        bounds.append(((plan.prompt_tokens + plan.completion_tokens) / pace.tpm, "tpm"))
     if not bounds:
         return (0.0 if not plan.to_send else None), None
     return max(bounds)
@@ -292,6 +332,14 @@ def _cost_line(plan: Plan, config: RunConfig) -> str:
         return (f"at most ${plan.batch_cost_usd:,.4f} at the batch price ({source}: "
                 f"${batch.input_per_million:g} in, ${batch.output_per_million:g} out per 1M "
                 f"tokens); online it would be at most {online}")
+    if plan.endpoints:
+        if plan.cost_usd is None:
+            unpriced = ", ".join(f"{p.endpoint.name} ({p.endpoint.model})" for p in plan.endpoints
+                                 if p.price is None and not p.endpoint.fallback)
+            return (f"unknown: no price for the model of {unpriced}; set [pricing] "
+                    "input_per_million and output_per_million in the job file")
+        return (f"at most ${plan.cost_usd:,.4f} across the pool, each endpoint's share of the "
+                "pace at its model's price (above); fallback endpoints add what they answer")
     if plan.price is None:
         return ("unknown: no price for this model; set [pricing] input_per_million and "
                 "output_per_million in the job file")
@@ -334,16 +382,20 @@ def _time_line(plan: Plan, config: RunConfig) -> str:
         return "nothing to send"
     if config.backend == "batch":
         return "up to 24 h: the Batch API's completion window (often much sooner)"
-    minutes, binding = _binding(plan, config)
+    pace = _pace(config)
+    minutes, binding = _binding(plan, pace)
+    pool = "the pool's " if config.endpoints else ""
     if minutes is None:
-        return (f"no --rpm/--tpm set: bounded by the provider and {config.concurrency} "
+        unset = ("an endpoint has no rpm or tpm" if config.endpoints else "no --rpm/--tpm set")
+        return (f"{unset}: bounded by the provider and {pace.concurrency} "
                 "requests in flight")
     parts = []
-    if config.rpm:
-        parts.append(f"{duration(plan.to_send / config.rpm * 60)} at {config.rpm:g} rpm")
-    if config.tpm:
+    if pace.rpm:
+        parts.append(f"{duration(plan.to_send / pace.rpm * 60)} at {pool}{per_minute(pace.rpm)} "
+                     "rpm")
+    if pace.tpm:
         tokens = plan.prompt_tokens + plan.completion_tokens
-        parts.append(f"{duration(tokens / config.tpm * 60)} at {config.tpm:g} tpm")
+        parts.append(f"{duration(tokens / pace.tpm * 60)} at {pool}{per_minute(pace.tpm)} tpm")
     return f"at least {duration(minutes * 60)} ({binding} binds; " + ", ".join(parts) + ")"
 
 

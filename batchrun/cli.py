@@ -213,16 +213,45 @@ def cache_prune(path: Path, older_than: str | None, max_size: str | None) -> Non
               help="Require the key held in this environment variable (401 otherwise).")
 @click.option("--error-style", type=click.Choice(["openai", "llmost"]), default="openai",
               show_default=True, help="Shape of error bodies.")
+@click.option("--key-env", "key_envs", multiple=True, metavar="NAME[:rpm=N,...]",
+              help="Accept the key held in this environment variable, with limits and credits of "
+                   "its own: rpm, tpm, concurrency, window, shape, credits (USD; 402 once spent). "
+                   "Repeatable.")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Serve only these models; others get 404 model_not_found. Repeatable.")
+@click.option("--context", "contexts", multiple=True, metavar="MODEL=N",
+              help="A model's context length in tokens (prompt + max_tokens; default 128000). "
+                   "Repeatable.")
+@click.option("--prompt-cache", is_flag=True,
+              help="Report cached tokens: the prefix the same key sent before, in 128-token blocks "
+                   "(prompts of 1,024 tokens or more).")
+@click.option("--cached-share", type=click.FloatRange(0, 1),
+              help="Instead, report this share of every prompt as cached tokens.")
+@click.option("--reasoning-model", "reasoning_models", multiple=True, metavar="NAME",
+              help="A reasoning model: part of its completion tokens are reasoning tokens. Repeatable.")
+@click.option("--reasoning-share", default=0.5, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="The share of a reasoning model's completion tokens that are reasoning.")
+@click.option("--price", "prices", multiple=True, metavar="MODEL=IN,CACHED,OUT",
+              help="USD per million input, cached input and output tokens of a model (default: "
+                   "batchrun's price table, cached at half). Repeatable.")
+@click.option("--report-cost", is_flag=True,
+              help="Report each answer's cost in usage.cost, as OpenRouter does.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault dice.")
-def simulate(host: str, port: int, api_key_env: str | None, **options: Any) -> None:
+def simulate(host: str, port: int, api_key_env: str | None, key_envs: tuple[str, ...],
+             models: tuple[str, ...], contexts: tuple[str, ...], prices: tuple[str, ...],
+             reasoning_models: tuple[str, ...], **options: Any) -> None:
     """Serve a local OpenAI-compatible simulator to rehearse a job for free."""
-    from batchrun.sim import SimConfig, serve
+    from batchrun.sim import SimConfig, flags, serve
 
     key = os.environ.get(api_key_env, "") if api_key_env else None
     if api_key_env and not key:
         raise BatchrunError(f"--api-key-env {api_key_env}: that variable is not set")
     try:
-        config = SimConfig(api_key=key or None, **options)
+        config = SimConfig(
+            api_key=key or None, accounts=tuple(flags.account(spec) for spec in key_envs),
+            models=models or None, context_lengths=flags.contexts(contexts),
+            prices=flags.prices(prices), reasoning_models=reasoning_models, **options)
     except ValueError as exc:
         raise UsageError(f"simulate: {exc}") from None
     try:

@@ -14,6 +14,7 @@ import batchrun
 from batchrun.errors import JobStopped
 from batchrun.settings.endpoints import Endpoint
 from batchrun.sim import Step
+from batchrun.sim.config import Account
 
 from .helpers import prompts_csv, read_output, write_csv
 
@@ -59,54 +60,59 @@ def test_rows_split_by_each_endpoints_pace_at_their_summed_rate(tmp_path: Path, 
     assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}  # its own model
 
 
-def test_an_endpoint_out_of_credits_retires_and_the_other_finishes_the_run(tmp_path: Path,
-                                                                          sim) -> None:
-    broke, rich = sim(latency=0.005), sim(latency=0.005)
-    broke.script(*[Step.ok()] * 10, *[Step.status(402, "Insufficient credits")] * 1000)
+def test_an_endpoint_out_of_credits_retires_and_the_other_finishes_the_run(
+        tmp_path: Path, sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One provider, two keys: A's balance runs out after about ten answers (402 from then on).
+    server = sim(latency=0.005, accounts=(Account("sk-a", credits=0.1), Account("sk-b")),
+                 prices={"m-A": (1000.0, 500.0, 0.0)})
+    monkeypatch.setenv("KEY_A", "sk-a")
+    monkeypatch.setenv("KEY_B", "sk-b")
     src = prompts_csv(tmp_path / "in.csv", 80)
-    summary = run_pool(tmp_path, src, endpoint("A", broke, concurrency=4),
-                       endpoint("B", rich, concurrency=4))
+    summary = run_pool(tmp_path, src, endpoint("A", server, api_key_env="KEY_A", concurrency=4),
+                       endpoint("B", server, api_key_env="KEY_B", concurrency=4))
     rows = read_output(tmp_path / "out.parquet")
     assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
     split = by_endpoint(rows)
-    assert split["A"] == broke.stats.ok == 10 and split["B"] == rich.stats.ok == 70
+    a, b = server.stats.by_key["sk-a"], server.stats.by_key["sk-b"]
+    assert 0 < split["A"] == a.ok < 40 and split["B"] == b.ok == 80 - a.ok
     # Every row billed once: the 402s cost nothing, and nothing was answered twice.
-    assert broke.stats.ok + rich.stats.ok == 80
+    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 80
     # The 402s are few: the rows in flight when it retired, not one per row.
-    assert broke.stats.status_counts.get(402, 0) <= 4
+    assert 1 <= a.no_credits <= 4
+    assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}
 
 
 def test_rows_over_one_endpoints_context_are_answered_by_the_other(tmp_path: Path, sim) -> None:
-    small, big = sim(latency=0.005), sim(latency=0.005)
-    small.rule("LONG", CONTEXT_400)
-    rows_in = [{"prompt": f"{'LONG ' if i % 4 == 0 else ''}question {i}"} for i in range(24)]
+    server = sim(latency=0.005, context_lengths={"small": 60})
+    rows_in = [{"prompt": ("word " * 100 if i % 4 == 0 else "") + f"question {i}"}
+               for i in range(24)]
     src = write_csv(tmp_path / "in.csv", rows_in)
-    summary = run_pool(tmp_path, src, endpoint("small", small, concurrency=2),
-                       endpoint("big", big, concurrency=2))
+    summary = run_pool(tmp_path, src, endpoint("A", server, model="small", concurrency=2),
+                       endpoint("B", server, model="big", concurrency=2))
     rows = read_output(tmp_path / "out.parquet")
     assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
-    for row in rows:
-        if row["prompt"].startswith("LONG"):
-            assert row["endpoint"] == "big" and row["model"] == "m-big"
-            assert row["attempts"] in (1, 2)  # 2 when small tried it first
-    long_on_small = sum(1 for r in rows if r["prompt"].startswith("LONG") and r["attempts"] == 2)
-    assert small.stats.status_counts.get(400, 0) == long_on_small
+    long_rows = [r for r in rows if r["prompt"].startswith("word")]
+    assert len(long_rows) == 6
+    assert all(r["endpoint"] == "B" and r["model"] == "big" for r in long_rows)
+    tried_first_on_small = sum(r["attempts"] == 2 for r in long_rows)
+    assert server.stats.status_counts.get(400, 0) == tried_first_on_small
+    assert all(r["attempts"] == 1 for r in rows if r not in long_rows)
+    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 24
 
 
 def test_a_fallback_model_answers_only_the_rows_the_first_could_not(tmp_path: Path, sim) -> None:
-    server = sim(latency=0.005)
-    server.rule("LONG", CONTEXT_400, times=3)  # each long row's first request: on `small`
-    rows_in = [{"prompt": f"{'LONG ' if i in (2, 5, 7) else ''}question {i}"} for i in range(12)]
+    server = sim(latency=0.005, context_lengths={"small": 60})
+    rows_in = [{"prompt": ("word " * 100 if i in (2, 5, 7) else "") + f"question {i}"}
+               for i in range(12)]
     src = write_csv(tmp_path / "in.csv", rows_in)
     summary = run_pool(tmp_path, src, endpoint("small", server, model="small"),
                        endpoint("big", server, model="big", fallback=True))
     rows = read_output(tmp_path / "out.parquet")
     assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
-    for row in rows:
-        long = row["prompt"].startswith("LONG")
+    for i, row in enumerate(rows):
         assert (row["endpoint"], row["model"], row["attempts"]) == (
-            ("big", "big", 2) if long else ("small", "small", 1))
-    assert server.stats.requests == 15
+            ("big", "big", 2) if i in (2, 5, 7) else ("small", "small", 1))
+    assert server.stats.requests == 15 and server.stats.status_counts[400] == 3
 
 
 def test_a_row_that_fails_on_every_endpoint_is_an_error_with_each_attempt(tmp_path: Path,
@@ -150,6 +156,64 @@ def test_a_rerun_with_another_endpoint_list_sends_nothing_new(tmp_path: Path, si
     assert first.stats.requests + second.stats.requests == sent and third.stats.requests == 0
     rows = read_output(tmp_path / "out.parquet")
     assert all(r["status"] == "ok" and r["endpoint"] in ("A", "B") for r in rows)
+
+
+def test_a_budget_stops_the_whole_pool_not_one_endpoint(tmp_path: Path, sim) -> None:
+    one, two = sim(latency=0.01), sim(latency=0.01)
+    src = prompts_csv(tmp_path / "in.csv", 60)
+    with pytest.raises(JobStopped) as stopped:
+        run_pool(tmp_path, src, endpoint("A", one, concurrency=2),
+                 endpoint("B", two, concurrency=2), max_tokens=10, max_total_tokens=300)
+    assert stopped.value.exit_code == 3 and "budget reached" in stopped.value.message
+    assert "no endpoint is left" not in stopped.value.message
+    sent = one.stats.requests + two.stats.requests
+    assert 0 < sent < 30 and one.stats.requests > 0 and two.stats.requests > 0
+
+
+def test_an_endpoint_that_never_answers_retires_and_the_pool_goes_on(tmp_path: Path,
+                                                                    sim) -> None:
+    alive = sim()
+    dead = Endpoint(name="dead", base_url="http://127.0.0.1:9/v1", model="m", concurrency=2)
+    src = prompts_csv(tmp_path / "in.csv", 20)
+    summary = run_pool(tmp_path, src, dead, endpoint("alive", alive, concurrency=2))
+    rows = read_output(tmp_path / "out.parquet")
+    assert summary.exit_code == 0 and by_endpoint(rows) == {"alive": 20}
+    assert alive.stats.requests == 20
+
+
+def test_each_endpoint_has_its_own_timeline(tmp_path: Path, sim) -> None:
+    from batchrun.journal.database import Journal, journal_path
+
+    one, two = sim(latency=0.01), sim(latency=0.01)
+    src = prompts_csv(tmp_path / "in.csv", 120)
+    run_pool(tmp_path, src, endpoint("A", one, rpm=3000, concurrency=4),
+             endpoint("B", two, rpm=1500, concurrency=4))
+    journal = Journal(journal_path(tmp_path / "out.parquet"), readonly=True)
+    try:
+        samples = journal.timeline()
+    finally:
+        journal.close()
+    mine = {name: [s for s in samples if s.endpoint == name] for name in (None, "A", "B")}
+    assert mine[None] and mine["A"] and mine["B"]
+    assert sum(s.sent for s in mine["A"]) == one.stats.requests
+    assert sum(s.sent for s in mine["B"]) == two.stats.requests
+    assert sum(s.sent for s in mine[None]) == one.stats.requests + two.stats.requests
+    assert {s.rpm_limit for s in mine["A"]} == {3000} and {s.rpm_limit for s in mine[None]} == {4500}
+
+
+@pytest.mark.parametrize("option", [{"engine": "ray"}, {"cache": "cache.db"}])
+def test_what_a_pool_does_not_take_yet_is_refused_before_anything_is_sent(
+        tmp_path: Path, sim, option: dict[str, str]) -> None:
+    from batchrun.errors import UsageError
+
+    server = sim()
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    if "cache" in option:
+        option = {"cache": str(tmp_path / option["cache"])}
+    with pytest.raises(UsageError) as refused:
+        run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), **option)
+    assert refused.value.exit_code == 2 and "several endpoints" in refused.value.message
+    assert server.stats.requests == 0
 
 
 # --- routing as plain values --------------------------------------------------------------

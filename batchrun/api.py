@@ -29,7 +29,7 @@ from batchrun.running.summary import Summary, build_summary, output_metadata
 from batchrun.running.timeline import Sampler
 from batchrun.settings.config import RunConfig, as_keywords, build_config
 from batchrun.settings.endpoints import Endpoint
-from batchrun.settings.keys import Secret, resolve_key
+from batchrun.settings.keys import Secret, resolve_key, resolve_keys
 from batchrun.views.progress import Reporter
 
 if TYPE_CHECKING:
@@ -101,18 +101,8 @@ async def run_async(config: RunConfig, *, key: Secret | None = None,
 
 def _endpoint_keys(config: RunConfig) -> dict[str, Secret | None]:
     """Each endpoint's key by name (empty for a run with one endpoint), resolved and checked for
-    that endpoint alone."""
-    from batchrun.settings.keys import check_transport
-
-    keys = {}
-    for endpoint in config.endpoints:
-        at = config.at(endpoint)
-        try:
-            keys[endpoint.name] = key = resolve_key(at)
-            check_transport(at, key)
-        except BatchrunError as error:
-            raise type(error)(f"endpoint '{endpoint.name}': {error.message}") from None
-    return keys
+    that endpoint alone (`settings.keys.resolve_keys`)."""
+    return resolve_keys(config)
 
 
 def _endpoints_event(endpoints: tuple[Endpoint, ...],

@@ -416,3 +416,42 @@ def test_plan_of_fallback_models_shows_them_as_fallbacks(tmp_path: Path, sim) ->
         ("sim-1", False, 60, server.base_url), ("sim-large", True, 60, server.base_url)]
     assert plan["time"]["rpm"] == 60  # a fallback adds nothing to the pool's pace
     assert server.stats.requests == 0
+
+
+# --- a run: each endpoint's key reaches its own server, and no other ----------------------
+
+
+def test_a_pooled_run_sends_each_endpoint_only_its_own_key(tmp_path: Path, sims) -> None:
+    job = endpoints_job(tmp_path, two(*(s.base_url for s in sims)))
+    prompts_csv(tmp_path / "in.csv", 40)
+    result = run_cli("run", job, "--no-progress", "--concurrency", "2",
+                     env=keys_env(BATCHRUN_API_KEY="sk-third-key"))
+    assert result.returncode == 0, result.stderr
+    a, b = (s.stats.authorizations for s in sims)
+    assert set(a) == {f"Bearer {TEST_KEY}"} and set(b) == {f"Bearer {OTHER_KEY}"}
+    assert sum(a.values()) + sum(b.values()) == 40
+    for secret in (TEST_KEY, OTHER_KEY, "sk-third-key"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_a_key_that_names_no_provider_reaches_no_endpoint_on_another_host(
+        tmp_path: Path, sim) -> None:
+    first, second = sim(), sim()  # loopback: a key is optional, so none is better than a stray one
+    tables = (_table("", name="A", base_url=first.base_url, model="sim-1")
+              + _table("", name="B", base_url=second.base_url, model="sim-1"))
+    result = run_cli("run", endpoints_job(tmp_path, tables), "--no-progress",
+                     env=clean_env(BATCHRUN_API_KEY=TEST_KEY))
+    assert result.returncode == 0, result.stderr
+    assert first.stats.requests + second.stats.requests == 3
+    assert set(first.stats.authorizations) | set(second.stats.authorizations) == {""}
+
+
+def test_the_python_api_takes_endpoints_as_tables(tmp_path: Path) -> None:
+    src = prompts_csv(tmp_path / "in.csv", 3)
+    config = build_config(None, {"input": str(src), "rpm": 50, "endpoints": [
+        {"name": "A", "base_url": "http://127.0.0.1:9/v1", "model": "sim-1"}]})
+    assert config.endpoints == (Endpoint(name="A", base_url="http://127.0.0.1:9/v1",
+                                         model="sim-1", rpm=50),)
+    with pytest.raises(UsageError, match="--model cannot be used with"):
+        build_config(None, {"input": str(src), "model": "m", "endpoints": [
+            {"name": "A", "base_url": "http://127.0.0.1:9/v1", "model": "sim-1"}]})

@@ -455,3 +455,20 @@ def test_the_python_api_takes_endpoints_as_tables(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--model cannot be used with"):
         build_config(None, {"input": str(src), "model": "m", "endpoints": [
             {"name": "A", "base_url": "http://127.0.0.1:9/v1", "model": "sim-1"}]})
+
+
+def test_run_dataframe_takes_endpoints_and_fallback_models_by_name(tmp_path: Path, sim) -> None:
+    import pandas as pd
+
+    from batchrun import run_dataframe
+
+    first, second = sim(), sim()
+    df = pd.DataFrame({"prompt": [f"question {i}" for i in range(6)]})
+    frame = run_dataframe(df, progress=False, concurrency=1, endpoints=[
+        {"name": "A", "base_url": first.base_url, "model": "sim-1"},
+        {"name": "B", "base_url": second.base_url, "model": "sim-1"}])
+    assert list(frame["status"]) == ["ok"] * 6
+    assert first.stats.requests + second.stats.requests == 6
+    with pytest.raises(UsageError) as refusal:
+        run_dataframe(df, model="sim-1", fallback_models=["sim-1"], base_url=first.base_url)
+    assert refusal.value.message.startswith("fallback_models sim-1 is given twice")

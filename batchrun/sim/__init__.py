@@ -2,10 +2,11 @@
 
 Modules: `config` (SimConfig, Account, Step, the script), `validate` (requests checked as OpenAI
 does), `answers` (deterministic answers), `usage` (cached and reasoning tokens, prices, cost),
-`windows` (RPM/TPM windows and headers), `accounts` (keys with limits and credits), `faults` (error
-bodies, random faults), `stats` (counters and billing, per key), `server` (the aiohttp app),
-`harness` (running it in a block, a thread or a process), and the Batch API: `files` (uploads and
-output files), `batchfile` (input validation), `batches` (a batch's life), `batch_api` (their routes).
+`billing` (answers with their usage, billed), `windows` (RPM/TPM windows and headers), `accounts`
+(keys with limits and credits), `faults` (error bodies, random faults), `stats` (counters, per
+key), `server` (the aiohttp app), `harness` (running it in a block, a thread or a process), `flags`
+(`batchrun simulate`'s flag values), and the Batch API: `files` (uploads and output files),
+`batchfile` (input validation), `batches` (a batch's life), `batch_api` (their routes).
 """
 
 from __future__ import annotations

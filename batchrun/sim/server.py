@@ -16,21 +16,20 @@ import asyncio
 import itertools
 import random
 from collections import deque
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from batchrun.sim.accounts import Accounts, AccountState
-from batchrun.sim.answers import completion
 from batchrun.sim.batch_api import add_batch_api
 from batchrun.sim.batches import BatchStore
+from batchrun.sim.billing import Billing
 from batchrun.sim.config import ANSWERING, Script, SimConfig, Step
-from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, error_doc, step_error, trickle
+from batchrun.sim.faults import HTML_ERROR, OVERLOADED, draw_fault, error_body, step_error, trickle
 from batchrun.sim.files import FileStore
 from batchrun.sim.stats import SimStats
-from batchrun.sim.usage import Billed, PromptCache, cached_tokens, reasoning_split, settle
 from batchrun.sim.validate import ChatRequest, Invalid, parse
 from batchrun.sim.windows import Limits, retry_headers
 
@@ -56,14 +55,13 @@ class Simulator:
         self._rng = random.Random(config.seed)
         # Its own dice, so adding stray 429s does not move the other faults of a seeded run.
         self._stray_rng = random.Random(f"stray-429-{config.seed}")
-        self._ids = itertools.count(1)
         self._accounts = Accounts(config)
-        self._batch_cache = PromptCache(config.tokenizer_ratio, config.cache_min_tokens)
+        self._billing = Billing(config, self.stats)
         self._limits = Limits(config)
         self._fault_rates = tuple(itertools.accumulate(config.fault_rates))  # cumulative
         self._garbage = itertools.cycle((True, False))
         self._files = FileStore(self.stats)
-        self._batches = BatchStore(config, self._files, self.stats, self._answer_line)
+        self._batches = BatchStore(config, self._files, self.stats, self._billing.batch_line)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
 
@@ -253,7 +251,7 @@ class Simulator:
         reason = step.reason if step is not None else None
         if self.stats.first_answer_at is None:
             self.stats.first_answer_at = asyncio.get_running_loop().time()
-        return self._send(200, self._answer(req, account, reason), account=account)
+        return self._send(200, self._billing.answer(req, account, reason), account=account)
 
     def _refused(
         self, req: ChatRequest, now: float, waits: tuple[float, float], account: AccountState
@@ -272,21 +270,6 @@ class Simulator:
         for limits, _, _ in checks:
             limits.admit(req.prompt_tokens, req.max_tokens, now)
         return None
-
-    def _answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """A Batch API line answered as the online endpoint answers it, billed; no limits or faults."""
-        cfg = self.config
-        try:
-            req, data_urls, urls = parse(body, cfg.models, cfg.tokenizer_ratio, cfg.context_lengths)
-        except Invalid as exc:
-            doc = error_doc(cfg.error_style, exc.status, exc.message, exc.type_, exc.param, exc.code)
-            return exc.status, doc
-        self.stats.images_data_url += data_urls
-        self.stats.images_url += urls
-        doc, billed = self._completion(req, None)
-        self._bill(req, billed, None)
-        self.stats.batch_lines_billed += 1
-        return 200, doc
 
     def _stray(self) -> bool:
         rate = self.config.stray_429_rate
@@ -316,33 +299,6 @@ class Simulator:
             return cfg.latency
         return max(0.0, cfg.latency + self._rng.uniform(-cfg.latency_jitter, cfg.latency_jitter))
 
-    def _completion(
-        self, req: ChatRequest, account: AccountState | None, reason: str | None = None
-    ) -> tuple[dict[str, Any], Billed]:
-        """The 200 document for `req` (sent with `account`'s key; None: a Batch API line) and what
-        it would bill (not yet billed): its usage details and cost (sim/usage.py)."""
-        cfg = self.config
-        share, cap = reasoning_split(cfg, req.model, req.max_tokens)
-        # A reasoning model's max_tokens caps the visible answer and the reasoning together.
-        answered = replace(req, max_tokens=cap) if cap != req.max_tokens else req
-        doc, visible = completion(answered, f"chatcmpl-sim-{next(self._ids)}", reason)
-        cache = account.cache if account is not None else self._batch_cache
-        return doc, settle(cfg, req, doc, visible, share, cached_tokens(cfg, cache, req))
-
-    def _bill(self, req: ChatRequest, billed: Billed, account: AccountState | None) -> None:
-        """Bill an answer sent: the counters, the key's credits, and its prompt cache."""
-        self.stats.bill(req, billed, account.key if account is not None else None)
-        if account is not None:
-            account.spend(billed.cost)
-        if self.config.prompt_cache:
-            (account.cache if account is not None else self._batch_cache).remember(req)
-
-    def _answer(self, req: ChatRequest, account: AccountState, reason: str | None = None) -> bytes:
-        """The billed 200 body for `req`."""
-        doc, billed = self._completion(req, account, reason)
-        self._bill(req, billed, account)
-        return orjson.dumps(doc)
-
     async def _idle(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True when the simulator is stopping."""
         try:
@@ -364,22 +320,22 @@ class Simulator:
             self.stats.count(step.http_status)
             return web.Response(status=step.http_status, body=step.payload, headers=headers)
         if kind == "garbage":  # alternately a cut-off answer and an HTML error page
-            body = orjson.dumps(self._completion(req, account)[0])
+            body = orjson.dumps(self._billing.draft(req, account)[0])
             body = body[: len(body) // 2] if next(self._garbage) else HTML_ERROR
             return self._send(200, body)
         if kind == "huge":
-            doc, billed = self._completion(req, account)
+            doc, billed = self._billing.draft(req, account)
             message = doc["choices"][0]["message"]
             if message["content"] is not None:  # trailing spaces change no word, so no usage
                 pad = step.size - len(orjson.dumps(doc))
                 message["content"] += " " * max(0, pad)
-            self._bill(req, billed, account)  # a real provider bills what it sent, readable or not
+            self._billing.bill(req, billed, account)  # a real provider bills what it sent, readable or not
             return self._send(200, orjson.dumps(doc))
         if kind == "hang":
             await self._idle(step.seconds if step.seconds is not None else self.config.hang_s)
         if kind == "trickle":
             self.stats.count(200)
-            body = orjson.dumps(self._completion(req, account)[0])  # never completes: not billed
+            body = orjson.dumps(self._billing.draft(req, account)[0])  # never completes: not billed
             return await trickle(request, body, step.seconds or 0.5, self._idle)
         # drop, or a hang that outlived its bound: close without a response. aiohttp then fails
         # to write the Response we return, and ignores that as a client disconnect.

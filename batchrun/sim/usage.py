@@ -127,11 +127,11 @@ def cached_tokens(config: SimConfig, cache: PromptCache | None, req: ChatRequest
     return None
 
 
-def settle(config: SimConfig, req: ChatRequest, doc: dict[str, Any], visible: int, share: float,
-           cached: int | None) -> Billed:
+def settle(config: SimConfig, price: Price, req: ChatRequest, doc: dict[str, Any], visible: int,
+           share: float, cached: int | None) -> Billed:
     """Complete the usage of answer `doc` (whose visible answer has `visible` tokens): reasoning
     tokens inside completion_tokens, the details reported, usage.cost when configured; returns
-    what it bills."""
+    what it bills at `price` (`price_of` the request's model)."""
     reasoning = reasoning_tokens(share, visible)
     completion = visible + reasoning
     usage = doc["usage"]
@@ -141,7 +141,7 @@ def settle(config: SimConfig, req: ChatRequest, doc: dict[str, Any], visible: in
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     if config.reasoning_models:  # a provider with reasoning models reports 0 for the others
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
-    cost = price_of(config, req.model).cost(req.prompt_tokens, completion, cached or 0)
+    cost = price.cost(req.prompt_tokens, completion, cached or 0)
     if config.report_cost:
         usage["cost"] = cost
     return Billed(completion, cached or 0, reasoning, cost)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from batchrun.protocol.tokens import count_prompt_tokens
 from batchrun.sim import CACHE_BLOCK, Account, SimConfig, Simulator, expected_answer, price_of
 
-from .helpers import Client, chat, run_with, user
+from .helpers import Client, batch_api, chat, jsonl, request_line, run_with, user
 
 SMALL_BIG = SimConfig(models=("small", "big", "other"), context_lengths={"small": 2000, "big": 100_000})
 SYSTEM = "You are a careful assistant. " * 140  # 4,060 bytes: a prefix shared by every row
@@ -159,6 +160,22 @@ def test_usage_cost_is_the_price_math_and_spends_credits() -> None:
         assert sim.balance("sk-a") == pytest.approx(1.0 - spent, rel=1e-12)
 
     run_with(config, scenario)
+
+
+def test_batch_api_lines_report_the_same_usage_details() -> None:
+    config = SimConfig(cached_share=0.5, reasoning_models=("sim-large",), report_cost=True)
+
+    async def scenario() -> None:
+        async with batch_api(config) as (sim, api, _):
+            created = await api.submit(jsonl([request_line("r1", "row one", model="sim-large")]))
+            batch = await api.wait(created["id"])
+            [line] = await api.lines(batch["output_file_id"])
+            usage = line["response"]["body"]["usage"]
+            assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] // 2
+            assert usage["completion_tokens_details"]["reasoning_tokens"] > 0
+            assert usage["cost"] == pytest.approx(sim.stats.billed_usd) and usage["cost"] > 0
+
+    asyncio.run(scenario())
 
 
 def test_usage_config_is_checked() -> None:

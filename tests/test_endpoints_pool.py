@@ -4,19 +4,28 @@ the next; one journal, so that no rerun pays twice. Real runs against simulators
 
 from __future__ import annotations
 
-import dataclasses
+import signal
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
 
-import batchrun
-from batchrun.errors import JobStopped
 from batchrun.settings.endpoints import Endpoint
 from batchrun.sim import Step
 from batchrun.sim.config import Account
 
-from .helpers import prompts_csv, read_output, write_csv
+from .helpers import (
+    clean_env,
+    journal_count,
+    prompts_csv,
+    read_output,
+    run_cli,
+    run_job,
+    start_cli,
+    wait_until,
+    write_csv,
+)
 
 CONTEXT_400 = Step.status(400, "This model's maximum context length is 64 tokens",
                           code_str="context_length_exceeded")
@@ -28,13 +37,28 @@ def endpoint(name: str, server: Any, **fields: Any) -> Endpoint:
                     **fields)
 
 
+def pool_job(path: Path, src: Path, out: Path, endpoints: tuple[Endpoint, ...]) -> Path:
+    """A job file sending `src` to `out` on these endpoints (`[[endpoints]]` tables)."""
+    lines = [f'[input]\npath = "{src}"\n\n[output]\npath = "{out}"\n']
+    for e in endpoints:
+        lines.append(f'[[endpoints]]\nname = "{e.name}"\nbase_url = "{e.base_url}"\n'
+                     f'model = "{e.model}"\nconcurrency = {e.concurrency}\n'
+                     f"fallback = {str(e.fallback).lower()}\n")
+        lines.extend(f"{key} = {value!r}\n".replace("'", '"') for key, value in (
+            ("api_key_env", e.api_key_env), ("rpm", e.rpm), ("tpm", e.tpm)) if value is not None)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def run_pool(tmp_path: Path, src: Path, *endpoints: Endpoint, out: str = "out.parquet",
-             **options: Any) -> batchrun.Summary:
-    """`batchrun.run` of `src` on these endpoints (no progress display)."""
-    config = batchrun.build_config(None, {
-        "input": str(src), "output": str(tmp_path / out), "model": "unused",
-        "base_url": endpoints[0].base_url, "progress": False, "max_attempts": 2, **options})
-    return batchrun.run(dataclasses.replace(config, endpoints=endpoints))
+             env: dict[str, str] | None = None, **flags: Any) -> CompletedProcess[str]:
+    """`batchrun run JOB` of `src` on these endpoints (the real CLI, in this process)."""
+    job = pool_job(tmp_path / "job.toml", src, tmp_path / out, endpoints)
+    options = [str(a) for name, value in {"max_attempts": 2, **flags}.items()
+               for a in (f"--{name.replace('_', '-')}", value)]
+    result = run_cli("run", job, "--no-progress", *options, env=clean_env(**(env or {})))
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
 def by_endpoint(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -47,10 +71,11 @@ def by_endpoint(rows: list[dict[str, Any]]) -> dict[str, int]:
 def test_rows_split_by_each_endpoints_pace_at_their_summed_rate(tmp_path: Path, sim) -> None:
     fast, slow = sim(rpm=6000, window_s=1, latency=0.01), sim(rpm=3000, window_s=1, latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 300)
-    summary = run_pool(tmp_path, src, endpoint("A", fast, rpm=6000, concurrency=16),
+    result = run_pool(tmp_path, src, endpoint("A", fast, rpm=6000, concurrency=16),
                        endpoint("B", slow, rpm=3000, concurrency=16))
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    assert result.returncode == 0, result.stderr
+    assert all(r["status"] == "ok" for r in rows)
     split = by_endpoint(rows)
     assert split["A"] + split["B"] == 300
     assert 1.5 <= split["A"] / split["B"] <= 2.7, split  # about 2:1, as their paces
@@ -61,17 +86,17 @@ def test_rows_split_by_each_endpoints_pace_at_their_summed_rate(tmp_path: Path, 
 
 
 def test_an_endpoint_out_of_credits_retires_and_the_other_finishes_the_run(
-        tmp_path: Path, sim, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, sim) -> None:
     # One provider, two keys: A's balance runs out after about ten answers (402 from then on).
     server = sim(latency=0.005, accounts=(Account("sk-a", credits=0.1), Account("sk-b")),
                  prices={"m-A": (1000.0, 500.0, 0.0)})
-    monkeypatch.setenv("KEY_A", "sk-a")
-    monkeypatch.setenv("KEY_B", "sk-b")
     src = prompts_csv(tmp_path / "in.csv", 80)
-    summary = run_pool(tmp_path, src, endpoint("A", server, api_key_env="KEY_A", concurrency=4),
-                       endpoint("B", server, api_key_env="KEY_B", concurrency=4))
+    result = run_pool(tmp_path, src, endpoint("A", server, api_key_env="KEY_A", concurrency=4),
+                       endpoint("B", server, api_key_env="KEY_B", concurrency=4),
+                      env={"KEY_A": "sk-a", "KEY_B": "sk-b"})
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    assert result.returncode == 0, result.stderr
+    assert all(r["status"] == "ok" for r in rows)
     split = by_endpoint(rows)
     a, b = server.stats.by_key["sk-a"], server.stats.by_key["sk-b"]
     assert 0 < split["A"] == a.ok < 40 and split["B"] == b.ok == 80 - a.ok
@@ -87,10 +112,11 @@ def test_rows_over_one_endpoints_context_are_answered_by_the_other(tmp_path: Pat
     rows_in = [{"prompt": ("word " * 100 if i % 4 == 0 else "") + f"question {i}"}
                for i in range(24)]
     src = write_csv(tmp_path / "in.csv", rows_in)
-    summary = run_pool(tmp_path, src, endpoint("A", server, model="small", concurrency=2),
+    result = run_pool(tmp_path, src, endpoint("A", server, model="small", concurrency=2),
                        endpoint("B", server, model="big", concurrency=2))
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    assert result.returncode == 0, result.stderr
+    assert all(r["status"] == "ok" for r in rows)
     long_rows = [r for r in rows if r["prompt"].startswith("word")]
     assert len(long_rows) == 6
     assert all(r["endpoint"] == "B" and r["model"] == "big" for r in long_rows)
@@ -101,18 +127,47 @@ def test_rows_over_one_endpoints_context_are_answered_by_the_other(tmp_path: Pat
 
 
 def test_a_fallback_model_answers_only_the_rows_the_first_could_not(tmp_path: Path, sim) -> None:
+    # `--model small --fallback-model big` on one key of one provider.
     server = sim(latency=0.005, context_lengths={"small": 60})
     rows_in = [{"prompt": ("word " * 100 if i in (2, 5, 7) else "") + f"question {i}"}
                for i in range(12)]
     src = write_csv(tmp_path / "in.csv", rows_in)
-    summary = run_pool(tmp_path, src, endpoint("small", server, model="small"),
-                       endpoint("big", server, model="big", fallback=True))
+    result = run_job(src, tmp_path / "out.parquet", server.base_url, "--fallback-model", "big",
+                     model="small")
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 0 and all(r["status"] == "ok" for r in rows)
+    assert result.returncode == 0, result.stderr
     for i, row in enumerate(rows):
+        assert row["status"] == "ok"
         assert (row["endpoint"], row["model"], row["attempts"]) == (
             ("big", "big", 2) if i in (2, 5, 7) else ("small", "small", 1))
     assert server.stats.requests == 15 and server.stats.status_counts[400] == 3
+
+
+def test_kill_9_of_a_pooled_run_then_a_rerun_pays_at_most_what_was_in_flight(tmp_path: Path,
+                                                                           sim) -> None:
+    one, two = sim(latency=0.05), sim(latency=0.05)
+    src = prompts_csv(tmp_path / "in.csv", 300)
+    out = tmp_path / "out.parquet"
+    pair = (endpoint("A", one, concurrency=4), endpoint("B", two, concurrency=4))
+    job = pool_job(tmp_path / "job.toml", src, out, pair)
+    proc = start_cli("run", job, "--no-progress")
+    try:
+        wait_until(lambda: journal_count(out) >= 60, proc, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert 60 <= journal_count(out) < 300  # killed part-way
+    result = run_pool(tmp_path, src, *pair)
+    assert result.returncode == 0, result.stderr
+    rows = read_output(out)
+    assert len(rows) == 300 and all(r["status"] == "ok" for r in rows)
+    billed = [*one.stats.billed_by_prompt.items(), *two.stats.billed_by_prompt.items()]
+    times: dict[str, int] = {}
+    for prompt, n in billed:
+        times[prompt] = times.get(prompt, 0) + n
+    assert len(times) == 300
+    assert sum(n - 1 for n in times.values()) <= 8  # at most the requests in flight (4 + 4)
 
 
 def test_a_row_that_fails_on_every_endpoint_is_an_error_with_each_attempt(tmp_path: Path,
@@ -121,10 +176,10 @@ def test_a_row_that_fails_on_every_endpoint_is_an_error_with_each_attempt(tmp_pa
     for server in (one, two, three):
         server.rule("BAD", CONTEXT_400)
     src = write_csv(tmp_path / "in.csv", [{"prompt": "BAD row"}, {"prompt": "good row"}])
-    summary = run_pool(tmp_path, src, endpoint("A", one), endpoint("B", two),
+    result = run_pool(tmp_path, src, endpoint("A", one), endpoint("B", two),
                        endpoint("C", three, fallback=True))
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 1
+    assert result.returncode == 1
     bad = rows[0]
     assert bad["status"] == "error" and bad["attempts"] == 3 and bad["endpoint"] == "C"
     assert "context length" in bad["error"]
@@ -138,10 +193,9 @@ def test_when_every_endpoint_retires_the_run_stops_naming_each_reason(tmp_path: 
     locked.rule("", Step.status(401, "Incorrect API key provided", code_str="invalid_api_key"))
     broke.rule("", Step.status(402, "Insufficient credits"))
     src = prompts_csv(tmp_path / "in.csv", 20)
-    with pytest.raises(JobStopped) as stopped:
-        run_pool(tmp_path, src, endpoint("A", locked), endpoint("B", broke))
-    message = stopped.value.message
-    assert stopped.value.exit_code == 3
+    result = run_pool(tmp_path, src, endpoint("A", locked), endpoint("B", broke))
+    message = result.stderr
+    assert result.returncode == 3
     assert "no endpoint is left" in message and "A: HTTP 401" in message and "B: HTTP 402" in message
 
 
@@ -151,8 +205,8 @@ def test_a_rerun_with_another_endpoint_list_sends_nothing_new(tmp_path: Path, si
     run_pool(tmp_path, src, endpoint("A", first), endpoint("B", second))
     sent = first.stats.requests + second.stats.requests
     assert sent == 30
-    summary = run_pool(tmp_path, src, endpoint("C", third), endpoint("B", second, model="other"))
-    assert summary.exit_code == 0
+    result = run_pool(tmp_path, src, endpoint("C", third), endpoint("B", second, model="other"))
+    assert result.returncode == 0, result.stderr
     assert first.stats.requests + second.stats.requests == sent and third.stats.requests == 0
     rows = read_output(tmp_path / "out.parquet")
     assert all(r["status"] == "ok" and r["endpoint"] in ("A", "B") for r in rows)
@@ -161,11 +215,10 @@ def test_a_rerun_with_another_endpoint_list_sends_nothing_new(tmp_path: Path, si
 def test_a_budget_stops_the_whole_pool_not_one_endpoint(tmp_path: Path, sim) -> None:
     one, two = sim(latency=0.01), sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)
-    with pytest.raises(JobStopped) as stopped:
-        run_pool(tmp_path, src, endpoint("A", one, concurrency=2),
-                 endpoint("B", two, concurrency=2), max_tokens=10, max_total_tokens=300)
-    assert stopped.value.exit_code == 3 and "budget reached" in stopped.value.message
-    assert "no endpoint is left" not in stopped.value.message
+    result = run_pool(tmp_path, src, endpoint("A", one, concurrency=2),
+                      endpoint("B", two, concurrency=2), max_tokens=10, max_total_tokens=300)
+    assert result.returncode == 3 and "budget reached" in result.stderr
+    assert "no endpoint is left" not in result.stderr
     sent = one.stats.requests + two.stats.requests
     assert 0 < sent < 30 and one.stats.requests > 0 and two.stats.requests > 0
 
@@ -175,9 +228,10 @@ def test_an_endpoint_that_never_answers_retires_and_the_pool_goes_on(tmp_path: P
     alive = sim()
     dead = Endpoint(name="dead", base_url="http://127.0.0.1:9/v1", model="m", concurrency=2)
     src = prompts_csv(tmp_path / "in.csv", 20)
-    summary = run_pool(tmp_path, src, dead, endpoint("alive", alive, concurrency=2))
+    result = run_pool(tmp_path, src, dead, endpoint("alive", alive, concurrency=2))
     rows = read_output(tmp_path / "out.parquet")
-    assert summary.exit_code == 0 and by_endpoint(rows) == {"alive": 20}
+    assert result.returncode == 0, result.stderr
+    assert by_endpoint(rows) == {"alive": 20}
     assert alive.stats.requests == 20
 
 
@@ -204,15 +258,13 @@ def test_each_endpoint_has_its_own_timeline(tmp_path: Path, sim) -> None:
 @pytest.mark.parametrize("option", [{"engine": "ray"}, {"cache": "cache.db"}])
 def test_what_a_pool_does_not_take_yet_is_refused_before_anything_is_sent(
         tmp_path: Path, sim, option: dict[str, str]) -> None:
-    from batchrun.errors import UsageError
-
     server = sim()
     src = prompts_csv(tmp_path / "in.csv", 3)
     if "cache" in option:
         option = {"cache": str(tmp_path / option["cache"])}
-    with pytest.raises(UsageError) as refused:
-        run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), **option)
-    assert refused.value.exit_code == 2 and "several endpoints" in refused.value.message
+    result = run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), **option)
+    assert result.returncode == 2 and "several endpoints" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert server.stats.requests == 0
 
 

@@ -47,6 +47,23 @@ def test_two_keys_are_limited_independently() -> None:
     run_with(config, scenario)
 
 
+def test_a_key_counts_over_its_own_window_and_shape() -> None:
+    # A bucket of half a second's worth (one request), refilled at 2 a second; the simulator's
+    # own limits are per minute and far away.
+    config = SimConfig(rpm=6000, accounts=(Account(A, rpm=120, window_s=0.5, limit_shape="bucket"),))
+
+    async def scenario(sim: Simulator, client: Client) -> None:
+        first = await client.post(chat("a"), headers=bearer(A))
+        second = await client.post(chat("b"), headers=bearer(A))
+        assert (first.status, second.status) == (200, 429)
+        wait = int(second.headers["retry-after-ms"])
+        assert 500 < wait <= 1000  # the refused arrival counts too: two to refill at 2 a second
+        await asyncio.sleep(wait / 1000)
+        assert (await client.post(chat("c"), headers=bearer(A))).status == 200
+
+    run_with(config, scenario)
+
+
 def test_a_keys_token_limit_and_the_simulators_own_limit_both_apply() -> None:
     # The simulator's rpm (every key together) is 6 a second; A's tpm admits ~one request.
     config = SimConfig(rpm=360, window_s=1, accounts=(Account(A, tpm=90_000), Account(B)))

@@ -107,7 +107,9 @@ def test_a_worker_that_ran_late_does_not_send_in_the_other_workers_slots(
         ray.kill(actor)
     both = fired["busy"] + fired["steady"]
     assert len(both) == 400, {w: len(f) for w, f in fired.items()}
-    assert most_in(both, 1.0) <= RPM / 60
+    # Timed as each start's coroutine resumes, a few ms after its release on a loaded machine:
+    # a few starts of slack. Late starts sent together, as before the gap rule, made 132.
+    assert most_in(both, 1.0) <= RPM / 60 + 3, most_in(both, 1.0)
     # Nor bunched within the second: no tenth of a second holds much more than its tenth.
     assert most_in(both, 0.1) <= RPM / 600 + 3, most_in(both, 0.1)
     assert leases["busy"].forfeited >= 10  # the slots that went by while its loop was busy

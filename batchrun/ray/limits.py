@@ -174,6 +174,8 @@ class LeasedLimits:
         self._leased: list[_Start] = []
         self._report = Report()
         self._next_lease = 0.0  # wall clock: when the leased starts are nearly used
+        self._released = -math.inf  # wall clock: when this worker's last start went
+        self._last_booked: float | None = None  # the booking of its newest leased start
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -296,8 +298,10 @@ class LeasedLimits:
             if late and not shift and self._lease_again(future):
                 again.append((tokens, future))
                 continue
+            gap = wall - self._last_booked if self._last_booked is not None else 0.0
+            self._last_booked = wall
             start = _Start(self._place(wall + shift, grant.paused_until), at, future,
-                           booked=wall, tokens=tokens)
+                           booked=wall, tokens=tokens, gap=max(gap, 0.0))
             self._leased.append(start)
             self._schedule(start)
         self._waiting.extendleft(reversed(again))
@@ -336,11 +340,22 @@ class LeasedLimits:
         start.handle = None  # fired: not moved by what follows
         if start.future.done():
             return
-        if time.time() - start.wall > SLIP and self._lease_again(start.future):
+        now = time.time()
+        if not start.gated and now - start.wall > SLIP and self._lease_again(start.future):
             self._leased.remove(start)
             self._waiting.appendleft((start.tokens, start.future))
             self._kick()
             return
+        # Starts that go late anyway (late twice, or after a slow lease) must not go together:
+        # each goes no sooner after this worker's last start than their bookings were apart.
+        # On time, a start is never held by this: its booking is that far from the last one's.
+        earliest = self._released + start.gap * (1 - CATCH_UP)
+        if now < earliest:
+            start.gated = True
+            start.handle = asyncio.get_running_loop().call_later(
+                earliest - now, self._fire, start)
+            return
+        self._released = now
         self._again.discard(id(start.future))
         start.future.set_result(start.at)
 
@@ -371,4 +386,6 @@ class _Start:
     future: asyncio.Future[float]
     booked: float = 0.0  # its booking on the wall clock (`wall` moves with a pause or a slow lease)
     tokens: int = 0  # what it asked for: asked again if its slot is lost
+    gap: float = 0.0  # seconds between its booking and the worker's booking before it
+    gated: bool = False  # held back to keep its gap after a late start: goes when it fires
     handle: asyncio.TimerHandle | None = None

@@ -368,7 +368,7 @@ def test_plan_json_lists_the_endpoints_and_their_split(tmp_path: Path, sims) -> 
             ("big", "sim-large", 600, True, None)]  # no api_key_env: KEY_A is A's alone
     assert (a["share"], b["share"], big["share"]) == (pytest.approx(2 / 3), pytest.approx(1 / 3),
                                                       None)
-    assert big["cost_usd_max"] is None
+    assert big["cost_usd_max"] is None and plan["price"] is None  # each has its own
     assert plan["cost_usd_max"] == pytest.approx(a["cost_usd_max"] + b["cost_usd_max"])
     # sim-large costs 5x sim-1 per token: B's half-size share costs more than A's.
     assert b["cost_usd_max"] > a["cost_usd_max"] > 0

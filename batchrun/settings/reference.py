@@ -43,8 +43,8 @@ JOB_FILE_INTRO = """\
 A job file is TOML with these sections; unknown sections or keys are refused (exit 2) with the
 list of known ones. Relative paths in a job file are relative to the job file's folder; paths
 given as flags are relative to the working directory. Every key but `[request] tools`,
-`[request] tool_choice` and `[pricing]` is also a flag of `batchrun run` (column "Flag"; see
-[options](options.md)); a flag wins over the file.
+`[request] tool_choice`, `[pricing]` and the [`[[endpoints]]`](#endpoints) tables' is also a flag
+of `batchrun run` (column "Flag"; see [options](options.md)); a flag wins over the file.
 
 ```toml
 [input]

@@ -151,7 +151,9 @@ def make_plan(config: RunConfig, key: Secret | None, key_needed: str | None = No
         total_rows=total, to_send=to_send, reused=reused, copies=copies, invalid=invalid,
         first_invalid=first_invalid, prompt_tokens=prompt_tokens,
         completion_tokens=to_send * reserve, reserve=reserve,
-        price=price_for(config.model, config.price), journal=journal_note, sample=sample,
+        # With endpoints each has its own price (in `endpoints`), and the run's is theirs summed.
+        price=None if endpoints else price_for(config.model, config.price),
+        journal=journal_note, sample=sample,
         token_ratio=ratio, ratio_answers=calibration.answers(config.model or "")[0],
         held=held, request_bytes=request_bytes,
         batch_price=(batch_price(price_for(config.model, config.price), config.batch_price)

@@ -82,7 +82,11 @@ def plan(job: Path | None, plan_format: str, **options: Any) -> None:
 
     config = build_config(job, options)
     key, needed = None, None
-    if not config.endpoints:  # with several, the plan looks up each endpoint's key itself
+    if config.endpoints:  # what a run refuses with several endpoints, the plan refuses too
+        from batchrun.backends import choose_backend
+
+        choose_backend(config)
+    else:  # with several, the plan looks up each endpoint's key itself
         try:
             key = resolve_key(config)
         except MissingKey as missing:  # look before you pay: the plan says which key a run needs

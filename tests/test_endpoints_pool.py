@@ -268,6 +268,27 @@ def test_what_a_pool_does_not_take_yet_is_refused_before_anything_is_sent(
     assert server.stats.requests == 0
 
 
+def test_the_simulator_preset_serves_endpoints_in_process_and_jsonl_bodies_take_their_model(
+        tmp_path: Path) -> None:
+    import json
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({
+        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "the-bodys-own", "messages": [{"role": "user", "content": f"q {i}"}]},
+    }) + "\n" for i in range(10)), encoding="utf-8")
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "{src}"\n[output]\npath = "{tmp_path / "out.parquet"}"\n'
+                   '[[endpoints]]\nname = "one"\nprovider = "simulator"\nmodel = "sim-a"\n'
+                   '[[endpoints]]\nname = "two"\nprovider = "simulator"\nmodel = "sim-b"\n',
+                   encoding="utf-8")
+    result = run_cli("run", job, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = read_output(tmp_path / "out.parquet")
+    assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
+    assert {(r["endpoint"], r["model"]) for r in rows} <= {("one", "sim-a"), ("two", "sim-b")}
+
+
 # --- routing as plain values --------------------------------------------------------------
 
 def test_what_another_endpoint_may_answer() -> None:

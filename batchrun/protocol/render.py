@@ -200,7 +200,7 @@ class BodyRenderer(Renderer):
         if config.id_column not in (None, "custom_id"):
             raise UsageError(f"--id-column {config.id_column!r}: a .jsonl input's rows are "
                              "identified by custom_id; drop --id-column")
-        if first_without_model is not None and not config.model:
+        if first_without_model is not None and not config.model and not config.endpoints:
             raise UsageError(f"input {config.input} line {first_without_model}: the body names no "
                              "model and no --model is given; add \"model\" to the body or pass --model")
         self.pieces = ()

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit,
             journal.attach_cache(cache)
         try:
             _begin(journal, config, stats)
-            async with _endpoint(config) as base_url:
+            async with _endpoint(config) as (base_url, config):
                 run = RunContext(config, key, table, renderer, journal, base_url, stats,
                                  Stopper(emit), run_price(config.model, config.price, config.backend,
                                                         config.batch_price), emit,
@@ -168,12 +168,18 @@ def _close(journal: Journal) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _endpoint(config: RunConfig) -> AsyncIterator[str]:
-    """The base URL; the simulator preset without one starts an in-process simulator."""
-    if config.provider == "simulator" and not config.base_url:
-        from batchrun import sim  # aiohttp.web: imported only when the preset asks for it
+async def _endpoint(config: RunConfig) -> AsyncIterator[tuple[str, RunConfig]]:
+    """The base URL, and the config as sent with: the simulator preset without one starts an
+    in-process simulator (one for every such endpoint of a run with several)."""
+    local = config.provider == "simulator" and not config.base_url
+    unplaced = [e for e in config.endpoints if e.provider == "simulator" and not e.base_url]
+    if not local and not unplaced:
+        yield config.base_url, config
+        return
+    from batchrun import sim  # aiohttp.web: imported only when the preset asks for it
 
-        async with sim.running(sim.SimConfig(), "127.0.0.1", 0) as server:
-            yield server.base_url
-    else:
-        yield config.base_url
+    async with sim.running(sim.SimConfig(), "127.0.0.1", 0) as server:
+        url = server.base_url
+        endpoints = tuple(replace(e, base_url=url) if e in unplaced else e
+                          for e in config.endpoints)
+        yield (url if local else config.base_url), replace(config, endpoints=endpoints)

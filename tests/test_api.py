@@ -16,7 +16,8 @@ from batchrun.sim import Step, expected_answer
 from .helpers import clean_env, prompts_csv, read_output
 
 RESULTS = ["response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-           "status", "error", "attempts", "latency_ms", "model", "response_id", "cost_usd"]
+           "status", "error", "attempts", "latency_ms", "model", "response_id", "cost_usd",
+           "cached_tokens", "reasoning_tokens", "provider_cost"]
 
 
 def _frame(n: int) -> pd.DataFrame:

@@ -37,7 +37,8 @@ def test_a_large_run_in_batches_is_complete_ordered_billed_once_at_half_price(
     stats = server.stats
     assert meta["usage"] == {"prompt_tokens": stats.billed_prompt_tokens,
                              "completion_tokens": stats.billed_completion_tokens,
-                             "total_tokens": stats.billed_total_tokens}
+                             "total_tokens": stats.billed_total_tokens,
+                             "cached_tokens": None, "reasoning_tokens": None}
     online = BUILTIN_PRICES["sim-1"].cost(stats.billed_prompt_tokens,
                                           stats.billed_completion_tokens)
     assert meta["cost_usd"] == pytest.approx(online / 2)

@@ -25,12 +25,17 @@ RESULT_SCHEMA = [
     ("model", pa.string()),
     ("response_id", pa.string()),
     ("cost_usd", pa.float64()),
+    ("cached_tokens", pa.int64()),
+    ("reasoning_tokens", pa.int64()),
+    ("provider_cost", pa.float64()),
 ]
 SIDECAR_SCHEMA = [
     ("model", pa.string()), ("rows_ok", pa.int64()), ("rows_error", pa.int64()),
     ("requests", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-    ("total_tokens", pa.int64()), ("cost_usd", pa.float64()),
+    ("total_tokens", pa.int64()), ("cost_usd", pa.float64()), ("cached_tokens", pa.int64()),
+    ("reasoning_tokens", pa.int64()), ("provider_cost", pa.float64()),
 ]
+USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _input_table() -> pa.Table:
@@ -90,8 +95,9 @@ def test_parquet_input_gives_the_documented_columns_types_metadata_and_sidecar(
     meta = json.loads(schema.metadata[b"batchrun"])
     ok_rows = [r for r in rows if r["status"] == "ok"]
     assert meta["rows"] == {"total": 5, "ok": 4, "error": 1}
-    assert meta["usage"] == {k: sum(r[k] for r in ok_rows)
-                             for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert meta["usage"] == {**{k: sum(r[k] for r in ok_rows) for k in USAGE},
+                             "cached_tokens": None, "reasoning_tokens": None}
+    assert meta["provider_cost"] is None  # this simulator reports no usage.cost
     assert meta["requests"] == {"sent": 5, "retried": 0}
     assert abs(meta["cost_usd"] - sum(r["cost_usd"] for r in ok_rows)) < 1e-9
     assert meta["model"] == "sim-1"
@@ -104,7 +110,7 @@ def test_parquet_input_gives_the_documented_columns_types_metadata_and_sidecar(
     assert [(f.name, f.type) for f in sidecar.schema] == SIDECAR_SCHEMA
     assert sidecar.to_pylist() == [{
         "model": "sim-1", "rows_ok": 4, "rows_error": 1, "requests": 5,
-        **meta["usage"], "cost_usd": meta["cost_usd"],
+        **meta["usage"], "cost_usd": meta["cost_usd"], "provider_cost": None,
     }]
     # The key reaches the server (it answered) but no file of the run.
     for path in tmp_path.iterdir():

@@ -11,7 +11,7 @@ import click
 import pytest
 
 from batchrun.cli import cli
-from batchrun.running.output import CACHED_FIELD, RESULT_NAMES
+from batchrun.running.output import CACHED_FIELD, ENDPOINT_FIELD, RESULT_NAMES
 from batchrun.settings.config import FIELDS
 from batchrun.settings.endpoints import ENDPOINT_SETTINGS
 
@@ -163,7 +163,7 @@ def test_job_file_reference_lists_every_key() -> None:
 
 def test_output_columns_and_exit_codes_are_documented() -> None:
     columns = {row[0].strip("`") for row in _table(section(DOCS / "output.md", "Output"))}
-    assert columns == {*RESULT_NAMES, CACHED_FIELD.name}
+    assert columns == {*RESULT_NAMES, ENDPOINT_FIELD.name, CACHED_FIELD.name}
     codes = [row[0] for row in _table(section(README, "Exit codes"))]
     assert codes == ["0", "1", "2", "3", "75", "130"]
 

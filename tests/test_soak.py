@@ -49,6 +49,7 @@ def test_every_row_survives_a_storm_of_faults_billed_exactly_once(tmp_path: Path
         "prompt_tokens": stats.billed_prompt_tokens,
         "completion_tokens": stats.billed_completion_tokens,
         "total_tokens": stats.billed_total_tokens,
+        "cached_tokens": None, "reasoning_tokens": None,  # this simulator reports no details
     }
     assert sum(r["total_tokens"] for r in rows) == stats.billed_total_tokens
     assert stats.ok == ROWS and len(stats.billed_by_prompt) == ROWS

@@ -194,18 +194,23 @@ def row_id(index: int) -> str:
 
 
 def output_line(index: int, custom_id: str, result: tuple[Any, ...], created: int) -> bytes:
-    """One batch-output line from a row's result columns (write.RESULT_FIELDS order, then parsed).
+    """One batch-output line from a row's result columns (`journal.readback.output_rows`: the
+    output's RESULT_FIELDS, parsed, cached, endpoint, then the usage details).
 
     `created` stands for the answer's own timestamp, which the journal does not keep per row.
+    The usage is the provider's as it reported it: the details (cached and reasoning tokens,
+    `cost`) where it gave them. A run with endpoints names the one that settled the row.
     """
     (response, finish_reason, prompt_tokens, completion_tokens, total_tokens, status, error,
-     _attempts, _latency, model, response_id, _cost, _parsed, *_) = result
+     _attempts, _latency, model, response_id, _cost, _parsed, _hit, endpoint, cached_tokens,
+     reasoning_tokens, provider_cost) = result
     line_id = response_id or row_id(index)
     if status != "ok":
         code = _error_code(status, error)
         text = error or "no answer yet: the run stopped before this row was sent"
         return orjson.dumps({"id": line_id, "custom_id": custom_id, "response": None,
-                             "error": {"code": code, "message": text}})
+                             "error": {"code": code, "message": text},
+                             **({"endpoint": endpoint} if endpoint is not None else {})})
     content, tool_calls = response, None
     if finish_reason == "tool_calls" and response is not None:
         calls = _tool_calls(response)
@@ -218,6 +223,12 @@ def output_line(index: int, custom_id: str, result: tuple[Any, ...], created: in
     if total_tokens is not None or prompt_tokens is not None:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": total_tokens}
+        if cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+        if reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        if provider_cost is not None:
+            usage["cost"] = provider_cost
     body = {
         "id": line_id, "object": "chat.completion", "created": created,
         "model": model,
@@ -228,7 +239,7 @@ def output_line(index: int, custom_id: str, result: tuple[Any, ...], created: in
     return orjson.dumps({
         "id": line_id, "custom_id": custom_id,
         "response": {"status_code": 200, "request_id": row_id(index), "body": body},
-        "error": None,
+        "error": None, **({"endpoint": endpoint} if endpoint is not None else {}),
     })
 
 

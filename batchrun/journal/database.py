@@ -468,9 +468,9 @@ class Journal:
         """Rows by state and usage over the rows mapped now (copies carry no usage)."""
         return readback.counts(self._tallies())
 
-    def by_model(self) -> list[tuple[Any, ...]]:
-        """Per-model usage for the sidecar: model, ok, error, requests, tokens, cost."""
-        return readback.by_model(self._tallies())
+    def by_model(self, endpoints: bool = False) -> list[readback.UsageRow]:
+        """Per-model usage for the sidecar (per endpoint and model with `endpoints`)."""
+        return readback.by_model(self._tallies(), endpoints)
 
     def _tallies(self) -> list[tuple[Any, ...]]:
         """`readback.tallies`, which counts() and by_model() both read: a writer keeps it until

@@ -30,6 +30,7 @@ from batchrun.data.locations import usage_path
 from batchrun.data.read import CSV_SUFFIXES
 from batchrun.errors import BatchrunError, UsageError
 from batchrun.journal.database import Journal, OutputLock, journal_path
+from batchrun.journal.readback import UsageRow
 from batchrun.protocol.render import Renderer
 from batchrun.ray.backend import connect, drive, sending, start_actors
 from batchrun.ray.install import load
@@ -155,14 +156,25 @@ def _rows(folder: Path) -> tuple[int, int, int]:
     return total, ok, error
 
 
-def _counts(by_model: list[tuple[Any, ...]], rows: tuple[int, int, int]) -> dict[str, Any]:
+def _counts(by_model: list[UsageRow], rows: tuple[int, int, int]) -> dict[str, Any]:
     """The summary's totals: rows from the written files, usage as the sidecar bills it."""
     total, ok, error = rows
-    sums = [sum(row[i] or 0 for row in by_model) for i in range(3, 8)]
-    distinct = sum((row[1] or 0) + (row[2] or 0) for row in by_model)
-    return {"mapped": total, "ok": ok, "error": error, "attempts": sums[0],
-            "prompt_tokens": sums[1], "completion_tokens": sums[2], "total_tokens": sums[3],
-            "cost_usd": sums[4], "copies": max(0, total - distinct)}
+    sums = {name: sum(getattr(row, name) or 0 for row in by_model)
+            for name in ("requests", "prompt_tokens", "completion_tokens", "total_tokens",
+                         "cost_usd")}
+    details = {name: _known_sum([getattr(row, name) for row in by_model])
+               for name in ("cached_tokens", "reasoning_tokens", "provider_cost")}
+    distinct = sum(row.rows_ok + row.rows_error for row in by_model)
+    return {"mapped": total, "ok": ok, "error": error, "attempts": sums["requests"],
+            "prompt_tokens": sums["prompt_tokens"], "completion_tokens": sums["completion_tokens"],
+            "total_tokens": sums["total_tokens"], "cost_usd": sums["cost_usd"],
+            "copies": max(0, total - distinct), **details}
+
+
+def _known_sum(values: list[Any]) -> Any:
+    """The sum of the values reported (None: none was)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _replace(tmp: Path, output: Path) -> None:

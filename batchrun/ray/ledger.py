@@ -34,6 +34,7 @@ from typing import Any
 
 from batchrun.journal.cache import Cache
 from batchrun.journal.database import RESULT_COLUMNS, GroupCommit, Journal
+from batchrun.journal.readback import UsageRow
 from batchrun.protocol.outcome import Outcome
 from batchrun.running.rows import from_cache
 from batchrun.running.stats import Counts, Stats
@@ -104,7 +105,7 @@ class Ledger:
     def _committed(self, n: int) -> None:
         self._totals.finished += n
 
-    async def usage(self) -> list[tuple[Any, ...]]:
+    async def usage(self) -> list[UsageRow]:
         """Per-model usage of every request the workers looked up (a dataset output's sidecar):
         each result once, a request sent twice (by two blocks at once) twice, as it was billed."""
         self._commits.flush()
@@ -113,11 +114,13 @@ class Ledger:
         db.execute("DELETE FROM temp.seen")
         db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)",
                        ((key,) for key in self._seen or ()))
-        return [(model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0, tt or 0, cost)
-                for model, ok, err, attempts, pt, ct, tt, cost in db.execute(
+        return [UsageRow(None, model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0, tt or 0,
+                         *details)
+                for model, ok, err, attempts, pt, ct, tt, *details in db.execute(
                     """SELECT COALESCE(model, ''), SUM(status = 'ok'), SUM(status = 'error'),
                          SUM(attempts), SUM(prompt_tokens), SUM(completion_tokens),
-                         SUM(total_tokens), SUM(cost_usd)
+                         SUM(total_tokens), SUM(cost_usd), SUM(cached_tokens),
+                         SUM(reasoning_tokens), SUM(provider_cost)
                        FROM all_results JOIN temp.seen USING (key) GROUP BY 1 ORDER BY 1""")]
 
     async def totals(self) -> Counts:

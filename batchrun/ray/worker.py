@@ -29,7 +29,7 @@ from batchrun.protocol.render import Invalid, Renderer, completion_reserve
 from batchrun.protocol.structured import arrow_type, conform
 from batchrun.ray.ledger import RemoteCommit
 from batchrun.ray.limits import LeasedLimits
-from batchrun.running.output import RESULT_FIELDS, _column
+from batchrun.running.output import DETAIL_FIELDS, ENDPOINT_FIELD, RESULT_FIELDS, _column
 from batchrun.running.rows import Job, job_of, render_batch
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
@@ -45,6 +45,8 @@ _RESULT_AT = tuple(Outcome._fields.index(f.name) for f in RESULT_FIELDS)
 _STATUS_AT = Outcome._fields.index("status")
 _KIND_AT = Outcome._fields.index("error_kind")
 _PARSED_AT = Outcome._fields.index("parsed")
+_ENDPOINT_AT = Outcome._fields.index("endpoint")
+_DETAILS_AT = tuple(Outcome._fields.index(f.name) for f in DETAIL_FIELDS)
 
 
 def share(config: RunConfig) -> RunConfig:
@@ -175,24 +177,29 @@ def _with_results(batch: pa.Table, keys: list[bytes], results: dict[bytes, tuple
     """The block with the result columns of the output added, row by row.
 
     Rows of one block that share a request show its usage once: the totals are what was billed.
+    The columns: RESULT_FIELDS, `parsed` (structured answers), `endpoint` (a run with endpoints),
+    then the usage details, as the local engine's output has them.
     """
     rows: list[tuple[Any, ...]] = []
     shown: set[bytes] = set()
     for key in keys:
         row = results[key]
         values = [row[i] for i in _RESULT_AT]
+        details = [row[i] for i in _DETAILS_AT]
         if key in shown:
             values[2:5] = [0 * v if v is not None else None for v in values[2:5]]
             values[7] = 0
             values[11] = 0 * values[11] if values[11] is not None else None
+            details = [0 * v if v is not None else None for v in details]
         shown.add(key)
-        rows.append((*values, row[_PARSED_AT]))
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 1)
+        rows.append((*values, row[_PARSED_AT], row[_ENDPOINT_AT], *details))
+    width = len(RESULT_FIELDS) + 2 + len(DETAIL_FIELDS)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * width
     table = batch
     for column, field in zip(columns, RESULT_FIELDS, strict=False):
         table = table.append_column(field, _column(column, field.type))
     if config.response_format != "text":
-        parsed = columns[-1]
+        parsed = columns[len(RESULT_FIELDS)]
         if config.schema is not None:  # typed by the schema: every block agrees on the type
             kind = arrow_type(config.schema)
             import orjson
@@ -202,4 +209,9 @@ def _with_results(batch: pa.Table, keys: list[bytes], results: dict[bytes, tuple
         else:  # json_object: blocks could infer different types; the JSON text is kept
             table = table.append_column(pa.field("parsed", pa.string()),
                                         _column(parsed, pa.string()))
+    if config.endpoints:
+        table = table.append_column(ENDPOINT_FIELD,
+                                    _column(columns[len(RESULT_FIELDS) + 1], pa.string()))
+    for column, field in zip(columns[len(RESULT_FIELDS) + 2:], DETAIL_FIELDS, strict=True):
+        table = table.append_column(field, _column(column, field.type))
     return table

@@ -23,6 +23,7 @@ from batchrun.protocol.structured import arrow_type, conform, infer_type
 if TYPE_CHECKING:
     from batchrun.data.read import InputTable
     from batchrun.journal.database import Journal
+    from batchrun.journal.readback import UsageRow
     from batchrun.settings.config import RunConfig
 
 RESULT_FIELDS = (
@@ -39,18 +40,32 @@ RESULT_FIELDS = (
     pa.field("response_id", pa.string()),
     pa.field("cost_usd", pa.float64()),
 )
+# The provider's details of its usage: in every output, null where it did not report them.
+DETAIL_FIELDS = (
+    pa.field("cached_tokens", pa.int64()),
+    pa.field("reasoning_tokens", pa.int64()),
+    pa.field("provider_cost", pa.float64()),
+)
+ENDPOINT_FIELD = pa.field("endpoint", pa.string())  # with endpoints: the one that settled the row
+CACHED_FIELD = pa.field("cached", pa.bool_())  # with --cache: the shared cache answered the row
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group: big enough for readers, small enough for memory
-RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",)
+# The result columns an output may have whatever the run (`endpoint` and `cached` depend on it).
+RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS) + ("parsed",) + tuple(f.name for f in DETAIL_FIELDS)
+# Where each value is in a row `readback.output_rows` gives: RESULT_FIELDS, then these.
+PARSED_AT = len(RESULT_FIELDS)
+CACHED_AT = PARSED_AT + 1
+ENDPOINT_AT = PARSED_AT + 2
+DETAILS_AT = PARSED_AT + 3
 # A row with no result yet, as `readback.output_rows` lays one out (status "pending", 0 attempts).
 PENDING_ROW = (None, None, None, None, None, "pending", None, 0, None, None, None, None, None,
-               False)
-CACHED_FIELD = pa.field("cached", pa.bool_())  # with --cache: the shared cache answered the row
-USAGE_SCHEMA = pa.schema([
+               False, None, None, None, None)
+USAGE_FIELDS = (
     pa.field("model", pa.string()), pa.field("rows_ok", pa.int64()),
     pa.field("rows_error", pa.int64()), pa.field("requests", pa.int64()),
     pa.field("prompt_tokens", pa.int64()), pa.field("completion_tokens", pa.int64()),
-    pa.field("total_tokens", pa.int64()), pa.field("cost_usd", pa.float64()),
-])
+    pa.field("total_tokens", pa.int64()), pa.field("cost_usd", pa.float64()), *DETAIL_FIELDS,
+)
+USAGE_SCHEMA = pa.schema(USAGE_FIELDS)
 
 
 def write_output(config: RunConfig, table: InputTable, journal: Journal,
@@ -66,13 +81,16 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         _write_rows(tmp, output, config.id_column, _parsed_type(config, journal),
-                    config.cache is not None, table, journal, metadata)
+                    config.cache is not None, table, journal, metadata,
+                    endpoints=bool(config.endpoints))
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     sidecar = usage_path(output)
-    _write_usage(sidecar, journal.by_model(), metadata, cached=config.cache is not None)
+    endpoints = bool(config.endpoints)
+    _write_usage(sidecar, journal.by_model(endpoints), metadata, cached=config.cache is not None,
+                 endpoints=endpoints)
     if config.output_url is None:
         return output, sidecar
     remote_sidecar = usage_url(config.output_url)
@@ -84,13 +102,14 @@ def write_output(config: RunConfig, table: InputTable, journal: Journal,
 
 
 def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | None, cached: bool,
-                  table: InputTable, journal: Journal, metadata: Mapping[str, Any]) -> None:
+                  table: InputTable, journal: Journal, metadata: Mapping[str, Any],
+                  endpoints: bool = False) -> None:
     """What a stopped or running output has so far, atomically at `to` (`batchrun export`): the
     output's columns, with the rows not answered yet as `status = "pending"`."""
     tmp = to.with_name(f".{to.name}.{os.getpid()}.tmp")
     try:
         _write_rows(tmp, to, id_column, parsed_type, cached, table, journal, metadata,
-                    partial=True)
+                    partial=True, endpoints=endpoints)
         os.replace(tmp, to)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -99,24 +118,35 @@ def write_partial(to: Path, id_column: str | None, parsed_type: pa.DataType | No
 
 def _write_rows(tmp: Path, output: Path, id_column: str | None, parsed_type: pa.DataType | None,
                 cached: bool, table: InputTable, journal: Journal, metadata: Mapping[str, Any],
-                partial: bool = False) -> None:
+                partial: bool = False, endpoints: bool = False) -> None:
     """The output's rows into `tmp`, in the format `output`'s name asks for."""
     results = _with_results(table, journal, partial)
     if is_jsonl_output(output):
         _write_jsonl(tmp, id_column, table, results, metadata)
     else:
-        _write_parquet(tmp, parsed_type, cached, table, results, metadata)
+        _write_parquet(tmp, parsed_type, cached, endpoints, table, results, metadata)
 
 
-def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, cached: bool, table: InputTable,
-                   results: Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]],
-                   metadata: Mapping[str, Any]) -> None:
-    """Every input column, then the result columns; the totals in the `batchrun` metadata key."""
+def result_fields(parsed_type: pa.DataType | None, cached: bool,
+                  endpoints: bool) -> list[pa.Field]:
+    """The output's result columns, in DESIGN.md's order: the answer and its usage, `parsed`,
+    `endpoint` and `cached` when the run has them, then the usage details."""
     fields = list(RESULT_FIELDS)
     if parsed_type is not None:
         fields.append(pa.field("parsed", parsed_type))
+    if endpoints:
+        fields.append(ENDPOINT_FIELD)
     if cached:
         fields.append(CACHED_FIELD)
+    return fields + list(DETAIL_FIELDS)
+
+
+def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, cached: bool, endpoints: bool,
+                   table: InputTable,
+                   results: Iterator[tuple[int, pa.RecordBatch, list[tuple[Any, ...]]]],
+                   metadata: Mapping[str, Any]) -> None:
+    """Every input column, then the result columns; the totals in the `batchrun` metadata key."""
+    fields = result_fields(parsed_type, cached, endpoints)
     input_schema = table.schema.remove_metadata()
     schema = pa.schema(list(input_schema) + fields,
                        metadata={b"batchrun": orjson.dumps(metadata)})
@@ -124,7 +154,7 @@ def _write_parquet(tmp: Path, parsed_type: pa.DataType | None, cached: bool, tab
         group: list[pa.RecordBatch] = []
         grouped, written = 0, 0
         for _, batch, rows in results:
-            arrays = list(batch.columns) + _result_arrays(rows, parsed_type, cached)
+            arrays = list(batch.columns) + _result_arrays(rows, parsed_type, cached, endpoints)
             group.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
             grouped += batch.num_rows
             written += batch.num_rows
@@ -185,18 +215,20 @@ def _remove_stale_temporaries(output: Path) -> None:
 
 
 def _result_arrays(rows: list[tuple[Any, ...]], parsed_type: pa.DataType | None,
-                   cached: bool = False) -> list[pa.Array]:
-    """Arrow columns of the journal's output rows (RESULT_FIELDS, then `parsed` and `cached`
-    when the output has them)."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 2)
+                   cached: bool = False, endpoints: bool = False) -> list[pa.Array]:
+    """Arrow columns of the journal's output rows, as `result_fields` orders them."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(PENDING_ROW)
     arrays = [_column(values, f.type) for values, f in zip(cols, RESULT_FIELDS, strict=False)]
     if parsed_type is not None:
-        texts = cols[len(RESULT_FIELDS)]
+        texts = cols[PARSED_AT]
         parsed = [conform(orjson.loads(p), parsed_type) if p else None for p in texts]
         arrays.append(pa.array(parsed, parsed_type))
+    if endpoints:
+        arrays.append(_column(cols[ENDPOINT_AT], pa.string()))
     if cached:
-        flags = cols[len(RESULT_FIELDS) + 1]
+        flags = cols[CACHED_AT]
         arrays.append(pa.array([bool(f) for f in flags], pa.bool_()))
+    arrays += [_column(cols[DETAILS_AT + i], f.type) for i, f in enumerate(DETAIL_FIELDS)]
     return arrays
 
 
@@ -239,14 +271,17 @@ def parsed_type(response_format: str, schema: Mapping[str, Any] | None,
     return infer_type(journal.parsed_texts())
 
 
-def _write_usage(path: Path, by_model: list[tuple[Any, ...]], metadata: Mapping[str, Any],
-                 cached: bool = False) -> None:
-    """The sidecar: one row per model (`journal.by_model`); with --cache, `rows_cached` too."""
-    schema = USAGE_SCHEMA.append(pa.field("rows_cached", pa.int64())) if cached else USAGE_SCHEMA
-    columns: list[Any] = list(zip(*by_model, strict=True)) if by_model else [() for _ in schema]
+def _write_usage(path: Path, by_model: Sequence[UsageRow], metadata: Mapping[str, Any],
+                 cached: bool = False, endpoints: bool = False) -> None:
+    """The sidecar: one row per model (`journal.by_model`), per endpoint and model with
+    `endpoints` (an `endpoint` column first); with --cache, `rows_cached` too."""
+    fields = ([ENDPOINT_FIELD] if endpoints else []) + list(USAGE_FIELDS)
+    if cached:
+        fields.append(pa.field("rows_cached", pa.int64()))
+    schema = pa.schema(fields, metadata={b"batchrun": orjson.dumps(metadata)})
     table = pa.Table.from_arrays(
-        [_column(values, f.type) for values, f in zip(columns, schema, strict=False)],
-        schema=schema.with_metadata({b"batchrun": orjson.dumps(metadata)}),
+        [_column([getattr(row, f.name) for row in by_model], f.type) for f in fields],
+        schema=schema,
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)

@@ -47,7 +47,8 @@ def open_job(config: RunConfig) -> tuple[InputTable, Renderer]:
     table = open_input(config.input, config.encoding)
     renderer = (BodyRenderer(config, table.first_without_model) if table.format == "jsonl"
                 else Renderer(config, table.columns))
-    clash = sorted(set(table.columns) & {*RESULT_NAMES, *(("cached",) if config.cache else ())})
+    clash = sorted(set(table.columns) & {*RESULT_NAMES, *(("cached",) if config.cache else ()),
+                                         *(("endpoint",) if config.endpoints else ())})
     if clash:
         raise UsageError(
             f"input column '{clash[0]}' has the name of an output column; rename it in the input"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +59,13 @@ class Summary:
     report: Path | None = None  # the HTML report, when the run wrote one (--report)
     export_command: str | None = None  # a stopped run: the command that writes its rows so far
     cached: int = 0  # rows the shared cache answered (--cache), at no cost
+    # The provider's details of its usage, over every row (None: no answer reported them).
+    cached_tokens: int | None = None  # prompt tokens served from the provider's prompt cache
+    reasoning_tokens: int | None = None
+    provider_cost: float | None = None  # the provider's own `usage.cost`, summed
+    # A run with endpoints: per endpoint name, what the rows it settled used
+    # (`journal.readback.counts`' `endpoints`).
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -86,15 +93,18 @@ class Summary:
             cost = f"${self.cost_usd:.4f}"
             if self.reused and self.cost_this_run is not None:
                 cost += f" (this run ${self.cost_this_run:.4f})"
+        if self.provider_cost is not None:
+            cost += f"; the provider reported ${self.provider_cost:.4f}"
         lines = [
             head,
             f"  time      {duration(self.seconds)}",
             f"  requests  {self.requests_sent:,} sent ({rate:.1f}/s), {self.retries:,} retries, "
             f"{self.rate_limited:,} rate-limited (429)",
             f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
-            f" = {self.total_tokens:,}",
+            f" = {self.total_tokens:,}" + token_details(self.cached_tokens, self.reasoning_tokens),
             f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
         ]
+        lines += endpoint_lines(self.endpoints)
         if self.cached:
             lines.append(f"  cached    {count(self.cached, 'row')} answered from the shared cache, "
                          "at no cost")
@@ -152,6 +162,10 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         stopped=stopped,
         cost_this_run=stats.cost_usd if priced else None,
         cached=counts.get("cached", 0),
+        cached_tokens=counts.get("cached_tokens"),
+        reasoning_tokens=counts.get("reasoning_tokens"),
+        provider_cost=counts.get("provider_cost"),
+        endpoints=counts.get("endpoints") or {},
     )
 
 
@@ -170,6 +184,8 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
             "prompt_tokens": summary.prompt_tokens,
             "completion_tokens": summary.completion_tokens,
             "total_tokens": summary.total_tokens,
+            "cached_tokens": summary.cached_tokens,
+            "reasoning_tokens": summary.reasoning_tokens,
         },
         "requests": {"sent": requests_total, "retried": max(0, requests_total - distinct)},
         "this_run": {
@@ -178,6 +194,8 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
             "dedup_saved": summary.dedup_saved, "seconds": round(summary.seconds, 3),
         },
         "cost_usd": summary.cost_usd,
+        "provider_cost": summary.provider_cost,
+        **({"endpoints": endpoint_totals(summary.endpoints, config)} if config.endpoints else {}),
         "model": config.model,
         "provider": config.provider,
         "base_url": config.endpoint,
@@ -185,6 +203,48 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
         "finished_at": finished_at,
         "config_fingerprint": request_fingerprint(config),  # as batch metadata names the job
     }
+
+
+def endpoint_totals(settled: dict[str, dict[str, Any]], config: RunConfig) -> dict[str, Any]:
+    """The metadata's per-endpoint block: each endpoint of the run (in its order), where it is,
+    and what the rows it settled used (every figure 0 or null for one that settled none)."""
+    return {endpoint.name: {"model": endpoint.model, "base_url": endpoint.base_url,
+                            "fallback": endpoint.fallback,
+                            **endpoint_figures(settled.get(endpoint.name, {}))}
+            for endpoint in config.endpoints}
+
+
+def endpoint_figures(sums: dict[str, Any]) -> dict[str, Any]:
+    """One endpoint's figures in the metadata, from its sums (`journal.readback.counts`)."""
+    return {
+        "rows": {"ok": sums.get("ok", 0), "error": sums.get("error", 0)},
+        "requests": sums.get("attempts", 0),
+        "usage": {name: sums.get(name, 0) for name in
+                  ("prompt_tokens", "completion_tokens", "total_tokens")}
+        | {name: sums.get(name) for name in ("cached_tokens", "reasoning_tokens")},
+        "cost_usd": sums.get("cost_usd"),
+        "provider_cost": sums.get("provider_cost"),
+    }
+
+
+def endpoint_lines(settled: dict[str, dict[str, Any]], indent: str = "  ") -> list[str]:
+    """One line per endpoint that settled rows: rows, requests, cost (summary and status)."""
+    lines = []
+    for name, sums in settled.items():
+        cost = "" if sums.get("cost_usd") is None else f", ${sums['cost_usd']:.4f}"
+        if sums.get("provider_cost") is not None:
+            cost += f" (provider ${sums['provider_cost']:.4f})"
+        lines.append(f"{indent}{'endpoint':<9} {name}: {sums.get('ok', 0):,} ok, "
+                     f"{sums.get('error', 0):,} error, {count(sums.get('attempts', 0), 'request')}"
+                     f"{cost}")
+    return lines
+
+
+def token_details(cached: int | None, reasoning: int | None) -> str:
+    """'' or ' (1,024 cached, 300 reasoning)': the details a provider reported."""
+    parts = [f"{n:,} {what}" for n, what in ((cached, "cached"), (reasoning, "reasoning"))
+             if n is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def count(n: int, noun: str) -> str:

@@ -27,18 +27,19 @@ class Price:
         ) / 1_000_000
 
 
-# Public list prices (USD per 1M tokens) of common models; override with [pricing] in a job file.
+# Public list prices (USD per 1M tokens: input, output, cached input where the provider
+# discounts its prompt cache) of common models; override with [pricing] in a job file.
 BUILTIN_PRICES: dict[str, Price] = {
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-4.1": Price(2.00, 8.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
+    "gpt-4o": Price(2.50, 10.00, 1.25),
+    "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+    "gpt-4.1": Price(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
     "gpt-4-turbo": Price(10.00, 30.00),
     "gpt-4": Price(30.00, 60.00),
     "gpt-3.5-turbo": Price(0.50, 1.50),
-    "o3-mini": Price(1.10, 4.40),
-    "o4-mini": Price(1.10, 4.40),
+    "o3-mini": Price(1.10, 4.40, 0.55),
+    "o4-mini": Price(1.10, 4.40, 0.275),
     "claude-3.5-sonnet": Price(3.00, 15.00),
     "claude-3.5-haiku": Price(0.80, 4.00),
     # The simulator bills like a cheap model so budgets and costs can be rehearsed.

@@ -19,6 +19,7 @@ from batchrun.data.read import open_input
 from batchrun.errors import UsageError
 from batchrun.journal.database import Journal, journal_path
 from batchrun.running.output import RESULT_NAMES, parsed_type, write_partial
+from batchrun.running.summary import endpoint_figures
 
 
 def default_target(output: Path | str) -> Path:
@@ -66,14 +67,17 @@ def export(output: Path | str, to: Path | None = None) -> tuple[Path, dict[str, 
         if layout.get("cache"):
             rows["cached"] = counts["cached"]
         target.parent.mkdir(parents=True, exist_ok=True)
+        # A run with endpoints says so in its layout (an older one's rows show it too).
+        endpoints = bool(layout.get("endpoints", counts["endpoints"]))
         write_partial(target, layout.get("id_column"), kind, bool(layout.get("cache")), table,
-                      journal, _metadata(meta, counts, rows))
+                      journal, _metadata(meta, counts, rows, endpoints), endpoints)
     finally:
         journal.close()
     return target, rows
 
 
-def _metadata(meta: dict[str, Any], counts: dict[str, Any], rows: dict[str, int]) -> dict[str, Any]:
+def _metadata(meta: dict[str, Any], counts: dict[str, Any], rows: dict[str, int],
+              endpoints: bool) -> dict[str, Any]:
     """The `batchrun` metadata of a partial output: what the finished one has, known so far."""
     return {
         "version": 1,
@@ -83,9 +87,14 @@ def _metadata(meta: dict[str, Any], counts: dict[str, Any], rows: dict[str, int]
         "rows": rows,
         "usage": {"prompt_tokens": counts["prompt_tokens"],
                   "completion_tokens": counts["completion_tokens"],
-                  "total_tokens": counts["total_tokens"]},
+                  "total_tokens": counts["total_tokens"],
+                  "cached_tokens": counts["cached_tokens"],
+                  "reasoning_tokens": counts["reasoning_tokens"]},
         "requests": {"sent": counts["attempts"]},
         "cost_usd": counts["cost_usd"],
+        "provider_cost": counts["provider_cost"],
+        **({"endpoints": {name: endpoint_figures(sums) for name, sums
+                          in counts["endpoints"].items()}} if endpoints else {}),
         "model": meta.get("model"),
         "base_url": meta.get("base_url"),
         "started_at": meta.get("started_at"),

@@ -11,8 +11,8 @@ from batchrun.backends.batch_api import TERMINAL
 from batchrun.data.locations import check_url, home, is_url
 from batchrun.errors import UsageError
 from batchrun.journal.batches import Submission, submissions
-from batchrun.journal.database import Journal, OutputLock, journal_path
-from batchrun.running.summary import count, duration
+from batchrun.journal.database import Journal, OutputLock, Sample, journal_path
+from batchrun.running.summary import count, duration, endpoint_lines, token_details
 
 SHOWN_BATCHES = 20  # `status` lists this many batches, the newest
 
@@ -34,8 +34,9 @@ def describe(output: Path | str, now: float | None = None) -> str:
         try:
             meta = journal.meta()
             counts = journal.counts()
-            priced = any(usage[7] is not None for usage in journal.by_model())  # cost_usd
+            priced = any(usage.cost_usd is not None for usage in journal.by_model())
             batches = submissions(journal, SHOWN_BATCHES)
+            samples = journal.timeline() if counts["endpoints"] else []
         finally:
             journal.close()
     except sqlite3.OperationalError:
@@ -47,7 +48,21 @@ def describe(output: Path | str, now: float | None = None) -> str:
     now = time.time() if now is None else now
     held = sum(b.total - b.completed - b.failed for b in batches if b.live)
     return "\n".join([_render(output, meta, counts, pid, now, priced, held),
+                      *_endpoint_lines(counts["endpoints"], samples),
                       *_batch_lines(batches, now)])
+
+
+def _endpoint_lines(settled: dict[str, dict[str, Any]], samples: list[Sample]) -> list[str]:
+    """A run with endpoints: one line per endpoint, with its 429s and its last pace from the
+    timeline's per-endpoint samples (of the latest run) when the run kept them."""
+    lines = endpoint_lines(settled)
+    latest = max((s.run for s in samples), default=None)
+    for i, name in enumerate(settled):
+        own = [s for s in samples if s.endpoint == name and s.run == latest]
+        if own:
+            pace = f", pace {own[-1].rpm:,.0f} rpm" if own[-1].rpm else ""
+            lines[i] += f"; {sum(s.rate_limited for s in own):,} rate-limited (429){pace}"
+    return lines
 
 
 def _batch_lines(batches: list[Submission], now: float) -> list[str]:
@@ -72,13 +87,16 @@ def _render(output: Path | str, meta: dict[str, Any], counts: dict[str, Any], pi
     total = meta.get("total_rows") or counts["mapped"]
     ok, failed = counts["ok"], counts["error"]
     left = max(0, total - ok - failed)
-    cost = counts["cost_usd"]
+    cost = _cost(counts["cost_usd"], priced, ok + failed, meta.get("model"))
+    if counts.get("provider_cost") is not None:
+        cost += f"; the provider reported ${counts['provider_cost']:.4f}"
     lines = [
         f"{output}: {_state(meta, pid, left)}",
         f"  rows      {total:,} total: {ok:,} answered, {failed:,} failed, {left:,} left",
         f"  tokens    {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} "
-        f"completion = {counts['total_tokens']:,}",
-        "  cost      " + _cost(cost, priced, ok + failed, meta.get("model")),
+        f"completion = {counts['total_tokens']:,}"
+        + token_details(counts.get("cached_tokens"), counts.get("reasoning_tokens")),
+        "  cost      " + cost,
         f"  requests  {counts['attempts']:,} sent for these rows"
         + (f"; {held:,} in live Batch API batches" if held else ""),
     ]

@@ -212,6 +212,40 @@ def test_a_rerun_with_another_endpoint_list_sends_nothing_new(tmp_path: Path, si
     assert all(r["status"] == "ok" and r["endpoint"] in ("A", "B") for r in rows)
 
 
+def test_once_every_pool_endpoint_retires_the_fallback_takes_every_row(tmp_path: Path,
+                                                                     sim) -> None:
+    pool, spare = sim(latency=0.005), sim(latency=0.005)
+    pool.script(*[Step.ok()] * 5, *[Step.status(402, "Insufficient credits")] * 1000)
+    src = prompts_csv(tmp_path / "in.csv", 40)
+    result = run_pool(tmp_path, src, endpoint("A", pool, concurrency=2),
+                      endpoint("spare", spare, fallback=True, concurrency=2))
+    assert result.returncode == 0, result.stderr
+    rows = read_output(tmp_path / "out.parquet")
+    assert all(r["status"] == "ok" for r in rows)
+    assert by_endpoint(rows) == {"A": 5, "spare": 35} and spare.stats.ok == 35
+
+
+def test_a_fallback_that_retires_leaves_its_rows_the_error_they_had(tmp_path: Path, sim) -> None:
+    small, locked = sim(latency=0.005, context_lengths={"m-A": 60}), sim()
+    locked.rule("", Step.status(401, "Incorrect API key provided", code_str="invalid_api_key"))
+    rows_in = [{"prompt": ("word " * 100 if i % 3 == 0 else "") + f"question {i}"}
+               for i in range(15)]
+    src = write_csv(tmp_path / "in.csv", rows_in)
+    result = run_pool(tmp_path, src, endpoint("A", small, concurrency=2),
+                      endpoint("big", locked, fallback=True, concurrency=2))
+    assert result.returncode == 1, result.stderr  # some rows failed; the run finished
+    rows = read_output(tmp_path / "out.parquet")
+    for i, row in enumerate(rows):
+        if i % 3:
+            assert (row["status"], row["endpoint"]) == ("ok", "A")
+        else:
+            assert (row["status"], row["endpoint"]) == ("error", "A")
+            assert "context" in row["error"]
+    assert 1 <= locked.stats.requests <= 2  # its first answers retired it
+    # Attempts count every request sent for a row, the one the retiring endpoint sent too.
+    assert sum(r["attempts"] for r in rows) == small.stats.requests + locked.stats.requests
+
+
 def test_a_budget_stops_the_whole_pool_not_one_endpoint(tmp_path: Path, sim) -> None:
     one, two = sim(latency=0.01), sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)

@@ -153,6 +153,8 @@ class JobSender:
                     trail.elsewhere = elsewhere(failure)  # might another endpoint answer it?
                 return self._finish(job, action, answer, usage, sent, latency_ms, parsed)
             elif isinstance(action, Stop):
+                if trail is not None:
+                    trail.unsettled += sent  # sent for the row, which goes on elsewhere
                 self._stopper.stop(JobStopped(action.reason))
                 return None
             else:

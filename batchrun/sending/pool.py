@@ -2,8 +2,9 @@
 
     await PoolPump(run, members).drain(jobs)
 
-Pool endpoints' workers take rows from one shared queue, so each endpoint takes rows as fast as
-its own limiter and seats let it, and a run goes at the sum of their limits. Each endpoint also
+Pool endpoints' workers take rows from one shared queue, each once it holds one of its
+endpoint's seats, so each endpoint takes rows as fast as its own limiter and seats let it (a
+slow one holds no more rows than its seats), and a run goes at the sum of their limits. Each endpoint also
 has a queue of its own, for rows sent to it by name: a row another endpoint failed for a reason
 this one may not share (`protocol.retry.elsewhere`), tried on each endpoint at most once in
 `routing.try_order` (pool endpoints first, then fallbacks in order); and a row whose endpoint
@@ -110,7 +111,8 @@ class PoolPump:
         self._order = order
         self._fold = fold
         seats = sum(m.concurrency for m in members if not m.fallback)
-        self._shared: asyncio.Queue[Job] = asyncio.Queue(maxsize=2 * seats)
+        # The rows of the plan, then (None) one end of input for each worker taking from it.
+        self._shared: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * seats)
         self._own: list[asyncio.Queue[tuple[Job, Trail]]] = [asyncio.Queue() for _ in members]
         self._retired: set[int] = set()
         self._open = 0  # rows taken from the plan and not yet committed (or left pending)
@@ -118,6 +120,7 @@ class PoolPump:
         self._done = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # workers holding a row
         self._chores: set[asyncio.Future[None]] = set()
+        self._sharing: set[asyncio.Task[None]] = set()  # workers of the shared queue
         self._fallbacks_share = False  # fallback endpoints take rows from the shared queue too
         self._commits = GroupCommit(run.journal, FLUSH_EVERY, self._committed)
         for member in members:
@@ -167,8 +170,14 @@ class PoolPump:
             self._fold()
 
     def _spawn(self, member: Member, *, shared: bool, count: int) -> None:
-        member.workers.extend(asyncio.create_task(self._work(member, shared))
-                              for _ in range(count))
+        tasks = [asyncio.create_task(self._work(member, shared)) for _ in range(count)]
+        member.workers.extend(tasks)
+        if shared:
+            self._sharing.update(tasks)
+            for task in tasks:
+                task.add_done_callback(self._sharing.discard)
+            if not self._producing:  # the input is over: they too must hear it
+                self._chore(self._end_of_input(count))
 
     async def _produce(self, jobs: AsyncIterator[list[Job]]) -> None:
         stopper, queue = self._run.stopper, self._shared
@@ -184,6 +193,13 @@ class PoolPump:
             await asyncio.sleep(0)  # let workers and the flusher run between batches
         self._producing = False
         self._check_done()
+        await self._end_of_input(len(self._sharing))
+
+    async def _end_of_input(self, workers: int) -> None:
+        """Tell `workers` workers of the shared queue that no row follows the ones in it: each
+        gives its seat back to rows sent to its endpoint by name."""
+        for _ in range(workers):
+            await self._shared.put(None)
 
     async def _keep_folding(self) -> None:
         while True:
@@ -193,41 +209,52 @@ class PoolPump:
     async def _work(self, member: Member, shared: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
-        stopper, switch = self._run.stopper, member.switch
+        switch, own = member.switch, self._own[member.index]
         while not switch.stopping:
             if shared:
-                job, trail = await self._shared.get(), None
+                # A seat first, then a row: an endpoint takes a row only when it can send it,
+                # so a slow endpoint holds no more rows than its seats.
+                async with member.seats:
+                    job = await self._shared.get()
+                    if job is None:
+                        return  # the input is over
+                    self._busy.add(task)  # before any await: a cancel of idle ones spares it
+                    await self._settle(member, job, Trail(), task)
             else:
-                job, trail = await self._own[member.index].get()
-            self._busy.add(task)  # before any await: a cancel of idle workers spares this one
-            try:
-                await self._settle(member, job, trail or Trail())
-            except JobStopped as exc:  # the journal cannot be written: start no more
-                stopper.stop(exc)
-                return
-            finally:
-                self._busy.discard(task)
+                job, trail = await own.get()
+                self._busy.add(task)
+                async with member.seats:
+                    await self._settle(member, job, trail, task)
 
-    async def _settle(self, member: Member, job: Job, trail: Trail) -> None:
-        """Settle one row on `member`, then commit it, or send it on to another endpoint."""
-        async with member.seats:
+    async def _settle(self, member: Member, job: Job, trail: Trail,
+                      worker: asyncio.Task[None]) -> None:
+        """Settle one row on `member` (a seat held), then commit it, or send it on to another
+        endpoint. The seat is held until the answer is durable: a kill -9 pays twice only for
+        requests in flight."""
+        try:
             if member.switch.stopping:
                 outcome = None
             else:
                 trail.elsewhere = False
                 outcome = await member.settle(member.send_as(job), trail)
-        if outcome is None:  # the run stops (the row stays pending), or the endpoint retired
-            if not self._run.stopper.stopping:
+            if outcome is None:  # the run stops (the row stays pending), or the endpoint retired
+                if not self._run.stopper.stopping:
+                    await self._send_on(job, trail)
+                else:
+                    self._close_one()
+            elif outcome.status == ERROR and trail.elsewhere:
+                trail.tried.add(member.index)
+                trail.carried = carried(trail.carried, outcome._replace(endpoint=member.name),
+                                        trail.unsettled)
+                trail.unsettled = 0
                 await self._send_on(job, trail)
             else:
-                self._close_one()
-            return
-        if outcome.status == ERROR and trail.elsewhere:
-            trail.tried.add(member.index)
-            trail.carried = carried(trail.carried, outcome._replace(endpoint=member.name))
-            await self._send_on(job, trail)
-            return
-        await self._commit(carried(trail.carried, outcome._replace(endpoint=member.name)))
+                await self._commit(carried(trail.carried, outcome._replace(endpoint=member.name),
+                                           trail.unsettled))
+        except JobStopped as exc:  # the journal cannot be written: start no more
+            self._run.stopper.stop(exc)
+        finally:
+            self._busy.discard(worker)
 
     async def _send_on(self, job: Job, trail: Trail) -> None:
         """Give the row to the next endpoint it has not tried; with none left, its last error is
@@ -236,7 +263,8 @@ class PoolPump:
         if nxt is not None:
             self._own[nxt].put_nowait((job, trail))
         elif trail.carried is not None:
-            await self._commit(trail.carried)
+            await self._commit(trail.carried._replace(
+                attempts=trail.carried.attempts + trail.unsettled))
         else:
             self._close_one()
 

@@ -27,6 +27,7 @@ class Trail:
     tried: set[int] = field(default_factory=set)  # endpoints (indexes) that failed it
     carried: Outcome | None = None  # its outcome so far: attempts, usage and cost to add to
     elsewhere: bool = False  # the last endpoint's error may not be another's (set by settle)
+    unsettled: int = 0  # requests sent for it by endpoints that retired while they held it
 
 
 def try_order(endpoints: Sequence[Endpoint]) -> tuple[int, ...]:
@@ -43,13 +44,14 @@ def next_endpoint(order: Sequence[int], tried: Set[int], retired: Set[int]) -> i
     return None
 
 
-def carried(earlier: Outcome | None, later: Outcome) -> Outcome:
+def carried(earlier: Outcome | None, later: Outcome, unsettled: int = 0) -> Outcome:
     """`later` (the last endpoint's outcome) with what the row used on the endpoints before it:
-    attempts count across endpoints, and usage and cost sum over every attempt."""
+    attempts count across endpoints (`unsettled`: sent by endpoints that retired holding it),
+    and usage and cost sum over every attempt."""
     if earlier is None:
-        return later
+        return later._replace(attempts=later.attempts + unsettled) if unsettled else later
     return later._replace(
-        attempts=earlier.attempts + later.attempts,
+        attempts=earlier.attempts + later.attempts + unsettled,
         prompt_tokens=_plus(earlier.prompt_tokens, later.prompt_tokens),
         completion_tokens=_plus(earlier.completion_tokens, later.completion_tokens),
         total_tokens=_plus(earlier.total_tokens, later.total_tokens),

@@ -246,6 +246,25 @@ def test_a_fallback_that_retires_leaves_its_rows_the_error_they_had(tmp_path: Pa
     assert sum(r["attempts"] for r in rows) == small.stats.requests + locked.stats.requests
 
 
+def test_an_interrupted_pool_keeps_its_progress_and_a_rerun_finishes(tmp_path: Path,
+                                                                    sim) -> None:
+    one, two = sim(latency=0.05), sim(latency=0.05)
+    src = prompts_csv(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.parquet"
+    pair = (endpoint("A", one, concurrency=3), endpoint("B", two, concurrency=3))
+    proc = start_cli("run", pool_job(tmp_path / "job.toml", src, out, pair), "--no-progress")
+    wait_until(lambda: journal_count(out) >= 20, proc, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert journal_count(out) < 200
+    result = run_pool(tmp_path, src, *pair)
+    assert result.returncode == 0, result.stderr
+    assert len(read_output(out)) == 200
+    billed = [*one.stats.billed_by_prompt.values(), *two.stats.billed_by_prompt.values()]
+    assert len(billed) == 200 and set(billed) == {1}  # a signal lets requests in flight finish
+
+
 def test_a_budget_stops_the_whole_pool_not_one_endpoint(tmp_path: Path, sim) -> None:
     one, two = sim(latency=0.01), sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)

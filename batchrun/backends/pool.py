@@ -64,7 +64,8 @@ class PoolBackend:
                 members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,
                                       sender.settle, seats, switch, stats,
                                       _sending_as(run, endpoint, price)))
-            run.stats.pace = lambda: _summed(limiters)
+            switches = [m.switch for m in members]
+            run.stats.pace = lambda: _summed(limiters, switches)
             tally = Tally(run.stats, [m.stats for m in members])
             keeper = asyncio.create_task(keep_calibration(run.journal, calibration))
             try:
@@ -101,9 +102,12 @@ def _pace_of(limiter: Limiter) -> Callable[[], tuple[float | None, float | None,
     return lambda: (limiter.rpm, limiter.tpm, limiter.pauses)
 
 
-def _summed(limiters: list[Limiter]) -> tuple[float | None, float | None, int]:
-    """The pool's pace: the sum of its endpoints' (unpaced if any one is)."""
-    rpms, tpms = [lim.rpm for lim in limiters], [lim.tpm for lim in limiters]
+def _summed(limiters: list[Limiter], switches: list[Switch]
+            ) -> tuple[float | None, float | None, int]:
+    """The pool's pace: the sum of the paces of its endpoints that still send (unpaced if any
+    one is), and every endpoint's pauses so far."""
+    live = [lim for lim, switch in zip(limiters, switches, strict=True) if switch.reason is None]
+    rpms, tpms = [lim.rpm for lim in live], [lim.tpm for lim in live]
     rpm = None if any(r is None for r in rpms) else sum(r for r in rpms if r is not None)
     tpm = None if any(t is None for t in tpms) else sum(t for t in tpms if t is not None)
     return rpm, tpm, sum(lim.pauses for lim in limiters)

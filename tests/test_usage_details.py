@@ -225,3 +225,69 @@ def test_max_cost_stops_on_the_provider_s_cost_where_our_price_would_not(
     # Three answers billed $0.0012 by the provider's count: the fourth did not fit.
     assert "3 answered" in status.stdout, status.stdout
     assert "the provider reported $0.0012" in status.stdout
+
+
+# --- the simulator's own usage details -----------------------------------------------------------
+
+
+def test_the_simulator_s_cached_reasoning_and_reported_cost_agree_with_ours(
+    tmp_path: Path, sim
+) -> None:
+    # A provider that serves half of each prompt from its cache, thinks for half of each
+    # completion and reports what it billed, at the prices of our built-in list.
+    server = sim(cached_share=0.5, reasoning_models=("sim-1",), report_cost=True)
+    out = tmp_path / "out.parquet"
+    run_job(prompts_csv(tmp_path / "in.csv", 8), out, server.base_url, check=True)
+    rows = read_output(out)
+    for row in rows:
+        assert row["cached_tokens"] == row["prompt_tokens"] // 2
+        assert 0 < row["reasoning_tokens"] < row["completion_tokens"]
+        # sim-1's cached price is half its input price, as the simulator bills it.
+        assert math.isclose(row["provider_cost"], row["cost_usd"], rel_tol=1e-9)
+        assert row["cost_usd"] < (row["prompt_tokens"] * 1.0 + row["completion_tokens"] * 2) / 1e6
+    meta = json.loads(pq.read_schema(out).metadata[b"batchrun"])
+    assert meta["usage"]["cached_tokens"] == sum(r["cached_tokens"] for r in rows)
+    assert meta["usage"]["reasoning_tokens"] == sum(r["reasoning_tokens"] for r in rows)
+    # What the simulator billed, what it reported and what our output sums are one figure.
+    assert server.stats.billed_cached_tokens == meta["usage"]["cached_tokens"]
+    assert math.isclose(meta["provider_cost"], server.stats.billed_usd, rel_tol=1e-9)
+    assert math.isclose(meta["cost_usd"], server.stats.billed_usd, rel_tol=1e-9)
+
+
+def test_the_report_shows_the_details_in_its_totals_from_the_output_and_the_journal(
+    tmp_path: Path, sim
+) -> None:
+    from batchrun.views.report import build_report
+
+    server = _scripted(sim)
+    out = tmp_path / "out.parquet"
+    run_job(_input(tmp_path), out, server.base_url, check=True)
+    finished = build_report(out)  # read from the output and its metadata
+    out.unlink()
+    journal_only = build_report(out)  # the same figures from the journal
+    for report in (finished, journal_only):
+        head = report.facts.header
+        assert (head.cached_tokens, head.reasoning_tokens) == (768, 120)
+        assert head.provider_cost is not None and math.isclose(head.provider_cost, 0.0028)
+        assert 'data-field="provider cost"' in report.html and "$0.0028" in report.html
+        assert 'data-field="cached tokens"' in report.html
+        assert report.facts.endpoints == []  # a run without endpoints has no such table
+        assert 'id="endpoints-table"' not in report.html
+
+
+def test_the_report_reads_an_older_output_without_the_detail_columns(tmp_path: Path, sim) -> None:
+    from batchrun.views.report import build_report
+
+    server = sim()
+    out = tmp_path / "out.parquet"
+    run_job(prompts_csv(tmp_path / "in.csv", 3), out, server.base_url, check=True)
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"batchrun"])
+    for name in ("cached_tokens", "reasoning_tokens"):
+        del meta["usage"][name]
+    del meta["provider_cost"]
+    older = table.drop_columns(["cached_tokens", "reasoning_tokens", "provider_cost"])
+    pq.write_table(older.replace_schema_metadata({b"batchrun": json.dumps(meta)}), out)
+    head = build_report(out).facts.header
+    assert head.rows_ok == 3
+    assert (head.cached_tokens, head.reasoning_tokens, head.provider_cost) == (None, None, None)

@@ -156,7 +156,7 @@ def output_layout(config: RunConfig) -> dict[str, Any]:
     return {"input": where, "encoding": config.encoding, "id_column": config.id_column,
             "response_format": config.response_format,
             "schema": dict(config.schema) if config.schema is not None else None,
-            "cache": config.cache is not None}
+            "cache": config.cache is not None, "endpoints": bool(config.endpoints)}
 
 
 def _close(journal: Journal) -> None:

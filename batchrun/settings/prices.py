@@ -43,8 +43,8 @@ BUILTIN_PRICES: dict[str, Price] = {
     "claude-3.5-sonnet": Price(3.00, 15.00),
     "claude-3.5-haiku": Price(0.80, 4.00),
     # The simulator bills like a cheap model so budgets and costs can be rehearsed.
-    "sim-1": Price(1.00, 2.00),
-    "sim-large": Price(5.00, 15.00),
+    "sim-1": Price(1.00, 2.00, 0.50),
+    "sim-large": Price(5.00, 15.00, 2.50),
 }
 
 

@@ -76,7 +76,8 @@ def build_report(output: Path | str) -> Report:
     facts = gather(output)
     svgs = {}
     if facts.timeline:
-        svgs["timeline"] = charts.timeline_svg(facts.timeline, facts.grain)
+        svgs["timeline"] = charts.timeline_svg(facts.timeline, facts.grain,
+                                               facts.endpoint_timelines)
     if len(facts.latencies_ms):
         svgs["latency"] = charts.latency_svg(facts.latencies_ms)
     return Report(output, page.render(facts, svgs), facts)

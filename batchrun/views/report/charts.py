@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ from batchrun.journal.database import Sample
 
 INK, MUTED, GRID = "#1f2937", "#6b7280", "#e5e7eb"
 BLUE, GREEN, ORANGE, RED, PURPLE = "#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed"
+# One color per endpoint of a pool, in name order (then again from the first).
+ENDPOINT_COLORS = ("#0891b2", "#db2777", "#65a30d", "#9333ea", "#ea580c", "#4f46e5")
 WIDTH = 10.0  # inches; the page scales the SVG to its column
 _STYLE: dict[Any, Any] = {
     "svg.fonttype": "none",  # text stays text: the page's font, and a smaller file
@@ -32,8 +34,11 @@ _STYLE: dict[Any, Any] = {
 }
 
 
-def timeline_svg(samples: Sequence[Sample], grain: float) -> str:
-    """Requests/s and tokens/s over the run with limits and pace; failures and pauses marked."""
+def timeline_svg(samples: Sequence[Sample], grain: float,
+                 endpoints: Mapping[str, Sequence[Sample]] | None = None) -> str:
+    """Requests/s and tokens/s over the run with limits and pace; failures and pauses marked;
+    with a pool's `endpoints` (each one's samples), each endpoint's requests/s beside the run's
+    and its 429s in the failures' panel."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -52,6 +57,9 @@ def timeline_svg(samples: Sequence[Sample], grain: float) -> str:
         top, mid, low = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2.2, 1.3])
         _line(top, x, per_s("sent"), "requests started /s", BLUE, "series-requests")
         _line(top, x, per_s("ok"), "answers /s", GREEN, "series-answers")
+        for k, (name, own) in enumerate(sorted((endpoints or {}).items())):
+            if own:
+                _endpoint_line((top, low), own, start, scale, name, k)
         _limit(top, x, [s.rpm_limit for s in samples], [s.rpm for s in samples], "series-rpm")
         _pauses((top, mid, low), x, [s.pauses for s in samples])
         top.set_title(f"Requests per second (one point per {_grain(grain)})")
@@ -136,6 +144,24 @@ def _failures(ax: Any, x: Any, samples: Sequence[Sample], scale: float) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
     ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4,
               borderaxespad=0.2)
+
+
+def _endpoint_line(axes: tuple[Any, Any], own: Sequence[Sample], start: float, scale: float,
+                   name: str, k: int) -> None:
+    """One endpoint of a pool: its requests started /s (dotted) on the top panel, its 429s as
+    marks on the failures' panel, in its own color (ids by position: names are free text)."""
+    top, low = axes
+    color = ENDPOINT_COLORS[k % len(ENDPOINT_COLORS)]
+    x = np.array([(s.t - s.span / 2 - start) / scale for s in own])
+    span = np.array([max(s.span, 1e-9) for s in own])
+    sent = np.array([s.sent for s in own], dtype=float) / span
+    style = "o:" if len(x) < 3 else ":"
+    top.plot(x, sent, style, color=color, linewidth=1.3, markersize=3,
+             label=f"{name}: requests /s")[0].set_gid(f"series-endpoint-{k}")
+    limited = np.array([s.rate_limited for s in own], dtype=float)
+    drawn = limited > 0
+    low.plot(x[drawn], limited[drawn], "x", color=color, markersize=4)[0].set_gid(
+        f"marks-endpoint-{k}-429")
 
 
 def _line(ax: Any, x: Any, y: Any, label: str, color: str, gid: str) -> None:

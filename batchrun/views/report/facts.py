@@ -22,8 +22,16 @@ import pyarrow.parquet as pq
 
 from batchrun.errors import EXIT_OK, EXIT_ROWS_FAILED, UsageError
 from batchrun.journal.database import Journal, OutputLock, Sample, journal_path
-from batchrun.running.output import RESULT_FIELDS, RESULT_NAMES
+from batchrun.running.output import (
+    DETAIL_FIELDS,
+    DETAILS_AT,
+    ENDPOINT_AT,
+    ENDPOINT_FIELD,
+    RESULT_FIELDS,
+    RESULT_NAMES,
+)
 from batchrun.running.timeline import coarsen
+from batchrun.views.report.endpoints import EndpointUsage, endpoint_usage
 from batchrun.views.report.rows import RowSource, SampleRow, error_class, sample_rows
 
 TIMELINE_POINTS = 600  # the most points a timeline chart draws: a long run is shown coarser
@@ -31,7 +39,14 @@ EXAMPLES = 3  # example messages shown per error class
 # Result columns the report reads for every row (the answers only for the sampled rows).
 COLUMNS = ("status", "error", "latency_ms", "model", "attempts", "prompt_tokens",
            "completion_tokens", "total_tokens", "cost_usd")
-SCHEMA = pa.schema([next(f for f in RESULT_FIELDS if f.name == name) for name in COLUMNS])
+# ... and these where the output has them (null where it has not: an older output, a run
+# without endpoints).
+OPTIONAL = (ENDPOINT_FIELD, *DETAIL_FIELDS)
+SCHEMA = pa.schema([next(f for f in RESULT_FIELDS if f.name == name) for name in COLUMNS]
+                   + list(OPTIONAL))
+# Where each column is in a row of `Journal.output_rows`.
+_JOURNAL_AT = {**{f.name: i for i, f in enumerate(RESULT_FIELDS)}, ENDPOINT_FIELD.name: ENDPOINT_AT,
+               **{f.name: DETAILS_AT + i for i, f in enumerate(DETAIL_FIELDS)}}
 CHUNK_ROWS = 50_000  # rows read from a journal at a time
 
 
@@ -57,6 +72,10 @@ class Header:
     exit_code: int | None
     stop_reason: str | None = None
     rows_cached: int | None = None  # answered by the shared cache (a run with --cache)
+    # The provider's details of its usage (None: it reported none).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    provider_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,9 @@ class Facts:
     errors: list[ErrorClass]
     models: list[ModelUsage]
     samples: list[SampleRow] = field(default_factory=list)
+    endpoints: list[EndpointUsage] = field(default_factory=list)  # a run with endpoints
+    # Each endpoint's own timeline (its samples of the latest run, coarsened as `timeline`).
+    endpoint_timelines: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 def gather(output: Path, now: float | None = None) -> Facts:
@@ -128,14 +150,21 @@ def gather(output: Path, now: float | None = None) -> Facts:
         if journal is not None:
             journal.close()
     runs = sorted({s.run for s in samples})
-    shown = [s for s in samples if s.run == runs[-1]] if runs else []  # the latest run's
+    latest = [s for s in samples if s.run == runs[-1]] if runs else []  # the latest run's
+    shown = [s for s in latest if s.endpoint is None]  # the run's own; a pool's per endpoint:
+    by_endpoint: dict[str, list[Sample]] = {}
+    for s in latest:
+        if s.endpoint is not None:
+            by_endpoint.setdefault(s.endpoint, []).append(s)
     points = coarsen(shown, TIMELINE_POINTS)
     grain = (sum(s.span for s in shown) / len(points)) if points else 1.0
     return Facts(
         header=_header(output, meta, metadata, results, pid, time.time() if now is None else now),
         timeline=points, grain=grain, earlier_runs=max(0, len(runs) - 1),
         latencies_ms=_latencies(results), errors=_errors(results, meta, shown),
-        models=_models(results), samples=rows,
+        models=_models(results), samples=rows, endpoints=endpoint_usage(results, by_endpoint),
+        endpoint_timelines={name: coarsen(own, TIMELINE_POINTS)
+                            for name, own in sorted(by_endpoint.items())},
     )
 
 
@@ -146,16 +175,20 @@ def _metadata(output: Path) -> dict[str, Any]:
 
 def _output_results(output: Path) -> pa.Table:
     try:
-        return pq.read_table(output, columns=list(COLUMNS))
+        names = set(pq.read_schema(output).names)
+        present = [f.name for f in OPTIONAL if f.name in names]
+        table = pq.read_table(output, columns=[*COLUMNS, *present])
     except (pa.ArrowException, OSError) as exc:
         raise UsageError(f"cannot read {output} as a batchrun output ({exc})") from None
+    for f in OPTIONAL:
+        if f.name not in names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(SCHEMA.names)
 
 
 def _journal_results(journal: Journal) -> pa.Table:
     """The same columns as an output's, row by row in input order, from a journal."""
-    names = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-             "status", "error", "attempts", "latency_ms", "model", "response_id", "cost_usd")
-    wanted = [names.index(name) for name in COLUMNS]
+    wanted = [_JOURNAL_AT[name] for name in SCHEMA.names]
     batches, start = [SCHEMA.empty_table()], 0
     while True:
         rows = journal.output_rows(start, start + CHUNK_ROWS)
@@ -242,6 +275,10 @@ def _header(output: Path, meta: dict[str, Any], metadata: dict[str, Any], result
     ended = metadata.get("finished_at", meta.get("finished_at"))
     cost = metadata["cost_usd"] if "cost_usd" in metadata else (
         _sum(results, "cost_usd") if pc.count(results.column("cost_usd")).as_py() else None)
+    details = {name: usage[name] if name in usage else _known_sum(results, name)
+               for name in ("cached_tokens", "reasoning_tokens")}
+    provider_cost = (metadata["provider_cost"] if "provider_cost" in metadata
+                     else _known_sum(results, "provider_cost"))
     state = _state(meta, pid)
     seconds = None
     if started:
@@ -259,6 +296,8 @@ def _header(output: Path, meta: dict[str, Any], metadata: dict[str, Any], result
         exit_code=_exit_code(meta, state, int(rows["error"])),
         stop_reason=meta.get("stop_reason") if state == "stopped" else None,
         rows_cached=int(rows["cached"]) if "cached" in rows else None,
+        cached_tokens=details["cached_tokens"], reasoning_tokens=details["reasoning_tokens"],
+        provider_cost=provider_cost,
     )
 
 
@@ -281,6 +320,11 @@ def _state(meta: dict[str, Any], pid: int | None) -> str:
 
 def _sum(results: pa.Table, name: str) -> Any:
     return pc.sum(results.column(name)).as_py() or 0
+
+
+def _known_sum(results: pa.Table, name: str) -> Any:
+    """The sum of a column's reported values; None when no row reported one."""
+    return pc.sum(results.column(name)).as_py() if pc.count(results.column(name)).as_py() else None
 
 
 def _latencies(results: pa.Table) -> pa.Array:
@@ -342,3 +386,4 @@ def _models(results: pa.Table) -> list[ModelUsage]:
         completion_tokens=row["completion_tokens_sum"] or 0,
         cost_usd=row["cost_usd_sum"] if row["cost_usd_count"] else None,
     ) for row in grouped), key=lambda m: (-(m.cost_usd or 0), -m.requests, m.model))
+

@@ -6,6 +6,7 @@ import time
 from html import escape
 
 from batchrun.running.summary import duration
+from batchrun.views.report.endpoints import EndpointUsage
 from batchrun.views.report.facts import ErrorClass, Facts, Header, ModelUsage
 from batchrun.views.report.rows import SampleRow
 
@@ -51,6 +52,8 @@ def render(facts: Facts, charts: dict[str, str]) -> str:
         '<h2 id="latency">Latency</h2>',
         _latency(facts, charts.get("latency")),
         '<h2 id="errors">Errors</h2>', _errors(facts.errors),
+        *(['<h2 id="endpoints">Endpoints</h2>', _endpoints(facts.endpoints)]
+          if facts.endpoints else []),
         '<h2 id="models">Cost and tokens by model</h2>', _models(facts.models),
         '<h2 id="samples">Sample rows</h2>', _samples(facts.samples),
         f'<p class="note">Made by batchrun report at {_clock(time.time())}.</p>',
@@ -67,7 +70,12 @@ def _header(head: Header) -> str:
         *([("cached", f"{head.rows_cached:,}")] if head.rows_cached is not None else []),
         ("time", duration(head.seconds)),
         ("cost", "unknown" if head.cost_usd is None else f"${head.cost_usd:.4f}"),
+        *([("provider cost", f"${head.provider_cost:.4f}")]
+          if head.provider_cost is not None else []),
         ("tokens", f"{head.total_tokens:,}"),
+        *([("cached tokens", f"{head.cached_tokens:,}")] if head.cached_tokens is not None else []),
+        *([("reasoning tokens", f"{head.reasoning_tokens:,}")]
+          if head.reasoning_tokens is not None else []),
         ("exit code", "—" if head.exit_code is None else str(head.exit_code)),
     ]
     items = "".join(
@@ -135,6 +143,34 @@ def _models(models: list[ModelUsage]) -> str:
     return ('<table id="models-table"><tr><th>model</th><th>rows ok</th><th>rows failed</th>'
             "<th>requests</th><th>prompt tokens</th><th>completion tokens</th><th>cost</th></tr>"
             f"{rows}</table>")
+
+
+def _endpoints(endpoints: list[EndpointUsage]) -> str:
+    """One row per endpoint: what it settled, its pace and 429s (from its timeline), its cost."""
+    def money(value: float | None) -> str:
+        return "—" if value is None else f"${value:.4f}"
+
+    def pace(e: EndpointUsage) -> str:
+        if e.pace_rpm is None:
+            return "—"
+        limit = f" of {e.rpm_limit:,.0f}" if e.rpm_limit else ""
+        return f"{e.pace_rpm:,.0f}{limit}"
+
+    rows = "".join(
+        f'<tr data-endpoint="{escape(e.name)}"><td>{escape(e.name)}</td>'
+        f"<td class='n'>{e.rows_ok:,}</td><td class='n'>{e.rows_error:,}</td>"
+        f"<td class='n'>{e.requests:,}</td><td class='n'>{pace(e)}</td>"
+        f"<td class='n'>{'—' if e.rate_limited is None else f'{e.rate_limited:,}'}</td>"
+        f"<td class='n'>{e.prompt_tokens + e.completion_tokens:,}</td>"
+        f"<td class='n'>{money(e.cost_usd)}</td><td class='n'>{money(e.provider_cost)}</td></tr>"
+        for e in endpoints)
+    return ('<table id="endpoints-table"><tr><th>endpoint</th><th>rows ok</th>'
+            "<th>rows failed</th><th>requests</th><th>pace (requests/min)</th><th>429s</th>"
+            "<th>tokens</th><th>cost</th><th>provider cost</th></tr>"
+            f"{rows}</table>"
+            '<p class="note">Rows, requests, tokens and cost of the rows each endpoint settled '
+            "(answered, or failed last): a row tried on another endpoint first counts here "
+            "with all of its attempts. Pace and 429s are this run's.</p>")
 
 
 def _samples(rows: list[SampleRow]) -> str:

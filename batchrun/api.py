@@ -24,7 +24,7 @@ from batchrun.data.locations import OUTPUT_SUFFIXES, open_location
 from batchrun.errors import BatchrunError, JobStopped, UsageError, operating_error
 from batchrun.running.context import RunContext, open_run
 from batchrun.running.execute import execute
-from batchrun.running.output import RESULT_NAMES, write_output
+from batchrun.running.output import ENDPOINT_FIELD, RESULT_NAMES, write_output
 from batchrun.running.summary import Summary, build_summary, output_metadata
 from batchrun.running.timeline import Sampler
 from batchrun.settings.config import RunConfig, as_keywords, build_config
@@ -256,7 +256,7 @@ def _run_frame(df: pd.DataFrame, output: str | Path | None, secret: Secret | Non
         config = build_config(None, {**options, "input": str(source), "output": target})
         summary = run(config, key=secret, reporter=reporter)
         written = pq.read_table(open_location(target).arrow())  # a path or an s3:// URL
-    names = [name for name in RESULT_NAMES if name in written.column_names]
+    names = [name for name in (*RESULT_NAMES, ENDPOINT_FIELD.name) if name in written.column_names]
     answers = written.select(names).to_pandas(types_mapper=_nullable_ints)
     answers.index = df.index
     import pandas as pd

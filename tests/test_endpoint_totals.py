@@ -108,3 +108,18 @@ def test_an_export_of_a_pooled_run_keeps_the_endpoint_column(pooled) -> None:
     assert [r["endpoint"] for r in exported] == [r["endpoint"] for r in read_output(out)]
     meta = json.loads(pq.read_schema(target).metadata[b"batchrun"])
     assert set(meta["endpoints"]) == {"A", "B"}
+
+
+def test_run_dataframe_with_endpoints_returns_the_endpoint_column(sim) -> None:
+    import pandas as pd
+
+    from batchrun import run_dataframe
+
+    first, second = sim(), sim(report_cost=True)
+    df = pd.DataFrame({"prompt": [f"question {i}" for i in range(6)]})
+    frame = run_dataframe(df, progress=False, concurrency=1, endpoints=[
+        {"name": "A", "base_url": first.base_url, "model": "sim-1"},
+        {"name": "B", "base_url": second.base_url, "model": "sim-1"}])
+    assert (frame["endpoint"] == "A").sum() == first.stats.ok
+    assert (frame["endpoint"] == "B").sum() == second.stats.ok
+    assert frame["provider_cost"].notna().sum() == second.stats.ok

@@ -291,3 +291,37 @@ def test_the_report_reads_an_older_output_without_the_detail_columns(tmp_path: P
     head = build_report(out).facts.header
     assert head.rows_ok == 3
     assert (head.cached_tokens, head.reasoning_tokens, head.provider_cost) == (None, None, None)
+
+
+def test_batch_api_output_lines_carry_the_details_too(tmp_path: Path, sim) -> None:
+    from .batch_support import batch_args, env
+
+    server = sim(batch_duration_s=0.0, cached_share=0.5, reasoning_models=("sim-1",),
+                 report_cost=True)
+    out = tmp_path / "out.parquet"
+    result = run_cli(*batch_args(prompts_csv(tmp_path / "in.csv", 5), out, server.base_url),
+                     env=env())
+    assert result.returncode == 0, result.stderr
+    rows = read_output(out)
+    assert all(r["cached_tokens"] == r["prompt_tokens"] // 2 for r in rows)
+    assert all(0 < r["reasoning_tokens"] < r["completion_tokens"] for r in rows)
+    assert all(r["provider_cost"] is not None for r in rows)
+    meta = json.loads(pq.read_schema(out).metadata[b"batchrun"])
+    assert meta["usage"]["cached_tokens"] == server.stats.billed_cached_tokens
+    assert math.isclose(meta["provider_cost"], sum(r["provider_cost"] for r in rows))
+
+
+def test_a_retried_row_sums_the_details_of_every_answer_it_was_billed_for(
+    tmp_path: Path, sim
+) -> None:
+    server = sim()
+    failed = orjson.loads(_body("x", 100, 10, 64, 4, 0.001))
+    failed["choices"][0]["finish_reason"] = "error"  # billed, then retried
+    server.rule("alpha", Step.body(orjson.dumps(failed)), Step.body(_body("x", 100, 20, 96, None, 0.002)))
+    out = tmp_path / "out.parquet"
+    src = write_csv(tmp_path / "in.csv", [{"prompt": "Tell me about alpha."}])
+    run_job(src, out, server.base_url, check=True)
+    (row,) = read_output(out)
+    assert row["attempts"] == 2 and row["prompt_tokens"] == 200
+    assert (row["cached_tokens"], row["reasoning_tokens"]) == (160, 4)  # 4: only the first said
+    assert math.isclose(row["provider_cost"], 0.003)

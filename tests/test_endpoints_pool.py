@@ -143,6 +143,28 @@ def test_a_fallback_model_answers_only_the_rows_the_first_could_not(tmp_path: Pa
     assert server.stats.requests == 15 and server.stats.status_counts[400] == 3
 
 
+def test_adding_a_fallback_model_to_a_finished_run_sends_only_its_failed_rows(
+        tmp_path: Path, sim) -> None:
+    server = sim(latency=0.005, context_lengths={"small": 60})
+    rows_in = [{"prompt": ("word " * 100 if i in (2, 5, 7) else "") + f"question {i}"}
+               for i in range(12)]
+    src, out = write_csv(tmp_path / "in.csv", rows_in), tmp_path / "out.parquet"
+    first = run_job(src, out, server.base_url, model="small")
+    assert first.returncode == 1 and server.stats.requests == 12  # the long rows failed
+    again = run_job(src, out, server.base_url, "--fallback-model", "big", "--retry-failed",
+                    model="small")
+    assert again.returncode == 0, again.stderr
+    assert server.stats.requests == 12 + 3 * 2  # each long row: small (400, free), then big
+    rows = read_output(out)
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r["endpoint"] for r in rows] == [
+        "big" if i in (2, 5, 7) else "small" for i in range(12)]
+    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 12
+    assert run_job(src, out, server.base_url, "--fallback-model", "big",
+                   model="small").returncode == 0
+    assert server.stats.requests == 18  # nothing new
+
+
 def test_kill_9_of_a_pooled_run_then_a_rerun_pays_at_most_what_was_in_flight(tmp_path: Path,
                                                                            sim) -> None:
     one, two = sim(latency=0.05), sim(latency=0.05)

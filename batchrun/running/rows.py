@@ -32,6 +32,7 @@ from batchrun.protocol.render import (
     completion_reserve,
     occurrence_key,
 )
+from batchrun.running.bridge import Bridge
 from batchrun.running.output import RESULT_NAMES
 from batchrun.running.seen import Seen
 from batchrun.running.stats import Stats
@@ -213,9 +214,17 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
     request the shared cache (the journal's, with --cache) holds is answered from it here."""
     reserve = completion_reserve(config)
     cache = journal.cache
+    bridge = Bridge.of(config, journal)  # several endpoints after one: its answers count
     for chosen in select(table, renderer, config, journal, journal.map_rows, cache):
         stats.copies += chosen.copies
         stats.reused += chosen.reused
+        if bridge is not None and chosen.send:
+            found = bridge.lookup(chosen.send)
+            if found:
+                for outcome in found.values():
+                    journal.record(outcome)
+                stats.reused += len(found)
+                chosen = replace(chosen, send=[s for s in chosen.send if s[1] not in found])
         for _, key, item in chosen.invalid:
             stats.invalid += 1
             stats.errors += 1

@@ -4,6 +4,7 @@ the next; one journal, so that no rerun pays twice. Real runs against simulators
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -105,6 +106,7 @@ def test_an_endpoint_out_of_credits_retires_and_the_other_finishes_the_run(
     # The 402s are few: the rows in flight when it retired, not one per row.
     assert 1 <= a.no_credits <= 4
     assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}
+    assert "endpoint A retired for the rest of the run: stopped: HTTP 402" in result.stderr
 
 
 def test_rows_over_one_endpoints_context_are_answered_by_the_other(tmp_path: Path, sim) -> None:
@@ -215,9 +217,14 @@ def test_when_every_endpoint_retires_the_run_stops_naming_each_reason(tmp_path: 
     locked.rule("", Step.status(401, "Incorrect API key provided", code_str="invalid_api_key"))
     broke.rule("", Step.status(402, "Insufficient credits"))
     src = prompts_csv(tmp_path / "in.csv", 20)
-    result = run_pool(tmp_path, src, endpoint("A", locked), endpoint("B", broke))
-    message = result.stderr
+    result = run_pool(tmp_path, src, endpoint("A", locked), endpoint("B", broke),
+                      log_format="json")
     assert result.returncode == 3
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    retired = {e["endpoint"]: e["reason"] for e in events
+               if e.get("event") == "endpoint_retired"}
+    assert set(retired) == {"A", "B"} and "401" in retired["A"] and "402" in retired["B"]
+    message = next(e["reason"] for e in events if e.get("event") == "stop")
     assert "no endpoint is left" in message and "A: HTTP 401" in message and "B: HTTP 402" in message
 
 

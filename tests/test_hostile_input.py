@@ -17,7 +17,7 @@ from .helpers import read_output, run_job, write_csv
 
 RESULT_COLUMNS = ["response", "finish_reason", "prompt_tokens", "completion_tokens",
                   "total_tokens", "status", "error", "attempts", "latency_ms", "model",
-                  "response_id", "cost_usd"]
+                  "response_id", "cost_usd", "cached_tokens", "reasoning_tokens", "provider_cost"]
 
 
 def _refused(result: Any, server: Any, *needles: str) -> str:

@@ -194,6 +194,22 @@ def test_kill_9_of_a_pooled_run_then_a_rerun_pays_at_most_what_was_in_flight(tmp
     assert sum(n - 1 for n in times.values()) <= 8  # at most the requests in flight (4 + 4)
 
 
+def test_a_row_whose_retries_run_out_on_one_endpoint_is_answered_by_the_next(tmp_path: Path,
+                                                                            sim) -> None:
+    failing, fine = sim(), sim(latency=0.05)
+    failing.rule("", Step.status(503, "The server is overloaded"))
+    src = prompts_csv(tmp_path / "in.csv", 8)
+    result = run_pool(tmp_path, src, endpoint("A", failing, concurrency=2),
+                      endpoint("B", fine, concurrency=2))
+    assert result.returncode == 0, result.stderr
+    rows = read_output(tmp_path / "out.parquet")
+    assert all(r["status"] == "ok" and r["endpoint"] == "B" for r in rows)
+    # --max-attempts 2 on A, then one on B; every request sent is counted.
+    assert {r["attempts"] for r in rows} <= {1, 3}
+    assert sum(r["attempts"] for r in rows) == failing.stats.requests + fine.stats.requests
+    assert failing.stats.requests >= 2
+
+
 def test_a_row_that_fails_on_every_endpoint_is_an_error_with_each_attempt(tmp_path: Path,
                                                                         sim) -> None:
     one, two, three = sim(), sim(), sim()

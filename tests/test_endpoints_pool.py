@@ -167,6 +167,27 @@ def test_adding_a_fallback_model_to_a_finished_run_sends_only_its_failed_rows(
     assert server.stats.requests == 18  # nothing new
 
 
+def test_one_endpoint_after_a_pooled_run_takes_the_answers_its_model_gave(tmp_path: Path,
+                                                                         sim) -> None:
+    server = sim(latency=0.005, context_lengths={"small": 60})
+    rows_in = [{"prompt": ("word " * 100 if i in (2, 5, 7) else "") + f"question {i}"}
+               for i in range(12)]
+    src, out = write_csv(tmp_path / "in.csv", rows_in), tmp_path / "out.parquet"
+    pooled = run_job(src, out, server.base_url, "--fallback-model", "big", model="small")
+    assert pooled.returncode == 0 and server.stats.requests == 15
+    # One endpoint, `small`: its own answers count; the rows `big` answered are sent again.
+    alone = run_job(src, out, server.base_url, model="small")
+    assert alone.returncode == 1 and server.stats.requests == 15 + 3
+    rows = read_output(out)
+    assert [r["status"] for r in rows] == ["error" if i in (2, 5, 7) else "ok" for i in range(12)]
+    # One endpoint, `big`: the rows `big` answered in the pool count, the others are sent.
+    assert run_job(src, out, server.base_url, model="big").returncode == 0
+    assert server.stats.requests == 18 + 9
+    assert all(r["status"] == "ok" and r["model"] == "big" for r in read_output(out))
+    # The long rows were paid for once (by big, in the pool); the others once by each model.
+    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 3 + [2] * 9
+
+
 def test_kill_9_of_a_pooled_run_then_a_rerun_pays_at_most_what_was_in_flight(tmp_path: Path,
                                                                            sim) -> None:
     one, two = sim(latency=0.05), sim(latency=0.05)

@@ -25,6 +25,7 @@ from batchrun.errors import JobStopped, UsageError, operating_error
 from batchrun.journal.cache import Cache
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.protocol.render import Renderer
+from batchrun.running.bridge import remember_endpoints
 from batchrun.running.rows import open_job
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Emit, Stopper
@@ -140,6 +141,7 @@ def _refuse_forgetting_live_batches(config: RunConfig) -> None:
 def _begin(journal: Journal, config: RunConfig, stats: Stats) -> None:
     if config.fresh:
         journal.discard_all()
+    remember_endpoints(config, journal)  # a later run with one endpoint may take their answers
     journal.start_mapping()
     journal.set_meta(
         input=str(config.input), output=config.output_name, model=config.model,

@@ -49,7 +49,8 @@ def ray_run(src: Path, out: Path, base_url: str, address: str, *extra: object,
 
 
 def test_a_ray_run_writes_what_the_local_engine_writes(tmp_path: Path, sim, ray_address) -> None:
-    server = sim(latency=0.01, api_key=TEST_KEY)  # the key reaches the workers, and no further
+    # The key reaches the workers, and no further; the usage details come through as locally.
+    server = sim(latency=0.01, api_key=TEST_KEY, cached_share=0.5, report_cost=True)
     keyed = clean_env(BATCHRUN_API_KEY=TEST_KEY)
     src = prompts_csv(tmp_path / "in.csv", 120)
     local = run_cli("run", "--input", src, "--output", tmp_path / "local.parquet", "--base-url",
@@ -64,6 +65,7 @@ def test_a_ray_run_writes_what_the_local_engine_writes(tmp_path: Path, sim, ray_
     assert TEST_KEY.encode() not in journal_file(tmp_path / "ray.parquet").read_bytes()
     mine, theirs = read_output(tmp_path / "ray.parquet"), read_output(tmp_path / "local.parquet")
     assert [r["id"] for r in mine] == [str(i) for i in range(120)]  # input order
+    assert all(r["cached_tokens"] == r["prompt_tokens"] // 2 and r["provider_cost"] for r in mine)
     strip = [{k: v for k, v in r.items() if k not in VARYING} for r in mine]
     assert strip == [{k: v for k, v in r.items() if k not in VARYING} for r in theirs]
     assert pq.read_table(usage_path(tmp_path / "ray.parquet")).to_pylist() == pq.read_table(
@@ -145,7 +147,7 @@ def test_an_output_folder_is_a_parquet_dataset_read_and_written_by_ray(
         tmp_path: Path, sim, ray_address) -> None:
     import pyarrow as pa
 
-    server = sim()
+    server = sim(cached_share=0.5, report_cost=True)
     lake = tmp_path / "lake"
     lake.mkdir()
     for part in range(2):
@@ -162,6 +164,10 @@ def test_an_output_folder_is_a_parquet_dataset_read_and_written_by_ray(
     usage = pq.read_table(usage_path(out)).to_pylist()
     assert sum(u["total_tokens"] for u in usage) == server.stats.billed_total_tokens
     assert sum(u["requests"] for u in usage) == server.stats.requests == 60
+    # The provider's usage details, in the rows and the sidecar (the dataset's own columns).
+    assert all(r["cached_tokens"] == r["prompt_tokens"] // 2 for r in rows)
+    assert sum(u["cached_tokens"] for u in usage) == server.stats.billed_cached_tokens
+    assert abs(sum(u["provider_cost"] for u in usage) - server.stats.billed_usd) < 1e-9
     again = ray_run(lake, out, server.base_url, ray_address)  # the journal beside the folder
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 60

@@ -288,6 +288,25 @@ def model_prefix(model: str | None) -> bytes:
     return b'{"model":' + orjson.dumps(model) + b"," if model else b"{"
 
 
+def alone_key(body: bytes, base_url: str, model: str | None = None) -> bytes:
+    """The key a run with this one endpoint gives the request of `body` (`model`: its model
+    instead of the body's; None: the body's own), as `Renderer` keys it: the body sorted, salted
+    with the base URL. Several endpoints look the shared cache up and store in it by these."""
+    fields = orjson.loads(body)
+    if model is not None:
+        fields["model"] = model
+    raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(base_url.encode() + b"\n" + raw, digest_size=16).digest()
+
+
+def pooled_key(body: bytes) -> bytes:
+    """The key a run with several endpoints gives the request of `body`: no model in it."""
+    fields = orjson.loads(body)
+    fields.pop("model", None)
+    raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(POOL_SALT + raw, digest_size=16).digest()
+
+
 def with_model(body: bytes, prefix: bytes, other: bytes) -> bytes:
     """A body rendered with `prefix` (`model_prefix`) as another endpoint sends it."""
     return other + body[len(prefix):]

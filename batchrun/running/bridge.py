@@ -18,15 +18,12 @@ key, and the row is not sent.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from batchrun.journal.database import Journal, resend
 from batchrun.protocol.outcome import Outcome
-from batchrun.protocol.render import POOL_SALT, Request
+from batchrun.protocol.render import Request, alone_key, pooled_key
 from batchrun.settings.config import RunConfig
 
 POOL_META = "pool_endpoints"  # journal meta: each pooled run's endpoints, name -> [model, url]
@@ -47,11 +44,11 @@ class Bridge:
     """Looks a run's requests up under the keys the other kind of run gave them."""
 
     def __init__(self, journal: Journal, retry_failed: bool,
-                 names: list[tuple[bytes, str | None, str | None]],
+                 names: list[tuple[str, str | None, str | None]],
                  accepted: frozenset[str] | None = None) -> None:
         self._journal = journal
         self._retry_failed = retry_failed
-        # (salt, model or None for none, the endpoint's name as this run's output shows it)
+        # (base URL, model, the endpoint's name as the output shows it) of each endpoint
         self._names = names
         self._accepted = accepted  # one after pooled: the endpoints whose answers count
 
@@ -64,14 +61,13 @@ class Bridge:
         if config.endpoints:
             pool = [e for e in config.endpoints if not e.fallback]
             order = (*pool, *(e for e in config.endpoints if e.fallback))
-            return cls(journal, config.retry_failed,
-                       [(e.base_url.encode() + b"\n", e.model, e.name) for e in order])
+            return cls(journal, config.retry_failed, [(e.base_url, e.model, e.name) for e in order])
         known: dict[str, Any] = journal.meta().get(POOL_META) or {}
         same = frozenset(name for name, (model, url) in known.items()
                          if model == config.model and url == config.base_url)
         if not same:
             return None  # no pooled run on this output sent as this run does
-        return cls(journal, config.retry_failed, [(POOL_SALT, None, None)], same)
+        return cls(journal, config.retry_failed, [], same)
 
     def lookup(self, requests: Sequence[tuple[int, bytes, Request]]) -> dict[bytes, Outcome]:
         """Each request's earlier result under the other kind of key (the first endpoint in try
@@ -80,14 +76,11 @@ class Bridge:
         for _, key, request in requests:
             if key != request.key:
                 continue  # an occurrence key (no dedup): each kind of run numbers its own
-            body = orjson.loads(request.body)
-            for salt, model, name in reversed(self._names):  # the first in order wins
-                if model is None:
-                    body.pop("model", None)
-                else:
-                    body["model"] = model
-                raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-                other[hashlib.blake2b(salt + raw, digest_size=16).digest()] = (key, name)
+            if self._accepted is not None:
+                other[pooled_key(request.body)] = (key, None)
+                continue
+            for url, model, name in reversed(self._names):  # the first in order wins
+                other[alone_key(request.body, url, model)] = (key, name)
         found: dict[bytes, Outcome] = {}
         for outcome in self._results(list(other)):
             if resend(outcome.status, outcome.error_kind, self._retry_failed):

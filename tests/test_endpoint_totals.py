@@ -68,8 +68,13 @@ def test_the_sidecar_has_a_row_per_endpoint_and_model_and_the_metadata_a_block(p
     assert block["B"]["provider_cost"] is None
     assert block["A"]["usage"]["cached_tokens"] == meta["usage"]["cached_tokens"]
 
-    for name in ("A", "B"):
-        assert f"endpoint  {name}: {split[name]} ok, 0 error" in result.stdout
+    for name, server in (("A", a), ("B", b)):
+        assert block[name]["this_run"] == {"requests_sent": server.stats.requests,
+                                           "retries": server.stats.rate_limited,
+                                           "rate_limited": server.stats.rate_limited}
+        line = next(x for x in result.stdout.splitlines() if f"endpoint  {name}:" in x)
+        assert f"{split[name]} ok, 0 error" in line
+        assert f"; {server.stats.rate_limited} rate-limited (429)" in line
 
 
 def test_status_and_the_report_show_each_endpoint_with_its_429s(pooled) -> None:

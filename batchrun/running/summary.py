@@ -66,6 +66,8 @@ class Summary:
     # A run with endpoints: per endpoint name, what the rows it settled used
     # (`journal.readback.counts`' `endpoints`).
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ... and what each endpoint's sending did this run: requests_sent, retries, rate_limited.
+    endpoint_runs: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -104,7 +106,8 @@ class Summary:
             f" = {self.total_tokens:,}" + token_details(self.cached_tokens, self.reasoning_tokens),
             f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
         ]
-        lines += endpoint_lines(self.endpoints)
+        lines += endpoint_lines(self.endpoints, {name: run["rate_limited"]
+                                                 for name, run in self.endpoint_runs.items()})
         if self.cached:
             lines.append(f"  cached    {count(self.cached, 'row')} answered from the shared cache, "
                          "at no cost")
@@ -166,6 +169,9 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         reasoning_tokens=counts.get("reasoning_tokens"),
         provider_cost=counts.get("provider_cost"),
         endpoints=counts.get("endpoints") or {},
+        endpoint_runs={name: {"requests_sent": own.sent, "retries": own.retries,
+                              "rate_limited": own.rate_limited}
+                       for name, own in stats.endpoints.items()},
     )
 
 
@@ -195,7 +201,7 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
         },
         "cost_usd": summary.cost_usd,
         "provider_cost": summary.provider_cost,
-        **({"endpoints": endpoint_totals(summary.endpoints, config)} if config.endpoints else {}),
+        **({"endpoints": endpoint_totals(summary, config)} if config.endpoints else {}),
         "model": config.model,
         "provider": config.provider,
         "base_url": config.endpoint,
@@ -205,12 +211,15 @@ def output_metadata(summary: Summary, counts: dict[str, Any], config: RunConfig,
     }
 
 
-def endpoint_totals(settled: dict[str, dict[str, Any]], config: RunConfig) -> dict[str, Any]:
+def endpoint_totals(summary: Summary, config: RunConfig) -> dict[str, Any]:
     """The metadata's per-endpoint block: each endpoint of the run (in its order), where it is,
-    and what the rows it settled used (every figure 0 or null for one that settled none)."""
+    what the rows it settled used (every figure 0 or null for one that settled none), and what
+    its sending did this run."""
+    idle = {"requests_sent": 0, "retries": 0, "rate_limited": 0}
     return {endpoint.name: {"model": endpoint.model, "base_url": endpoint.base_url,
                             "fallback": endpoint.fallback,
-                            **endpoint_figures(settled.get(endpoint.name, {}))}
+                            **endpoint_figures(summary.endpoints.get(endpoint.name, {})),
+                            "this_run": summary.endpoint_runs.get(endpoint.name, idle)}
             for endpoint in config.endpoints}
 
 
@@ -227,16 +236,23 @@ def endpoint_figures(sums: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def endpoint_lines(settled: dict[str, dict[str, Any]], indent: str = "  ") -> list[str]:
-    """One line per endpoint that settled rows: rows, requests, cost (summary and status)."""
+def endpoint_lines(settled: dict[str, dict[str, Any]], limited: dict[str, int] | None = None,
+                   pace: dict[str, float] | None = None) -> list[str]:
+    """One line per endpoint that settled rows: rows, requests, cost, and where known its 429s
+    and its pace in requests per minute (summary and status)."""
     lines = []
     for name, sums in settled.items():
-        cost = "" if sums.get("cost_usd") is None else f", ${sums['cost_usd']:.4f}"
+        line = (f"  {'endpoint':<9} {name}: {sums.get('ok', 0):,} ok, "
+                f"{sums.get('error', 0):,} error, {count(sums.get('attempts', 0), 'request')}")
+        if sums.get("cost_usd") is not None:
+            line += f", ${sums['cost_usd']:.4f}"
         if sums.get("provider_cost") is not None:
-            cost += f" (provider ${sums['provider_cost']:.4f})"
-        lines.append(f"{indent}{'endpoint':<9} {name}: {sums.get('ok', 0):,} ok, "
-                     f"{sums.get('error', 0):,} error, {count(sums.get('attempts', 0), 'request')}"
-                     f"{cost}")
+            line += f" (provider ${sums['provider_cost']:.4f})"
+        if limited is not None and name in limited:
+            line += f"; {limited[name]:,} rate-limited (429)"
+        if pace and pace.get(name):
+            line += f", pace {pace[name]:,.0f} rpm"
+        lines.append(line)
     return lines
 
 

@@ -55,14 +55,15 @@ def describe(output: Path | str, now: float | None = None) -> str:
 def _endpoint_lines(settled: dict[str, dict[str, Any]], samples: list[Sample]) -> list[str]:
     """A run with endpoints: one line per endpoint, with its 429s and its last pace from the
     timeline's per-endpoint samples (of the latest run) when the run kept them."""
-    lines = endpoint_lines(settled)
     latest = max((s.run for s in samples), default=None)
-    for i, name in enumerate(settled):
-        own = [s for s in samples if s.endpoint == name and s.run == latest]
-        if own:
-            pace = f", pace {own[-1].rpm:,.0f} rpm" if own[-1].rpm else ""
-            lines[i] += f"; {sum(s.rate_limited for s in own):,} rate-limited (429){pace}"
-    return lines
+    limited: dict[str, int] = {}
+    pace: dict[str, float] = {}
+    for s in samples:
+        if s.endpoint is not None and s.run == latest:
+            limited[s.endpoint] = limited.get(s.endpoint, 0) + s.rate_limited
+            if s.rpm:
+                pace[s.endpoint] = s.rpm  # the last one kept
+    return endpoint_lines(settled, limited, pace)
 
 
 def _batch_lines(batches: list[Submission], now: float) -> list[str]:

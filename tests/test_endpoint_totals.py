@@ -128,3 +128,19 @@ def test_run_dataframe_with_endpoints_returns_the_endpoint_column(sim) -> None:
     assert (frame["endpoint"] == "A").sum() == first.stats.ok
     assert (frame["endpoint"] == "B").sum() == second.stats.ok
     assert frame["provider_cost"].notna().sum() == second.stats.ok
+
+
+@pytest.mark.browser
+def test_the_report_page_draws_each_endpoint_on_the_timeline(pooled) -> None:
+    from .chromium import check_page
+
+    out, *_ = pooled
+    page = build_report(out).save()
+    seen = check_page(page)
+    assert seen.console_errors == [] and seen.probe["fetched"] == []
+    groups = seen.probe["charts"]["chart-timeline"]["groups"]
+    for k in (0, 1):  # A and B, in name order: each drawn with at least one point
+        drawn = groups[f"series-endpoint-{k}"]
+        assert drawn["points"] + drawn["uses"] >= 1, drawn
+    assert seen.probe["header"]["provider cost"].startswith("$")
+    assert "pace (requests/min)" in seen.probe["text"]

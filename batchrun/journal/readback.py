@@ -9,7 +9,7 @@ tokens, cost and attempts), so the output's totals are what was billed.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 
@@ -17,7 +17,7 @@ def output_rows(db: sqlite3.Connection, results_from: str, start: int,
                 stop: int) -> list[tuple[Any, ...]]:
     """The result columns of the output for rows start <= idx < stop, in order, then whether the
     shared cache answered the row (an ok result of 0 attempts: `protocol.outcome`), then the
-    endpoint and the usage details (`running.output.OUTPUT_ROW`)."""
+    endpoint and the usage details (their places: `running.output`'s `*_AT`)."""
     return db.execute(
         f"""SELECT res.response, COALESCE(res.finish_reason, 'error'),
              CASE WHEN r.copy THEN 0 * res.prompt_tokens ELSE res.prompt_tokens END,
@@ -106,7 +106,7 @@ def counts(tally: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
     return found
 
 
-def _sums(rows: Any) -> dict[str, Any]:
+def _sums(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
     """The tallied figures added up over `rows` (each in `_TALLIED` order)."""
     total: list[Any] = [None if name in _KNOWN_OR_NONE else 0 for name in _TALLIED]
     for row in rows:

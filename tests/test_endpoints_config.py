@@ -475,7 +475,6 @@ def test_run_dataframe_takes_endpoints_and_fallback_models_by_name(tmp_path: Pat
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (("--cache", "answers.sqlite"), "--cache does not work with several endpoints yet"),
     (("--engine", "ray"), "--engine ray does not run several endpoints yet"),
 ])
 def test_plan_refuses_what_a_pooled_run_refuses(tmp_path: Path, sims, flags, needle) -> None:

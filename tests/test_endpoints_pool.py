@@ -10,8 +10,6 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
-import pytest
-
 from batchrun.settings.endpoints import Endpoint
 from batchrun.sim import Step
 from batchrun.sim.config import Account
@@ -374,17 +372,36 @@ def test_each_endpoint_has_its_own_timeline(tmp_path: Path, sim) -> None:
     assert {s.rpm_limit for s in mine["A"]} == {3000} and {s.rpm_limit for s in mine[None]} == {4500}
 
 
-@pytest.mark.parametrize("option", [{"engine": "ray"}, {"cache": "cache.db"}])
-def test_what_a_pool_does_not_take_yet_is_refused_before_anything_is_sent(
-        tmp_path: Path, sim, option: dict[str, str]) -> None:
+def test_the_ray_engine_does_not_take_several_endpoints_yet(tmp_path: Path, sim) -> None:
     server = sim()
     src = prompts_csv(tmp_path / "in.csv", 3)
-    if "cache" in option:
-        option = {"cache": str(tmp_path / option["cache"])}
-    result = run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), **option)
+    result = run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), engine="ray")
     assert result.returncode == 2 and "several endpoints" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert server.stats.requests == 0
+
+
+def test_the_shared_cache_keeps_each_answer_for_the_endpoint_that_gave_it(tmp_path: Path,
+                                                                         sim) -> None:
+    one, two = sim(latency=0.01), sim(latency=0.01)
+    src, cache = prompts_csv(tmp_path / "in.csv", 30), tmp_path / "cache.sqlite"
+    pair = (endpoint("A", one, concurrency=2), endpoint("B", two, concurrency=2))
+    first = run_pool(tmp_path, src, *pair, cache=cache)
+    assert first.returncode == 0, first.stderr
+    answered = by_endpoint(read_output(tmp_path / "out.parquet"))
+    assert answered["A"] + answered["B"] == 30 == one.stats.requests + two.stats.requests
+    # Another output, the same endpoints: every row from the cache, for the endpoint it came from.
+    again = run_pool(tmp_path, src, *pair, cache=cache, out="again.parquet")
+    assert again.returncode == 0, again.stderr
+    rows = read_output(tmp_path / "again.parquet")
+    assert all(r["cached"] and r["attempts"] == 0 for r in rows)
+    assert by_endpoint(rows) == answered and one.stats.requests + two.stats.requests == 30
+    # One endpoint alone (A's model and URL): A's answers are hits, B's rows are sent to A.
+    alone = run_job(src, tmp_path / "alone.parquet", one.base_url, "--cache", cache,
+                    model="m-A")
+    assert alone.returncode == 0, alone.stderr
+    assert one.stats.requests == answered["A"] + answered["B"]
+    assert sum(r["cached"] for r in read_output(tmp_path / "alone.parquet")) == answered["A"]
 
 
 def test_the_simulator_preset_serves_endpoints_in_process_and_jsonl_bodies_take_their_model(

@@ -41,14 +41,10 @@ def choose_backend(config: RunConfig) -> Backend:
 
 
 def _pool_backend(config: RunConfig) -> Backend:
-    """Several endpoints, sent from this process (the Ray engine and the cache do not take them
-    yet)."""
+    """Several endpoints, sent from this process (the Ray engine does not take them yet)."""
     if config.engine == "ray":
         raise UsageError("--engine ray does not run several endpoints yet ([[endpoints]] or "
                          "--fallback-model): use --engine local")
-    if config.cache is not None:
-        raise UsageError("--cache does not work with several endpoints yet ([[endpoints]] or "
-                         "--fallback-model): drop --cache")
     from batchrun.backends.pool import PoolBackend
 
     return PoolBackend()

@@ -63,7 +63,7 @@ class PoolBackend:
                                    seats, budget=budget, halt=run.stopper)
                 members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,
                                       sender.settle, seats, switch, stats,
-                                      _sending_as(run, endpoint, price)))
+                                      _sending_as(run, endpoint, price), endpoint.base_url))
             switches = [m.switch for m in members]
             run.stats.pace = lambda: _summed(limiters, switches)
             tally = Tally(run.stats, [m.stats for m in members])

@@ -25,6 +25,7 @@ from batchrun.journal.database import Journal, resend
 from batchrun.protocol.outcome import Outcome
 from batchrun.protocol.render import Request, alone_key, pooled_key
 from batchrun.settings.config import RunConfig
+from batchrun.settings.endpoints import in_try_order
 
 POOL_META = "pool_endpoints"  # journal meta: each pooled run's endpoints, name -> [model, url]
 _CHUNK = 900  # keys bound to one statement (SQLite before 3.32 allows 999)
@@ -59,9 +60,8 @@ class Bridge:
                 "SELECT EXISTS (SELECT 1 FROM results)").fetchone()[0]:
             return None  # nothing earlier at all
         if config.endpoints:
-            pool = [e for e in config.endpoints if not e.fallback]
-            order = (*pool, *(e for e in config.endpoints if e.fallback))
-            return cls(journal, config.retry_failed, [(e.base_url, e.model, e.name) for e in order])
+            return cls(journal, config.retry_failed, [(e.base_url, e.model, e.name)
+                                                      for e in in_try_order(config.endpoints)])
         known: dict[str, Any] = journal.meta().get(POOL_META) or {}
         same = frozenset(name for name, (model, url) in known.items()
                          if model == config.model and url == config.base_url)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 import pyarrow as pa
@@ -29,6 +29,7 @@ from batchrun.protocol.render import (
     Invalid,
     Renderer,
     Request,
+    alone_key,
     completion_reserve,
     occurrence_key,
 )
@@ -37,6 +38,7 @@ from batchrun.running.output import RESULT_NAMES
 from batchrun.running.seen import Seen
 from batchrun.running.stats import Stats
 from batchrun.settings.config import RunConfig
+from batchrun.settings.endpoints import in_try_order
 from batchrun.settings.prices import Price
 
 Rendered = Request | Invalid
@@ -113,6 +115,8 @@ class Selection:
     invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
     reused: int  # answered (or failed for good) in an earlier run
     held: int  # waiting in a live Batch API batch: collected there, never sent meanwhile
+    # Several endpoints: a cached request's key in the cache and the endpoint it is kept for.
+    cached_as: Mapping[bytes, tuple[bytes, str]] = field(default_factory=dict)
 
 
 def select(table: InputTable, renderer: Renderer, config: RunConfig,
@@ -135,12 +139,36 @@ def select(table: InputTable, renderer: Renderer, config: RunConfig,
         chosen = _sort_out(start, rendered, copies, firsts, earlier.finished(keys), retry_failed,
                            earlier.held(keys))
         if answered is not None and chosen.send:
-            hits = answered.lookup([key for _, key, _ in chosen.send])
-            if hits:
-                chosen = replace(chosen, send=[s for s in chosen.send if s[1] not in hits],
-                                 cached=[(i, k, hits[k]) for i, k, _ in chosen.send if k in hits])
+            chosen = _look_up(chosen, answered, config)
         yield chosen
         start += len(rendered)
+
+
+def _look_up(chosen: Selection, answered: Answered, config: RunConfig) -> Selection:
+    """The requests to send that the shared cache answers, taken out of `send`. With several
+    endpoints the cache knows a request by each endpoint's own key (`alone_key`): the first
+    endpoint in try order with an answer gives it."""
+    cached_as: dict[bytes, tuple[bytes, str]] = {}
+    if config.endpoints:
+        names: dict[bytes, tuple[bytes, str]] = {}  # cache key -> (this run's key, endpoint)
+        for _, key, request in chosen.send:
+            for e in reversed(in_try_order(config.endpoints)):  # the first in order wins a shared key
+                names[alone_key(request.body, e.base_url, e.model)] = (key, e.name)
+        found = answered.lookup(list(names))
+        hits: dict[bytes, Hit] = {}
+        for e in in_try_order(config.endpoints):
+            for cache_key, hit in found.items():
+                key, name = names[cache_key]
+                if name == e.name and key not in hits:
+                    hits[key] = hit
+                    cached_as[key] = (cache_key, name)
+    else:
+        hits = dict(answered.lookup([key for _, key, _ in chosen.send]))
+    if not hits:
+        return chosen
+    return replace(chosen, send=[s for s in chosen.send if s[1] not in hits],
+                   cached=[(i, k, hits[k]) for i, k, _ in chosen.send if k in hits],
+                   cached_as=cached_as)
 
 
 def _place(rendered: Sequence[Rendered], start: int, before: Sequence[int], dedup: bool
@@ -233,9 +261,12 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
         if chosen.cached:
             assert cache is not None
             now, free = time.time(), 0.0 if price is not None else None
+            kept = chosen.cached_as
             for _, key, hit in chosen.cached:
-                journal.record(from_cache(key, hit, free, now))
-            cache.touch([key for _, key, hit in chosen.cached if hit.stale])
+                outcome = from_cache(key, hit, free, now)
+                journal.record(outcome._replace(endpoint=kept[key][1]) if kept else outcome)
+            cache.touch([kept[key][0] if kept else key for _, key, hit in chosen.cached
+                         if hit.stale])
             stats.cached += len(chosen.cached)
         jobs = [job_of(key, request, reserve, price) for _, key, request in chosen.send]
         stats.mapped += len(chosen.rendered)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from batchrun.errors import BatchrunError, JobStopped
 from batchrun.journal.database import GroupCommit
 from batchrun.protocol.outcome import ERROR, OK, Outcome
+from batchrun.protocol.render import alone_key
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
 from batchrun.running.stats import Stats
@@ -98,6 +99,7 @@ class Member:
     switch: Switch
     stats: Stats  # its own counters (the run's are their sum: `Tally`)
     send_as: Callable[[Job], Job]  # the job as this endpoint sends it: its model in the body
+    base_url: str = ""  # where it sends (the shared cache keeps its answers by it)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -123,6 +125,10 @@ class PoolPump:
         self._sharing: set[asyncio.Task[None]] = set()  # workers of the shared queue
         self._fallbacks_share = False  # fallback endpoints take rows from the shared queue too
         self._commits = GroupCommit(run.journal, FLUSH_EVERY, self._committed)
+        # --cache: answers to keep in the shared cache, under the key of the endpoint that gave
+        # them (`alone_key`), kept a fold at a time.
+        self._cache = run.journal.cache
+        self._to_cache: list[Outcome] = []
         for member in members:
             member.switch.when_retired(functools.partial(self._retire, member))
 
@@ -168,6 +174,7 @@ class PoolPump:
             await asyncio.gather(*rest, return_exceptions=True)
             self._commits.flush()
             self._fold()
+            self._keep_in_cache()
 
     def _spawn(self, member: Member, *, shared: bool, count: int) -> None:
         tasks = [asyncio.create_task(self._work(member, shared)) for _ in range(count)]
@@ -205,6 +212,18 @@ class PoolPump:
         while True:
             await asyncio.sleep(FOLD_EVERY)
             self._fold()
+            self._keep_in_cache()
+
+    def _keep_in_cache(self) -> None:
+        """Store the answers since the last time in the shared cache (a cache that cannot be
+        written costs its answers only: the journal has them)."""
+        if self._cache is None or not self._to_cache:
+            return
+        answers, self._to_cache = self._to_cache, []
+        try:
+            self._cache.store(answers)
+        except BatchrunError as exc:
+            log.warning("answers not kept in the cache: %s", exc.message)
 
     async def _work(self, member: Member, shared: bool) -> None:
         task = asyncio.current_task()
@@ -249,6 +268,9 @@ class PoolPump:
                 trail.unsettled = 0
                 await self._send_on(job, trail)
             else:
+                if self._cache is not None and outcome.status == OK:
+                    body = member.send_as(job).body
+                    self._to_cache.append(outcome._replace(key=alone_key(body, member.base_url)))
                 await self._commit(carried(trail.carried, outcome._replace(endpoint=member.name),
                                            trail.unsettled))
         except JobStopped as exc:  # the journal cannot be written: start no more

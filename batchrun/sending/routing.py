@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.protocol.outcome import Outcome
-from batchrun.settings.endpoints import Endpoint
+from batchrun.settings.endpoints import Endpoint, in_try_order
 
 
 @dataclass
@@ -31,9 +31,8 @@ class Trail:
 
 
 def try_order(endpoints: Sequence[Endpoint]) -> tuple[int, ...]:
-    """The order a failed row tries endpoints in: pool endpoints, then fallbacks as listed."""
-    pool = [i for i, e in enumerate(endpoints) if not e.fallback]
-    return (*pool, *(i for i, e in enumerate(endpoints) if e.fallback))
+    """The order a failed row tries endpoints in (`in_try_order`), as their indexes."""
+    return tuple(endpoints.index(e) for e in in_try_order(endpoints))
 
 
 def next_endpoint(order: Sequence[int], tried: Set[int], retired: Set[int]) -> int | None:

@@ -230,3 +230,9 @@ def refuse_per_endpoint(given: Mapping[str, str]) -> None:
         if name in PER_ENDPOINT:
             raise UsageError(f"{label} cannot be used with [[endpoints]]: the endpoints describe "
                              f"it (set {PER_ENDPOINT[name]} in each [[endpoints]] table)")
+
+
+def in_try_order(endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+    """The order a row that fails on one endpoint tries the others in: the pool endpoints, then
+    the fallbacks, each as listed (the pool's routing, its cache lookups and its resume)."""
+    return [e for e in endpoints if not e.fallback] + [e for e in endpoints if e.fallback]

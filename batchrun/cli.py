@@ -103,11 +103,13 @@ def plan(job: Path | None, plan_format: str, **options: Any) -> None:
 
 @cli.command()
 @click.argument("output")  # a path or an s3:// URL: click.Path would fold its "//"
-def status(output: str) -> None:
+@click.option("--format", "status_format", type=click.Choice(["text", "json"]), default="text",
+              help="json: one JSON object for scripts, per-endpoint totals included.")
+def status(output: str, status_format: str) -> None:
     """Progress and usage of a finished, running or interrupted run."""
     from batchrun.views.status import describe
 
-    click.echo(describe(output))
+    click.echo(describe(output, as_json=status_format == "json"))
 
 
 @cli.command()

@@ -90,6 +90,13 @@ def test_status_and_the_report_show_each_endpoint_with_its_429s(pooled) -> None:
     assert f"{b.stats.rate_limited} rate-limited (429)" in lines["B"]
     assert "0 rate-limited (429)" in lines["A"] and "(provider $" in lines["A"]
 
+    scripted = json.loads(run_cli("status", out, "--format", "json").stdout)
+    assert scripted["rows"]["ok"] == ROWS and scripted["state"] == "finished"
+    assert {name: (e["rows"]["ok"], e["rate_limited"]) for name, e in
+            scripted["endpoints"].items()} == {"A": (split["A"], 0),
+                                               "B": (split["B"], b.stats.rate_limited)}
+    assert scripted["endpoints"]["A"]["usage"]["cached_tokens"] == a.stats.billed_cached_tokens
+
     report = build_report(out)
     endpoints = {e.name: e for e in report.facts.endpoints}
     assert set(endpoints) == {"A", "B"}

@@ -154,6 +154,10 @@ def test_reported_details_reach_the_columns_the_sidecar_the_metadata_and_the_sum
     assert status.returncode == 0, status.stderr
     assert "(768 cached, 120 reasoning)" in status.stdout
     assert "the provider reported $0.0028" in status.stdout
+    scripted = json.loads(run_cli("status", out, "--format", "json").stdout)
+    assert (scripted["usage"]["cached_tokens"], scripted["usage"]["reasoning_tokens"]) == (768, 120)
+    assert math.isclose(scripted["provider_cost"], 0.0028)
+    assert scripted["endpoints"] == {}  # a run without endpoints
 
 
 def test_a_provider_that_reports_no_details_leaves_them_null_not_zero(tmp_path: Path, sim) -> None:

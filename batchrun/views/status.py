@@ -7,18 +7,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchrun.backends.batch_api import TERMINAL
 from batchrun.data.locations import check_url, home, is_url
 from batchrun.errors import UsageError
 from batchrun.journal.batches import Submission, submissions
 from batchrun.journal.database import Journal, OutputLock, Sample, journal_path
-from batchrun.running.summary import count, duration, endpoint_lines, token_details
+from batchrun.running.summary import (
+    count,
+    duration,
+    endpoint_figures,
+    endpoint_lines,
+    token_details,
+)
 
 SHOWN_BATCHES = 20  # `status` lists this many batches, the newest
 
 
-def describe(output: Path | str, now: float | None = None) -> str:
-    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress.
+def describe(output: Path | str, now: float | None = None, as_json: bool = False) -> str:
+    """A few lines: state, rows answered/failed/left, usage and cost so far, last progress; or
+    with `as_json` the same figures as one JSON object (`status_json`) for scripts.
 
     `output` is a path or an `s3://` URL, whose journal is in its local state folder.
     """
@@ -41,20 +50,61 @@ def describe(output: Path | str, now: float | None = None) -> str:
             journal.close()
     except sqlite3.OperationalError:
         if pid:  # the run has just created its journal and not yet committed its tables
+            if as_json:
+                return orjson.dumps({"output": str(output), "state": "starting",
+                                     "pid": pid}).decode()
             return f"{output}: starting (pid {pid})"
         raise UsageError(f"journal {path} holds no run yet; run the job to fill it") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"journal {path} is not readable ({exc})") from None
     now = time.time() if now is None else now
     held = sum(b.total - b.completed - b.failed for b in batches if b.live)
+    if as_json:
+        return orjson.dumps(status_json(output, meta, counts, pid, priced, held, samples,
+                                        batches)).decode()
     return "\n".join([_render(output, meta, counts, pid, now, priced, held),
                       *_endpoint_lines(counts["endpoints"], samples),
                       *_batch_lines(batches, now)])
 
 
+def status_json(output: Path | str, meta: dict[str, Any], counts: dict[str, Any],
+                pid: int | None, priced: bool, held: int, samples: list[Sample],
+                batches: list[Submission]) -> dict[str, Any]:
+    """`status --format json`: the figures of the text, by name (null: not known)."""
+    total = meta.get("total_rows") or counts["mapped"]
+    limited, pace = _endpoint_pace(samples)
+    return {
+        "output": str(output),
+        "state": "running" if pid else meta.get("state", "unknown"),
+        "pid": pid if pid and pid > 0 else None,
+        "rows": {"total": total, "ok": counts["ok"], "error": counts["error"],
+                 "left": max(0, total - counts["ok"] - counts["error"]),
+                 "cached": counts["cached"], "copies": counts["copies"]},
+        "usage": {name: counts[name] for name in ("prompt_tokens", "completion_tokens",
+                                                  "total_tokens", "cached_tokens",
+                                                  "reasoning_tokens")},
+        "requests": counts["attempts"],
+        "cost_usd": counts["cost_usd"] if priced else None,
+        "provider_cost": counts["provider_cost"],
+        "endpoints": {name: {**endpoint_figures(sums), "rate_limited": limited.get(name),
+                             "pace_rpm": pace.get(name)}
+                      for name, sums in counts["endpoints"].items()},
+        "model": meta.get("model"), "base_url": meta.get("base_url"),
+        "started_at": meta.get("started_at"), "finished_at": meta.get("finished_at"),
+        "last_progress_at": meta.get("last_progress_at"),
+        "stop_reason": meta.get("stop_reason"),
+        "batches": {"live": sum(b.live for b in batches), "rows_held": held},
+    }
+
+
 def _endpoint_lines(settled: dict[str, dict[str, Any]], samples: list[Sample]) -> list[str]:
     """A run with endpoints: one line per endpoint, with its 429s and its last pace from the
     timeline's per-endpoint samples (of the latest run) when the run kept them."""
+    return endpoint_lines(settled, *_endpoint_pace(samples))
+
+
+def _endpoint_pace(samples: list[Sample]) -> tuple[dict[str, int], dict[str, float]]:
+    """Each endpoint's 429s and last pace (requests per minute) in the latest run's samples."""
     latest = max((s.run for s in samples), default=None)
     limited: dict[str, int] = {}
     pace: dict[str, float] = {}
@@ -63,7 +113,7 @@ def _endpoint_lines(settled: dict[str, dict[str, Any]], samples: list[Sample]) -
             limited[s.endpoint] = limited.get(s.endpoint, 0) + s.rate_limited
             if s.rpm:
                 pace[s.endpoint] = s.rpm  # the last one kept
-    return endpoint_lines(settled, limited, pace)
+    return limited, pace
 
 
 def _batch_lines(batches: list[Submission], now: float) -> list[str]:

@@ -215,15 +215,16 @@ class PoolPump:
             self._keep_in_cache()
 
     def _keep_in_cache(self) -> None:
-        """Store the answers since the last time in the shared cache (a cache that cannot be
-        written costs its answers only: the journal has them)."""
+        """Store the answers since the last time in the shared cache, in one short transaction
+        (another process's is waited for). A cache that cannot be written stops the run, as with
+        one endpoint; its answers are in the journal."""
         if self._cache is None or not self._to_cache:
             return
         answers, self._to_cache = self._to_cache, []
         try:
             self._cache.store(answers)
         except BatchrunError as exc:
-            log.warning("answers not kept in the cache: %s", exc.message)
+            self._run.stopper.stop(exc)
 
     async def _work(self, member: Member, shared: bool) -> None:
         task = asyncio.current_task()

@@ -1,13 +1,13 @@
 """The pool's pump: several endpoints settle one run's rows, each with its own workers and seats.
 
-    await PoolPump(run, members).drain(jobs)
+    await PoolPump(run, members, try_order(endpoints), tally.fold).drain(jobs)
 
 Pool endpoints' workers take rows from one shared queue, each once it holds one of its
-endpoint's seats, so each endpoint takes rows as fast as its own limiter and seats let it (a
-slow one holds no more rows than its seats), and a run goes at the sum of their limits. Each endpoint also
-has a queue of its own, for rows sent to it by name: a row another endpoint failed for a reason
-this one may not share (`protocol.retry.elsewhere`), tried on each endpoint at most once in
-`routing.try_order` (pool endpoints first, then fallbacks in order); and a row whose endpoint
+endpoint's seats, so each endpoint takes rows as fast as its own limiter and seats let it (a slow
+one holds no more rows than its seats), and a run goes at the sum of their limits. Each endpoint
+also has a queue of its own, for rows sent to it by name: a row another endpoint failed for a
+reason this one may not share (`protocol.retry.elsewhere`), tried on each endpoint at most once
+in `routing.try_order` (pool endpoints first, then fallbacks in order); and a row whose endpoint
 retired while it held it. Fallback endpoints take only those, and every row once no pool
 endpoint is left.
 
@@ -18,7 +18,8 @@ no endpoint is left. A budget or a signal stops the whole run, as with one endpo
 
 Each outcome is committed once, when the row is settled: answered by some endpoint, or failed
 where no endpoint is left to try, with its attempts, usage and cost summed over the endpoints it
-went through (`routing.carried`) and the name of the endpoint that gave it.
+went through (`routing.carried`) and the name of the endpoint that gave it. With `--cache`, an
+answer is also kept in the shared cache under the key its endpoint alone gives the request.
 """
 
 from __future__ import annotations

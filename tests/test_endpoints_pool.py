@@ -337,6 +337,18 @@ def test_an_interrupted_pool_keeps_its_progress_and_a_rerun_finishes(tmp_path: P
     assert len(billed) == 200 and set(billed) == {1}  # a signal lets requests in flight finish
 
 
+def test_a_pause_after_429s_names_its_endpoint(tmp_path: Path, sim) -> None:
+    strict, free = sim(latency=0.01), sim(latency=0.01)
+    strict.script(*[Step.status(429, "Rate limit reached for requests", retry_after=0.1)] * 8)
+    src = prompts_csv(tmp_path / "in.csv", 40)
+    result = run_pool(tmp_path, src, endpoint("A", strict, rpm=6000, concurrency=4),
+                      endpoint("B", free, concurrency=2), log_format="json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    paused = {e["endpoint"] for e in events if e.get("event") == "rate_limited"}
+    assert strict.stats.rate_limited > 0 and paused == {"A"}
+
+
 def test_a_budget_stops_the_whole_pool_not_one_endpoint(tmp_path: Path, sim) -> None:
     one, two = sim(latency=0.01), sim(latency=0.01)
     src = prompts_csv(tmp_path / "in.csv", 60)

@@ -19,6 +19,7 @@ from batchrun.protocol.tokens import CALIBRATION_META, Calibration
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
 from batchrun.running.stats import Stats, Tally
+from batchrun.running.stopping import Emit
 from batchrun.sending.attempts import JobSender
 from batchrun.sending.budget import Budget
 from batchrun.sending.http import Sender, new_session
@@ -59,8 +60,9 @@ class PoolBackend:
                 wire = Sender(session, endpoint.base_url, key, at.timeout, scrub=scrub)
                 seats = asyncio.Semaphore(at.concurrency)
                 price = run_price(at.model, config.price, config.backend, config.batch_price)
-                sender = JobSender(at, wire, limiter, stats, switch, price, run.emit, calibration,
-                                   seats, budget=budget, halt=run.stopper)
+                sender = JobSender(at, wire, limiter, stats, switch, price,
+                                   _tagged(run.emit, endpoint.name), calibration, seats,
+                                   budget=budget, halt=run.stopper)
                 members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,
                                       sender.settle, seats, switch, stats,
                                       _sending_as(run, endpoint, price), endpoint.base_url))
@@ -87,6 +89,11 @@ def _sending_as(run: RunContext, endpoint: Endpoint, price: Price | None) -> Cal
         return job._replace(body=with_model(job.body, rendered, own), cost_estimate=cost)
 
     return send_as
+
+
+def _tagged(emit: Emit, name: str) -> Emit:
+    """An endpoint's events (its pauses after 429s) name it."""
+    return lambda event, data: emit(event, {**data, "endpoint": name})
 
 
 def _closing(limiter: Limiter) -> Callable[[str], None]:

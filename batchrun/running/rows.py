@@ -150,13 +150,14 @@ def _look_up(chosen: Selection, answered: Answered, config: RunConfig) -> Select
     endpoint in try order with an answer gives it."""
     cached_as: dict[bytes, tuple[bytes, str]] = {}
     if config.endpoints:
+        order = in_try_order(config.endpoints)
         names: dict[bytes, tuple[bytes, str]] = {}  # cache key -> (this run's key, endpoint)
         for _, key, request in chosen.send:
-            for e in reversed(in_try_order(config.endpoints)):  # the first in order wins a shared key
+            for e in reversed(order):  # two endpoints alike share a key: the first in order wins
                 names[alone_key(request.body, e.base_url, e.model)] = (key, e.name)
         found = answered.lookup(list(names))
         hits: dict[bytes, Hit] = {}
-        for e in in_try_order(config.endpoints):
+        for e in order:
             for cache_key, hit in found.items():
                 key, name = names[cache_key]
                 if name == e.name and key not in hits:
@@ -242,7 +243,7 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
     request the shared cache (the journal's, with --cache) holds is answered from it here."""
     reserve = completion_reserve(config)
     cache = journal.cache
-    bridge = Bridge.of(config, journal)  # several endpoints after one: its answers count
+    bridge = Bridge.of(config, journal)  # one endpoint and several: each other's answers count
     for chosen in select(table, renderer, config, journal, journal.map_rows, cache):
         stats.copies += chosen.copies
         stats.reused += chosen.reused

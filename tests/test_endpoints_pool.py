@@ -392,15 +392,6 @@ def test_each_endpoint_has_its_own_timeline(tmp_path: Path, sim) -> None:
     assert {s.rpm_limit for s in mine["A"]} == {3000} and {s.rpm_limit for s in mine[None]} == {4500}
 
 
-def test_the_ray_engine_does_not_take_several_endpoints_yet(tmp_path: Path, sim) -> None:
-    server = sim()
-    src = prompts_csv(tmp_path / "in.csv", 3)
-    result = run_pool(tmp_path, src, endpoint("A", server), endpoint("B", server), engine="ray")
-    assert result.returncode == 2 and "several endpoints" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert server.stats.requests == 0
-
-
 def test_the_shared_cache_keeps_each_answer_for_the_endpoint_that_gave_it(tmp_path: Path,
                                                                          sim) -> None:
     one, two = sim(latency=0.01), sim(latency=0.01)

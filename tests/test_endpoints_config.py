@@ -472,14 +472,3 @@ def test_run_dataframe_takes_endpoints_and_fallback_models_by_name(tmp_path: Pat
     with pytest.raises(UsageError) as refusal:
         run_dataframe(df, model="sim-1", fallback_models=["sim-1"], base_url=first.base_url)
     assert refusal.value.message.startswith("fallback_models sim-1 is given twice")
-
-
-@pytest.mark.parametrize("flags, needle", [
-    (("--engine", "ray"), "--engine ray does not run several endpoints yet"),
-])
-def test_plan_refuses_what_a_pooled_run_refuses(tmp_path: Path, sims, flags, needle) -> None:
-    job = endpoints_job(tmp_path, two(*(s.base_url for s in sims)))
-    for command, extra in (("plan", ()), ("run", ("--no-progress",))):
-        result = run_cli(command, job, *flags, *extra, env=keys_env(), cwd=tmp_path)
-        assert_refused(result, sims, needle)
-    assert not (tmp_path / "answers.sqlite").exists()

@@ -31,20 +31,17 @@ def choose_backend(config: RunConfig) -> Backend:
         from batchrun.backends.batch import BatchBackend
 
         return BatchBackend()
-    if config.endpoints:
-        return _pool_backend(config)
-    if config.engine == "ray":
+    if config.engine == "ray":  # with several endpoints too: one limiter actor per endpoint
         return _ray_backend()
+    if config.endpoints:
+        return _pool_backend()
     from batchrun.backends.online import OnlineBackend
 
     return OnlineBackend()
 
 
-def _pool_backend(config: RunConfig) -> Backend:
-    """Several endpoints, sent from this process (the Ray engine does not take them yet)."""
-    if config.engine == "ray":
-        raise UsageError("--engine ray does not run several endpoints yet ([[endpoints]] or "
-                         "--fallback-model): use --engine local")
+def _pool_backend() -> Backend:
+    """Several endpoints, sent from this process."""
     from batchrun.backends.pool import PoolBackend
 
     return PoolBackend()

@@ -48,12 +48,16 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
                                      "output": str(Path(tmp) / "dataset.parquet")})
     if config.provider == "simulator" and not config.base_url:
         raise UsageError("process() needs base_url= for the simulator (batchrun simulate)")
+    if config.endpoints:
+        raise UsageError("process() does not take several endpoints yet (endpoints= or "
+                         "fallback_models=): use batchrun run --engine ray with a .parquet "
+                         "output, or one endpoint")
     secret = Secret(key) if isinstance(key, str) else key
     if secret is None:
         secret = resolve_key(config)
     check_transport(config, secret)
     if not ray.is_initialized():
         ray.init()
-    ledger, limiter = start_actors(config, Path(journal) if journal is not None else None)
-    return sending(ds, config, secret, config.base_url, limiter, ledger,
+    ledger, limiters = start_actors(config, Path(journal) if journal is not None else None)
+    return sending(ds, config, secret, config.base_url, limiters, ledger,
                    columns=list(ds.schema().names), answers=True)

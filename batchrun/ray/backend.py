@@ -12,6 +12,11 @@ the one ledger actor, which owns the journal while the cluster sends. When the d
 the ledger closes the journal, the driver reads it again, and the run ends like a local one:
 the same output, metadata, sidecar, summary and exit code.
 
+With several endpoints (`[[endpoints]]`, `--fallback-model`) there is one limiter actor per
+endpoint, each with that endpoint's limits (its `rpm`/`tpm` are its totals across the cluster),
+and every worker routes its rows among the endpoints as the local pool does (`pool.WorkerPool`);
+the driver reports each endpoint that retires, as the local engine does.
+
 A run with nothing to send never starts Ray. Ray itself: `--ray-address`, else `RAY_ADDRESS`,
 else a local Ray started for the run and stopped after it, all through Ray's public API
 (`ray.init`, `ray.shutdown`); what joining changes in this process is set back when it leaves.
@@ -27,7 +32,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,26 +109,52 @@ async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: Counts
     import ray
 
     config = run.config
-    ledger, limiter = start_actors(config, journal_path(config.output))
+    ledger, limiters = start_actors(config, journal_path(config.output))
     ds = ray.data.from_blocks(blocks)  # the metadata is read here: no tasks to start
-    ds = sending(ds, config, run.key, run.base_url, limiter, ledger, columns=None, answers=False)
+    ds = sending(ds, config, run.key, run.base_url, limiters, ledger, columns=None,
+                 answers=False, keys=run.keys)
+    retired = Retirements(config, limiters, run)
 
     def consume() -> None:
         for _ in ds.iter_batches(batch_size=None):
             pass  # the answers are in the journal; the driver writes the output from it
 
     try:
-        await drive(consume, ledger, limiter, run.stats, run.stopper, base)
+        await drive(consume, ledger, limiters, run.stats, run.stopper, base, retired.check)
     finally:
         _count(run.stats, base, await ledger.close.remote())
+        await retired.check()
 
 
-async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stats,
-                stopper: Stopper, base: Counts) -> None:
+class Retirements:
+    """The driver's word on each endpoint that retired (in some worker, for every worker): the
+    warning line and the `endpoint_retired` event the local pool gives, once each."""
+
+    def __init__(self, config: RunConfig, limiters: list[Any], run: RunContext) -> None:
+        self._names = [e.name for e in config.endpoints]
+        self._limiters = limiters if config.endpoints else []
+        self._run = run
+        self._told: set[str] = set()
+
+    async def check(self) -> None:
+        """Ask each endpoint's limiter actor; tell what retired since the last check."""
+        for name, limiter in zip(self._names, self._limiters, strict=False):
+            if name in self._told:
+                continue
+            reason = await limiter.retired.remote()
+            if reason is not None:
+                self._told.add(name)
+                log.warning("endpoint %s retired for the rest of the run: %s", name, reason)
+                self._run.event("endpoint_retired", endpoint=name, reason=reason)
+
+
+async def drive(work: Callable[[], None], ledger: Any, limiters: list[Any], stats: Stats,
+                stopper: Stopper, base: Counts,
+                poll: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run `work` (Ray Data consuming the sending dataset) on a thread while the driver's loop
-    keeps the counters up to date and hears signals; then raise why the cluster stopped, if it
-    did, or what failed."""
-    stopper.when_stopping(lambda: _tell_stop(limiter, stopper))
+    keeps the counters up to date (and runs `poll`) and hears signals; then raise why the
+    cluster stopped, if it did, or what failed."""
+    stopper.when_stopping(lambda: _tell_stop(limiters, stopper))
     failure: list[BaseException] = []
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,17 +173,21 @@ async def drive(work: Callable[[], None], ledger: Any, limiter: Any, stats: Stat
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), POLL_EVERY)
         _count(stats, base, await ledger.totals.remote())
-    stop = await limiter.stopped.remote()
+        if poll is not None:
+            await poll()
+    stops = [await limiter.stopped.remote() for limiter in limiters]
+    stop = next((s for s in stops if s is not None), None)
     if stop is not None:
         stopper.stop(stop_error(stop))  # the first reason wins: a signal here stays one
     elif failure:
         raise failure[0]
 
 
-def _tell_stop(limiter: Any, stopper: Stopper) -> None:
+def _tell_stop(limiters: list[Any], stopper: Stopper) -> None:
     error = stopper.error
     if error is not None:
-        limiter.stop.remote(error.message, isinstance(error, Interrupted))
+        for limiter in limiters:  # each endpoint's, with several: every worker leases from one
+            limiter.stop.remote(error.message, isinstance(error, Interrupted))
 
 
 def _count(stats: Stats, base: Counts, totals: Counts) -> None:
@@ -232,9 +267,10 @@ def _undo(restore: list[Callable[[], None]]) -> None:
 
 
 def start_actors(config: RunConfig, journal: Path | None,
-                 track: bool = False) -> tuple[Any, Any]:
-    """The run's ledger actor (on this node: the journal is on its disk) and limiter actor;
-    `track`: the ledger keeps the keys it is asked about, for a dataset output's sidecar."""
+                 track: bool = False) -> tuple[Any, list[Any]]:
+    """The run's ledger actor (on this node: the journal is on its disk) and limiter actors:
+    the run's one, or one per endpoint, each with that endpoint's limits; `track`: the ledger
+    keeps the keys it is asked about, for a dataset output's sidecar."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -243,11 +279,13 @@ def start_actors(config: RunConfig, journal: Path | None,
     ledger = ray.remote(Ledger).options(
         num_cpus=0, scheduling_strategy=here, name=f"batchrun-ledger-{tag}", namespace=NAMESPACE,
     ).remote(str(journal) if journal is not None else None, track,
-             str(config.cache) if config.cache is not None else None)
-    limiter = ray.remote(LimiterCore).options(
-        num_cpus=0, name=f"batchrun-limiter-{tag}", namespace=NAMESPACE,
-    ).remote(config.rpm, config.tpm)
-    return ledger, limiter
+             str(config.cache) if config.cache is not None else None, bool(config.endpoints))
+    paces = [(e.rpm, e.tpm) for e in config.endpoints] or [(config.rpm, config.tpm)]
+    limiters = [ray.remote(LimiterCore).options(
+        num_cpus=0, name=f"batchrun-limiter-{tag}" + (f"-{i}" if config.endpoints else ""),
+        namespace=NAMESPACE,
+    ).remote(rpm, tpm) for i, (rpm, tpm) in enumerate(paces)]
+    return ledger, limiters
 
 
 def actor_tag() -> str:
@@ -256,17 +294,18 @@ def actor_tag() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
-def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str, limiter: Any,
-            ledger: Any, columns: list[str] | None, answers: bool) -> Any:
+def sending(ds: Any, config: RunConfig, key: Secret | None, base_url: str,
+            limiters: list[Any], ledger: Any, columns: list[str] | None, answers: bool,
+            keys: Mapping[str, Secret | None] | None = None) -> Any:
     """`ds` with the sender actors mapped over it (`--workers` async actors, WORKER_CPUS and
-    WORKER_MEMORY each)."""
+    WORKER_MEMORY each); `keys`: each endpoint's key by name, with several."""
     import ray.data
 
     return ds.map_batches(
         SenderWorker,
         fn_constructor_kwargs={
-            "config": config, "key": key, "base_url": base_url, "limiter": limiter,
-            "ledger": ledger, "columns": columns, "answers": answers,
+            "config": config, "key": key, "base_url": base_url, "limiters": limiters,
+            "ledger": ledger, "columns": columns, "answers": answers, "keys": dict(keys or {}),
         },
         batch_size=None if columns is None else BLOCK_ROWS,
         batch_format="pyarrow",

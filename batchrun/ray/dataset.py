@@ -52,6 +52,9 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -
         # not hold the driver's AWS settings; refused before the lock, the journal or Ray.
         raise UsageError(f"input {config.input}: an output folder reads a local input; "
                          "write a .parquet output to read from object storage")
+    if config.endpoints:
+        raise UsageError("an output folder does not take several endpoints yet ([[endpoints]] "
+                         "or --fallback-model): write a .parquet output, or use one endpoint")
     check_transport(config, key)
     if config.provider == "simulator" and not config.base_url:
         raise UsageError("--engine ray with an output folder needs --base-url for the simulator")
@@ -82,14 +85,14 @@ async def _send(config: RunConfig, key: Secret | None, reporter: Display, ds: An
     output = config.output
     began = time.time()
     stats, stopper = Stats(), Stopper(reporter.event)
-    ledger, limiter = start_actors(config, journal_path(output), track=True)
-    answered = sending(ds, config, key, config.base_url, limiter, ledger, columns, answers=True)
+    ledger, limiters = start_actors(config, journal_path(output), track=True)
+    answered = sending(ds, config, key, config.base_url, limiters, ledger, columns, answers=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     watcher = asyncio.create_task(reporter.watch(stats))
     try:
         with stopper.signals():
-            await drive(lambda: answered.write_parquet(str(tmp)), ledger, limiter, stats,
+            await drive(lambda: answered.write_parquet(str(tmp)), ledger, limiters, stats,
                         stopper, Counts())
         by_model = await ledger.usage.remote()
     finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import shutil
 import sqlite3
 import tempfile
@@ -32,12 +33,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchrun.errors import BatchrunError
 from batchrun.journal.cache import Cache
 from batchrun.journal.database import RESULT_COLUMNS, GroupCommit, Journal
 from batchrun.journal.readback import UsageRow
 from batchrun.protocol.outcome import Outcome
 from batchrun.running.rows import from_cache
 from batchrun.running.stats import Counts, Stats
+
+log = logging.getLogger("batchrun")
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered answer waits for its commit
 _SELECT = ", ".join(RESULT_COLUMNS)
@@ -46,7 +50,10 @@ _SELECT = ", ".join(RESULT_COLUMNS)
 class Ledger:
     """The ledger actor: the run's journal, its group commit, and the counters of every worker."""
 
-    def __init__(self, path: str | None, track: bool = False, cache: str | None = None) -> None:
+    def __init__(self, path: str | None, track: bool = False, cache: str | None = None,
+                 pooled: bool = False) -> None:
+        """`pooled`: a run with several endpoints, whose workers keep each answer in the cache
+        under the key of the endpoint that gave it (`keep_in_cache`), not the journal's."""
         self._seen: set[bytes] | None = set() if track else None  # keys of a dataset output
         self._tmp: str | None = None
         if path is None:  # a dataset without a journal of its own: one for the actor's life
@@ -58,7 +65,7 @@ class Ledger:
         # The shared cache (--cache): what the workers send is copied into it as it is committed
         # here, and a request it holds is an answer the workers need not send.
         self._cache = Cache(Path(cache)) if cache is not None else None
-        if self._cache is not None:
+        if self._cache is not None and not pooled:
             self._journal.attach_cache(self._cache)
         # Lookups by key while the run goes: `log` indexed by key (a fold drops the index again),
         # read through a connection of their own.
@@ -101,6 +108,16 @@ class Ledger:
         for outcome in outcomes[:-1]:
             self._journal.record(Outcome(*outcome))
         await self._commits.commit(Outcome(*outcomes[-1]))
+
+    def keep_in_cache(self, answers: Sequence[tuple[Any, ...]]) -> None:
+        """Keep answers in the shared cache, each under the key given (several endpoints: the
+        key of the endpoint that gave it); a cache that cannot be written costs them only."""
+        if self._cache is None or self._closed:
+            return
+        try:
+            self._cache.store(Outcome(*answer) for answer in answers)
+        except BatchrunError as exc:
+            log.warning("answers not kept in the cache: %s", exc.message)
 
     def _committed(self, n: int) -> None:
         self._totals.finished += n

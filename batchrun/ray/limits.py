@@ -70,6 +70,7 @@ class Grant:
     paused_until: float  # wall clock; earlier than now when there is no pause
     pauses: int
     stop: tuple[str, bool] | None  # (reason, interrupted) once the run is stopping
+    retired: str | None = None  # why the endpoint retired (several endpoints), once it has
 
 
 class LimiterCore:
@@ -80,6 +81,7 @@ class LimiterCore:
         self.limiter = Limiter(rpm, tpm, None, clock=self._clock)
         self._workers: dict[str, tuple[float, int, str]] = {}  # id -> (last lease, pid, node)
         self._stop: tuple[str, bool] | None = None
+        self._retired: str | None = None  # a run with several endpoints: this one's retirement
         self._paused_until = -math.inf  # the limiter's clock: the last pause a 429 asked for
 
     def _clock(self) -> float:
@@ -91,7 +93,7 @@ class LimiterCore:
         self._hear(report)
         self._workers[worker] = (now, pid, node)
         starts: list[tuple[float, float]] = []
-        if self._stop is None and tokens:
+        if self._stop is None and self._retired is None and tokens:
             span, share = self._span(now)
             offset = time.time() - now  # the wall clock, for workers on other processes
             limiter = self.limiter
@@ -109,7 +111,8 @@ class LimiterCore:
 
     def _grant(self, now: float, starts: list[tuple[float, float]]) -> Grant:
         paused_until = time.time() + (self._paused_until - now)
-        return Grant(starts, self.limiter.rpm, paused_until, self.limiter.pauses, self._stop)
+        return Grant(starts, self.limiter.rpm, paused_until, self.limiter.pauses, self._stop,
+                     self._retired)
 
     def _span(self, now: float) -> tuple[float, int]:
         """How far ahead a lease reaches, and how many starts one worker may take of it."""
@@ -140,6 +143,16 @@ class LimiterCore:
         if self._stop is None:
             self._stop = (reason, interrupted)
 
+    def retire(self, reason: str) -> None:
+        """The endpoint this actor paces retired (a job-wide failure in one worker): every
+        worker hears it with its next lease; the first reason is the one kept."""
+        if self._retired is None:
+            self._retired = reason
+
+    def retired(self) -> str | None:
+        """Why the endpoint retired, or None."""
+        return self._retired
+
     def stopped(self) -> tuple[str, bool] | None:
         """Why the run stopped, or None."""
         return self._stop
@@ -159,12 +172,15 @@ class LeasedLimits:
     """The sender's `Limits` inside a worker: starts leased from the limiter actor in chunks."""
 
     def __init__(self, actor: Any, config: RunConfig, stopper: Stopper, worker: str,
-                 node: str) -> None:
+                 node: str, retire: Callable[[str], None] | None = None) -> None:
+        """`retire`: called with the reason when a lease says the endpoint retired (a run with
+        several endpoints: one limiter actor per endpoint)."""
         self.pauses = 0
         self.forfeited = 0  # leased starts whose slot went by while the worker was busy
         self._again: set[int] = set()  # (ids of) the waiting requests that lost a slot once
         self._actor = actor
         self._stopper = stopper
+        self._retire = retire
         self._worker = worker
         self._pid = os.getpid()
         self._node = node
@@ -276,6 +292,9 @@ class LeasedLimits:
         self._rpm = grant.rpm
         if grant.stop is not None:
             self._stopper.stop(stop_error(grant.stop))
+            return
+        if grant.retired is not None and self._retire is not None:
+            self._retire(grant.retired)  # which closes these limits: the waiting starts go
             return
         self._leased = [start for start in self._leased if not start.future.done()]
         if self._leased and grant.paused_until > self._leased[0].wall:

@@ -3,7 +3,9 @@
 Each worker is an async actor with its own aiohttp connection pool and its own `JobSender` (the
 same sending core as the local engine), sending up to its share of `--concurrency` at once. Its
 limits are leased from the run's limiter actor (`limits.LeasedLimits`) and its answers are
-committed through the ledger actor (`ledger.RemoteCommit`) before they count.
+committed through the ledger actor (`ledger.RemoteCommit`) before they count. A run with several
+endpoints has one limiter actor per endpoint, and each worker routes its rows among its own
+copies of the endpoints (`pool.WorkerPool`).
 
 A block comes in one of two shapes: jobs the driver planned (`key`, `body`, `tokens`,
 `cost_estimate`: the CLI's runs), or a user's rows (`batchrun.ray.process`), which the worker
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +31,7 @@ from batchrun.protocol.render import Invalid, Renderer, completion_reserve
 from batchrun.protocol.structured import arrow_type, conform
 from batchrun.ray.ledger import RemoteCommit
 from batchrun.ray.limits import LeasedLimits
+from batchrun.ray.pool import WorkerPool
 from batchrun.running.output import DETAIL_FIELDS, ENDPOINT_FIELD, RESULT_FIELDS, _column
 from batchrun.running.rows import Job, job_of, render_batch
 from batchrun.running.stats import Stats
@@ -68,47 +71,62 @@ def share(config: RunConfig) -> RunConfig:
 class SenderWorker:
     """The callable class Ray Data runs as a pool of `--workers` async actors."""
 
-    def __init__(self, config: RunConfig, key: Secret | None, base_url: str, limiter: Any,
-                 ledger: Any, columns: Sequence[str] | None = None, answers: bool = True) -> None:
+    def __init__(self, config: RunConfig, key: Secret | None, base_url: str,
+                 limiters: Sequence[Any], ledger: Any, columns: Sequence[str] | None = None,
+                 answers: bool = True, keys: Mapping[str, Secret | None] | None = None) -> None:
+        """`limiters`: the run's limiter actor, or one per endpoint (in `config.endpoints`'
+        order); `keys`: each endpoint's key by name (`key` is then None)."""
         self._config = share(config)
         self._key = key
+        self._keys = keys or {}
         self._base_url = base_url
-        self._limiter = limiter
+        self._limiters = list(limiters)
         self._ledger = ledger
         self._renderer = Renderer(config, columns) if columns is not None else None
         self._answers = answers  # False: return a row count only (the driver writes the output)
         self._price = price_for(config.model, config.price)
         self._stats = Stats()
-        self._sender: JobSender | None = None
+        self._started = False
+        self._sender: JobSender | None = None  # one endpoint's sending core
+        self._pool: WorkerPool | None = None  # several endpoints'
 
-    def _start(self) -> JobSender:
-        """The worker's session, limits and sending core, made on the actor's event loop."""
+    def _start(self) -> None:
+        """The worker's session, limits and sending core, made on the actor's event loop (with
+        several endpoints, each endpoint's: `pool.WorkerPool`)."""
         import ray
 
         config = self._config
         self._stopper = stopper = Stopper(lambda name, data: None)
         here = ray.get_runtime_context()
-        limits = LeasedLimits(self._limiter, config, stopper, here.get_actor_id() or "driver",
-                              here.get_node_id())
-        stopper.when_stopping(limits.close)
+        worker, node = here.get_actor_id() or "driver", here.get_node_id()
+        self._commits = RemoteCommit(self._ledger, self._stats)
         stopper.when_stopping(self._tell_stop)
+        self._started = True
+        if config.endpoints:
+            self._pool = WorkerPool(config, self._keys, self._limiters, self._ledger,
+                                    self._commits, self._stats, stopper, worker, node)
+            return
+        limits = LeasedLimits(self._limiters[0], config, stopper, worker, node)
+        stopper.when_stopping(limits.close)
         self._session = new_session(config.concurrency, tls=self._base_url.startswith("https:"))
         scrub = (self._key.reveal(),) if self._key else ()
         wire = Sender(self._session, self._base_url, self._key, config.timeout, scrub=scrub)
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._commits = RemoteCommit(self._ledger, self._stats)
-        return JobSender(config, wire, limits, self._stats, stopper, self._price,
-                         lambda name, data: None, seats=self._slots)
+        self._sender = JobSender(config, wire, limits, self._stats, stopper, self._price,
+                                 lambda name, data: None, seats=self._slots)
 
     def _tell_stop(self) -> None:
+        """The run stops: every limiter actor hears it (each endpoint's, with several), so
+        every worker stops at its next lease, and the driver reads why."""
         error = self._stopper.error
         if error is not None:
-            self._limiter.stop.remote(error.message, isinstance(error, Interrupted))
+            for limiter in self._limiters:
+                limiter.stop.remote(error.message, isinstance(error, Interrupted))
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         """Settle every row of the block; the block with its result columns (or its row count)."""
-        if self._sender is None:
-            self._sender = self._start()
+        if not self._started:
+            self._start()
         if self._renderer is None:
             jobs = [Job(*row) for row in zip(*(batch.column(c).to_pylist() for c in JOB_COLUMNS),
                                              strict=True)]
@@ -145,7 +163,11 @@ class SenderWorker:
         retry_failed = self._config.retry_failed
         results = {key: row for key, row in found.items()
                    if not resend(row[_STATUS_AT], row[_KIND_AT], retry_failed)}
-        work = [self._send(job, results) for job in jobs if job.key not in results]
+        pending = [job for job in jobs if job.key not in results]
+        if self._pool is not None:
+            work = [self._pool.settle(pending, results)] if pending else []
+        else:
+            work = [self._send(job, results) for job in pending]
         for item in invalid:
             if item.key not in results:
                 self._stats.invalid += 1

@@ -20,6 +20,11 @@ Each outcome is committed once, when the row is settled: answered by some endpoi
 where no endpoint is left to try, with its attempts, usage and cost summed over the endpoints it
 went through (`routing.carried`) and the name of the endpoint that gave it. With `--cache`, an
 answer is also kept in the shared cache under the key its endpoint alone gives the request.
+
+The run is the local engine's `RunContext`, or a Ray sender actor's part of one (`Crew`): that
+one has no journal, and gives the pump its `Commits` (to the ledger actor) and cache, and a pump
+per block of rows, whose endpoints keep what they learned between blocks (a retired endpoint's
+switch stays set, and the next pump routes around it).
 """
 
 from __future__ import annotations
@@ -28,19 +33,28 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from batchrun.errors import BatchrunError, JobStopped
-from batchrun.journal.database import GroupCommit
+from batchrun.journal.database import GroupCommit, Journal
 from batchrun.protocol.outcome import ERROR, OK, Outcome
-from batchrun.protocol.render import alone_key
-from batchrun.running.context import RunContext
+from batchrun.protocol.render import (
+    alone_key,
+    completion_reserve,
+    model_prefix,
+    rendered_prefix,
+    with_model,
+)
 from batchrun.running.rows import Job
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.sending.routing import Trail, carried, next_endpoint
 from batchrun.sending.workers import FLUSH_EVERY
+from batchrun.settings.config import RunConfig
+from batchrun.settings.endpoints import Endpoint
+from batchrun.settings.prices import Price
 
 log = logging.getLogger("batchrun")
 
@@ -48,6 +62,35 @@ FOLD_EVERY = 0.25  # seconds between two sums of the endpoints' counters into th
 MOVED_WORKERS = 1  # per seat of a pool endpoint: workers for rows sent to it by name
 
 Settle = Callable[[Job, Trail], Awaitable[Outcome | None]]
+
+
+class Crew(Protocol):
+    """What the pump needs of its run: the local engine's `RunContext`, or a Ray sender actor's
+    part of a run (no journal of its own: it gives the pump its `Commits` and cache)."""
+
+    @property
+    def stopper(self) -> Stopper: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def journal(self) -> Journal | None: ...
+    def event(self, name: str, **data: Any) -> None: ...
+
+
+class Commits(Protocol):
+    """How a settled row becomes durable: the journal's `GroupCommit`, or a Ray worker's commits
+    to the ledger actor."""
+
+    async def commit(self, outcome: Outcome) -> None: ...
+    async def run(self) -> None: ...
+    def flush(self) -> int: ...
+
+
+class Store(Protocol):
+    """Where answers are kept for other runs (`--cache`): the shared `Cache`, or the ledger
+    actor's."""
+
+    def store(self, outcomes: Iterable[Outcome]) -> int: ...
 
 
 class Switch:
@@ -107,8 +150,11 @@ class Member:
 class PoolPump:
     """The workers, queues and group commit of a run with several endpoints."""
 
-    def __init__(self, run: RunContext, members: list[Member], order: tuple[int, ...],
-                 fold: Callable[[], None]) -> None:
+    def __init__(self, run: Crew, members: list[Member], order: tuple[int, ...],
+                 fold: Callable[[], None], *, commits: Commits | None = None,
+                 cache: Store | None = None) -> None:
+        """`commits` and `cache`: a run without a journal of its own (a Ray worker) gives them;
+        a run with one uses its journal's group commit and shared cache."""
         self._run = run
         self._members = members
         self._order = order
@@ -117,18 +163,25 @@ class PoolPump:
         # The rows of the plan, then (None) one end of input for each worker taking from it.
         self._shared: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * seats)
         self._own: list[asyncio.Queue[tuple[Job, Trail]]] = [asyncio.Queue() for _ in members]
-        self._retired: set[int] = set()
+        # Endpoints retired before this pump (a Ray worker's pump per block): their switches.
+        self._retired: set[int] = {m.index for m in members if m.switch.reason is not None}
         self._open = 0  # rows taken from the plan and not yet committed (or left pending)
         self._producing = True
         self._done = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()  # workers holding a row
         self._chores: set[asyncio.Future[None]] = set()
         self._sharing: set[asyncio.Task[None]] = set()  # workers of the shared queue
-        self._fallbacks_share = False  # fallback endpoints take rows from the shared queue too
-        self._commits = GroupCommit(run.journal, FLUSH_EVERY, self._committed)
+        # Fallback endpoints take rows from the shared queue too: once no pool endpoint is left.
+        self._fallbacks_share = all(m.fallback for m in members if m.index not in self._retired)
+        self._closed = False  # drained: an endpoint retiring later is the next pump's to route
+        journal = run.journal
+        if journal is not None:  # the local engine's run: its journal's commits and cache
+            commits, cache = GroupCommit(journal, FLUSH_EVERY, self._committed), journal.cache
+        assert commits is not None, "a run without a journal gives the pump its commits"
+        self._commits: Commits = commits
         # --cache: answers to keep in the shared cache, under the key of the endpoint that gave
         # them (`alone_key`), kept a fold at a time.
-        self._cache = run.journal.cache
+        self._cache = cache
         self._to_cache: list[Outcome] = []
         for member in members:
             member.switch.when_retired(functools.partial(self._retire, member))
@@ -137,7 +190,7 @@ class PoolPump:
         """Settle every job of `jobs` on the endpoints, or stop early when the run stops."""
         stopper = self._run.stopper
         for member in self._members:
-            if not member.fallback:
+            if not member.fallback or self._fallbacks_share:
                 self._spawn(member, shared=True, count=2 * member.concurrency)
             own = (2 if member.fallback else MOVED_WORKERS) * member.concurrency
             self._spawn(member, shared=False, count=own)
@@ -168,6 +221,7 @@ class PoolPump:
             if producer_error is not None:
                 raise producer_error
         finally:
+            self._closed = True
             rest = [producer, folder, *(t for m in self._members for t in m.workers),
                     *self._chores, flusher]
             for task in rest:
@@ -313,8 +367,8 @@ class PoolPump:
     def _retire(self, member: Member, reason: str) -> None:
         """`member` sends no more: its queued rows go to the others; the run stops when no
         endpoint is left."""
-        if self._run.stopper.stopping:
-            return  # the run's own stop, not the endpoint's
+        if self._run.stopper.stopping or self._closed:
+            return  # the run's own stop, not the endpoint's; or a pump that is done
         self._retired.add(member.index)
         log.warning("endpoint %s retired for the rest of the run: %s", member.name, reason)
         self._run.event("endpoint_retired", endpoint=member.name, reason=reason)
@@ -363,3 +417,23 @@ async def _wait(workers: list[asyncio.Task[None]] | list[asyncio.Future[None]]) 
     for result in await asyncio.gather(*workers, return_exceptions=True):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise result
+
+
+def sending_as(config: RunConfig, endpoint: Endpoint, price: Price | None,
+               rendered_price: Price | None) -> Callable[[Job], Job]:
+    """A job as `endpoint` sends it: the body names its model, and the budget holds its price
+    (`rendered_price`: the price the plan estimated the job's cost at)."""
+    rendered, own = rendered_prefix(config), model_prefix(endpoint.model)
+    if own == rendered and price == rendered_price:
+        return _same
+    reserve = completion_reserve(config)
+
+    def send_as(job: Job) -> Job:
+        cost = price.cost(job.tokens - reserve, reserve) if price is not None else 0.0
+        return job._replace(body=with_model(job.body, rendered, own), cost_estimate=cost)
+
+    return send_as
+
+
+def _same(job: Job) -> Job:
+    return job

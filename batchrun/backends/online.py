@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from batchrun.errors import JobStopped
+from batchrun.errors import BatchrunError, JobStopped
 from batchrun.journal.database import Journal
 from batchrun.protocol.tokens import CALIBRATION_META, Calibration
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
 from batchrun.sending.attempts import JobSender
-from batchrun.sending.http import Sender, new_session
 from batchrun.sending.limiter import Limiter
 from batchrun.sending.workers import Pump
 
@@ -24,6 +23,14 @@ class OnlineBackend:
 
     async def deliver(self, jobs: AsyncIterator[list[Job]], run: RunContext) -> None:
         """Send every job; answers are committed as they arrive."""
+        first = await _first_jobs(jobs, run)
+        if first is None:
+            return  # nothing to send: no HTTP stack loaded
+        jobs = first
+        # Here, not at the top: a run with nothing to send (every row answered by the shared
+        # cache or an earlier run) does not pay aiohttp's import, a tenth of a warm cache's run.
+        from batchrun.sending.http import Sender, new_session
+
         config = run.config
         limiter = Limiter(config.rpm, config.tpm, config.concurrency)
         run.stopper.when_stopping(limiter.close)  # starts waiting on it go now, and see the stop
@@ -44,6 +51,30 @@ class OnlineBackend:
             finally:
                 keeper.cancel()
                 save_calibration(run.journal, calibration)
+
+
+async def _first_jobs(jobs: AsyncIterator[list[Job]], run: RunContext
+                      ) -> AsyncIterator[list[Job]] | None:
+    """The jobs from the first batch that holds any on, or None when none does (or the run
+    stops first). The batches before it only recorded answers (the cache's, dedup copies):
+    they are committed batch by batch, as the pump's group commit would."""
+    try:
+        async for batch in jobs:
+            if batch:
+                return _chained(batch, jobs)
+            run.journal.flush()
+            if run.stopper.stopping:
+                return None
+            await asyncio.sleep(0)  # a signal's handler runs between batches
+    except BatchrunError as exc:  # the journal cannot be written: a reason to stop, as in the pump
+        run.stopper.stop(exc)
+    return None
+
+
+async def _chained(first: list[Job], rest: AsyncIterator[list[Job]]) -> AsyncIterator[list[Job]]:
+    yield first
+    async for batch in rest:
+        yield batch
 
 
 async def keep_calibration(journal: Journal, calibration: Calibration) -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from batchrun.errors import JobStopped
 from batchrun.protocol.answers import Answer, Usage, add_usage, build_outcome, judge
@@ -27,10 +27,12 @@ from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.sending.budget import Budget
 from batchrun.sending.decision import Finish, History, Pending, Retry, Stop, decide
-from batchrun.sending.http import Reply
 from batchrun.sending.routing import Trail
 from batchrun.settings.config import RunConfig
 from batchrun.settings.prices import Price
+
+if TYPE_CHECKING:  # aiohttp's import is paid only by a run that sends (backends.online)
+    from batchrun.sending.http import Reply
 
 log = logging.getLogger("batchrun")
 

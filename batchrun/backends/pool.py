@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from batchrun.backends.online import keep_calibration, save_calibration
-from batchrun.protocol.render import completion_reserve, model_prefix, rendered_prefix, with_model
 from batchrun.protocol.tokens import CALIBRATION_META, Calibration
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
@@ -24,10 +23,9 @@ from batchrun.sending.attempts import JobSender
 from batchrun.sending.budget import Budget
 from batchrun.sending.http import Sender, new_session
 from batchrun.sending.limiter import Limiter
-from batchrun.sending.pool import Member, PoolPump, Switch
+from batchrun.sending.pool import Member, PoolPump, Switch, sending_as
 from batchrun.sending.routing import try_order
-from batchrun.settings.endpoints import Endpoint
-from batchrun.settings.prices import Price, run_price
+from batchrun.settings.prices import run_price
 
 
 class PoolBackend:
@@ -65,7 +63,8 @@ class PoolBackend:
                                    budget=budget, halt=run.stopper)
                 members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,
                                       sender.settle, seats, switch, stats,
-                                      _sending_as(run, endpoint, price), endpoint.base_url))
+                                      sending_as(config, endpoint, price, run.price),
+                                      endpoint.base_url))
             switches = [m.switch for m in members]
             run.stats.pace = lambda: _summed(limiters, switches)
             tally = Tally(run.stats, [m.stats for m in members])
@@ -77,20 +76,6 @@ class PoolBackend:
                 save_calibration(run.journal, calibration)
 
 
-def _sending_as(run: RunContext, endpoint: Endpoint, price: Price | None) -> Callable[[Job], Job]:
-    """A job as `endpoint` sends it: the body names its model, and the budget holds its price."""
-    rendered, own = rendered_prefix(run.config), model_prefix(endpoint.model)
-    if own == rendered and price == run.price:
-        return _same
-    reserve = completion_reserve(run.config)
-
-    def send_as(job: Job) -> Job:
-        cost = price.cost(job.tokens - reserve, reserve) if price is not None else 0.0
-        return job._replace(body=with_model(job.body, rendered, own), cost_estimate=cost)
-
-    return send_as
-
-
 def _tagged(emit: Emit, name: str) -> Emit:
     """An endpoint's events (its pauses after 429s) name it."""
     return lambda event, data: emit(event, {**data, "endpoint": name})
@@ -99,10 +84,6 @@ def _tagged(emit: Emit, name: str) -> Emit:
 def _closing(limiter: Limiter) -> Callable[[str], None]:
     """A retiring endpoint's starts waiting on its limiter go now, and see the switch."""
     return lambda _reason: limiter.close()
-
-
-def _same(job: Job) -> Job:
-    return job
 
 
 def _pace_of(limiter: Limiter) -> Callable[[], tuple[float | None, float | None, int]]:

@@ -5,10 +5,12 @@ simulators on loopback."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from batchrun.settings.endpoints import Endpoint
@@ -42,7 +44,7 @@ def test_two_keys_split_the_rows_by_their_limits_each_under_its_own(
     # total across the cluster's two workers (its own limiter actor), so neither key goes over.
     server = sim(latency=0.01, accounts=(Account("sk-a", rpm=3000, window_s=1.0),
                                          Account("sk-b", rpm=1500, window_s=1.0)))
-    src = prompts_csv(tmp_path / "in.csv", 180)
+    src = prompts_csv(tmp_path / "in.csv", 120)
     result = ray_pool(tmp_path, src, ray_address,
                       endpoint("A", server, api_key_env="KEY_A", rpm=3000, concurrency=8),
                       endpoint("B", server, api_key_env="KEY_B", rpm=1500, concurrency=8),
@@ -52,13 +54,32 @@ def test_two_keys_split_the_rows_by_their_limits_each_under_its_own(
     assert all(r["status"] == "ok" for r in rows)
     split = by_endpoint(rows)
     a, b = server.stats.by_key["sk-a"], server.stats.by_key["sk-b"]
-    assert a.ok == split["A"] and b.ok == split["B"] and split["A"] + split["B"] == 180
+    assert a.ok == split["A"] and b.ok == split["B"] and split["A"] + split["B"] == 120
     assert 1.3 <= split["A"] / split["B"] <= 3.0, split  # about 2:1, as their limits
     assert set(server.stats.by_key) == {"sk-a", "sk-b"}  # each key went to its endpoint only
     for key in (a, b):  # no key over its limit: at most noise of 429s
         assert key.rate_limited <= max(3, 0.04 * key.requests), (a, b)
-    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 180
+    assert sorted(server.stats.billed_by_prompt.values()) == [1] * 120
     assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}
+    # Each endpoint's counters, summed over the workers, reach the output's metadata.
+    meta = json.loads(pq.read_schema(tmp_path / "out.parquet").metadata[b"batchrun"])
+    assert {name: meta["endpoints"][name]["this_run"]["requests_sent"] for name in "AB"} == {
+        "A": a.requests, "B": b.requests}
+
+
+def test_when_every_endpoint_retires_the_cluster_stops_naming_each_reason(
+        tmp_path: Path, sim, ray_address) -> None:
+    locked, broke = sim(), sim()
+    locked.rule("", Step.status(401, "Incorrect API key provided", code_str="invalid_api_key"))
+    broke.rule("", Step.status(402, "Insufficient credits"))
+    src = prompts_csv(tmp_path / "in.csv", 40)
+    result = ray_pool(tmp_path, src, ray_address, endpoint("A", locked, concurrency=2),
+                      endpoint("B", broke, concurrency=2))
+    assert result.returncode == 3, result.stderr
+    assert "no endpoint is left" in result.stderr
+    assert "A: HTTP 401" in result.stderr and "B: HTTP 402" in result.stderr
+    # Each endpoint was retired by the requests in flight, not one request per row.
+    assert locked.stats.requests <= 4 and broke.stats.requests <= 4
 
 
 def test_an_endpoint_out_of_credits_with_a_small_context_leaves_the_run_to_the_other(
@@ -92,16 +113,16 @@ def test_an_endpoint_retired_in_one_worker_is_retired_in_every_worker(
     # The other stops sending to A at its next lease, so A gets no more than was in flight.
     flaky, fine = sim(latency=0.02), sim(latency=0.02)
     flaky.script(*[Step.ok()] * 10, Step.status(402, "Insufficient credits"))
-    src = prompts_csv(tmp_path / "in.csv", 120)
+    src = prompts_csv(tmp_path / "in.csv", 80)
     result = ray_pool(tmp_path, src, ray_address, endpoint("A", flaky, concurrency=4),
                       endpoint("B", fine, concurrency=4))
     assert result.returncode == 0, result.stderr
     rows = read_output(tmp_path / "out.parquet")
     assert all(r["status"] == "ok" for r in rows)
     assert flaky.stats.requests <= 11 + 4, flaky.stats.requests  # the 402 and those in flight
-    assert by_endpoint(rows)["A"] == flaky.stats.ok and fine.stats.ok == 120 - flaky.stats.ok
+    assert by_endpoint(rows)["A"] == flaky.stats.ok and fine.stats.ok == 80 - flaky.stats.ok
     billed = [*flaky.stats.billed_by_prompt.values(), *fine.stats.billed_by_prompt.values()]
-    assert sorted(billed) == [1] * 120
+    assert sorted(billed) == [1] * 80
 
 
 def test_a_fallback_model_answers_the_long_rows_and_the_journal_is_one(
@@ -122,3 +143,8 @@ def test_a_fallback_model_answers_the_long_rows_and_the_journal_is_one(
     again = run_job(src, out, server.base_url, *flags, model="small")
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 15
+    # An output folder (Ray Data writes it) does not take several endpoints yet: one line.
+    folder = run_job(src, tmp_path / "folder", server.base_url, *flags, "--engine", "ray",
+                     "--ray-address", ray_address, model="small", timeout=300)
+    assert folder.returncode == 2 and "does not take several endpoints" in folder.stderr
+    assert len(folder.stderr.strip().splitlines()) == 1 and server.stats.requests == 15

@@ -113,39 +113,49 @@ async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: Counts
     ds = ray.data.from_blocks(blocks)  # the metadata is read here: no tasks to start
     ds = sending(ds, config, run.key, run.base_url, limiters, ledger, columns=None,
                  answers=False, keys=run.keys)
-    retired = Retirements(config, limiters, run)
+    watch = EndpointWatch(config, limiters, ledger, run)
 
     def consume() -> None:
         for _ in ds.iter_batches(batch_size=None):
             pass  # the answers are in the journal; the driver writes the output from it
 
     try:
-        await drive(consume, ledger, limiters, run.stats, run.stopper, base, retired.check)
+        await drive(consume, ledger, limiters, run.stats, run.stopper, base, watch.check)
     finally:
         _count(run.stats, base, await ledger.close.remote())
-        await retired.check()
+        await watch.check()
 
 
-class Retirements:
-    """The driver's word on each endpoint that retired (in some worker, for every worker): the
-    warning line and the `endpoint_retired` event the local pool gives, once each."""
+class EndpointWatch:
+    """The driver's view of each endpoint of a run with several: its counters, summed over the
+    workers (`run.stats.endpoints`: the timeline, the summary's and metadata's per-endpoint
+    lines), and each endpoint that retired (in some worker, so in every one), told once with
+    the warning line and `endpoint_retired` event the local pool gives."""
 
-    def __init__(self, config: RunConfig, limiters: list[Any], run: RunContext) -> None:
-        self._names = [e.name for e in config.endpoints]
-        self._limiters = limiters if config.endpoints else []
+    def __init__(self, config: RunConfig, limiters: list[Any], ledger: Any,
+                 run: RunContext) -> None:
+        self._endpoints = list(zip(config.endpoints, limiters, strict=False))
+        self._ledger = ledger
         self._run = run
         self._told: set[str] = set()
+        for endpoint in config.endpoints:
+            run.stats.endpoints[endpoint.name] = Stats(limits=(endpoint.rpm, endpoint.tpm))
 
     async def check(self) -> None:
-        """Ask each endpoint's limiter actor; tell what retired since the last check."""
-        for name, limiter in zip(self._names, self._limiters, strict=False):
-            if name in self._told:
+        """Bring the endpoints' counters up to date; tell what retired since the last check."""
+        if not self._endpoints:
+            return
+        for name, counts in (await self._ledger.parts.remote()).items():
+            self._run.stats.endpoints[name].set_counts(counts)
+        for endpoint, limiter in self._endpoints:
+            if endpoint.name in self._told:
                 continue
             reason = await limiter.retired.remote()
             if reason is not None:
-                self._told.add(name)
-                log.warning("endpoint %s retired for the rest of the run: %s", name, reason)
-                self._run.event("endpoint_retired", endpoint=name, reason=reason)
+                self._told.add(endpoint.name)
+                log.warning("endpoint %s retired for the rest of the run: %s", endpoint.name,
+                            reason)
+                self._run.event("endpoint_retired", endpoint=endpoint.name, reason=reason)
 
 
 async def drive(work: Callable[[], None], ledger: Any, limiters: list[Any], stats: Stats,

@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class Ledger:
         self._commits = GroupCommit(self._journal, FLUSH_EVERY, self._committed)
         self._flusher: asyncio.Task[None] | None = None
         self._totals = Counts()  # what every worker's sending did, and the answers committed
+        self._parts: dict[str, Counts] = {}  # several endpoints: what each one's sending did
         self._closed = False
 
     async def lookup(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, ...]]:
@@ -98,9 +99,13 @@ class Ledger:
                 found[key] = tuple(from_cache(key, hit, 0.0, now))
         return found
 
-    async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: Counts) -> None:
-        """Make `outcomes` durable (one transaction with whatever else arrived); add the counters."""
+    async def commit(self, outcomes: Sequence[tuple[Any, ...]], counted: Counts,
+                     parts: Mapping[str, Counts] | None = None) -> None:
+        """Make `outcomes` durable (one transaction with whatever else arrived); add the counters
+        (`parts`: each endpoint's, with several)."""
         self._totals = self._totals.plus(counted)
+        for name, grown in (parts or {}).items():
+            self._parts[name] = self._parts.get(name, Counts()).plus(grown)
         if not outcomes:
             return
         if self._flusher is None:
@@ -144,6 +149,10 @@ class Ledger:
         """The counters of every worker so far, and the answers committed."""
         return self._totals.counts()
 
+    async def parts(self) -> dict[str, Counts]:
+        """Each endpoint's counters so far, summed over the workers (several endpoints)."""
+        return dict(self._parts)
+
     async def close(self) -> Counts:
         """Commit what is buffered and close the journal; returns the final counters."""
         if not self._closed:
@@ -169,6 +178,9 @@ class RemoteCommit:
         self._ledger = ledger
         self._stats = stats
         self._reported = Counts()
+        # Several endpoints: each one's own counters in this worker, reported beside the whole's.
+        self.parts: dict[str, Stats] = {}
+        self._parts_reported: dict[str, Counts] = {}
         self._buffer: list[tuple[Any, ...]] = []
         self._next: asyncio.Future[None] | None = None  # resolved when the buffer is durable
         self._task: asyncio.Task[None] | None = None
@@ -187,13 +199,25 @@ class RemoteCommit:
             batch, self._buffer = self._buffer, []
             done, self._next = self._next, None
             try:
-                await self._ledger.commit.remote(batch, self._counted())
+                await self._ledger.commit.remote(batch, self._counted(), self._grown())
             except Exception as exc:  # the ledger is gone (the driver died): tell the waiters
                 if done is not None and not done.done():
                     done.set_exception(exc)
                 return
             if done is not None and not done.done():
                 done.set_result(None)
+
+    def _grown(self) -> dict[str, Counts] | None:
+        """What each endpoint's counters grew by since the last commit call (None: one
+        endpoint)."""
+        if not self.parts:
+            return None
+        grown = {}
+        for name, stats in self.parts.items():
+            now = stats.counts()
+            grown[name] = now.minus(self._parts_reported.get(name, Counts()))
+            self._parts_reported[name] = now
+        return grown
 
     def _counted(self) -> Counts:
         """What this worker's counters grew by since the last commit call."""

@@ -125,7 +125,7 @@ class WorkerPool:
                           scrub=scrub)
             seats = asyncio.Semaphore(at.concurrency)
             price = run_price(at.model, config.price, config.backend, config.batch_price)
-            own = Stats()
+            own = commits.parts[endpoint.name] = Stats()  # reported with each commit
             sender = JobSender(at, wire, limits, own, switch, price, _quiet, calibration, seats,
                                budget=budget, halt=stopper)
             members.append(Member(index, endpoint.name, endpoint.fallback, at.concurrency,

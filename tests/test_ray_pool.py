@@ -24,12 +24,13 @@ pytestmark = pytest.mark.ray
 
 
 def ray_pool(tmp_path: Path, src: Path, address: str, *endpoints: Endpoint,
-             env: dict[str, str] | None = None) -> CompletedProcess[str]:
+             env: dict[str, str] | None = None, extra: tuple[Any, ...] = ()
+             ) -> CompletedProcess[str]:
     """`batchrun run JOB --engine ray` of `src` on these endpoints, two workers."""
     job = pool_job(tmp_path / "job.toml", src, tmp_path / "out.parquet", endpoints)
     result = run_cli("run", job, "--no-progress", "--max-attempts", 2, "--engine", "ray",
-                     "--workers", 2, "--ray-address", address, env=clean_env(**(env or {})),
-                     timeout=300)
+                     "--workers", 2, "--ray-address", address, *extra,
+                     env=clean_env(**(env or {})), timeout=300)
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -44,11 +45,11 @@ def test_two_keys_split_the_rows_by_their_limits_each_under_its_own(
     # total across the cluster's two workers (its own limiter actor), so neither key goes over.
     server = sim(latency=0.01, accounts=(Account("sk-a", rpm=3000, window_s=1.0),
                                          Account("sk-b", rpm=1500, window_s=1.0)))
-    src = prompts_csv(tmp_path / "in.csv", 120)
-    result = ray_pool(tmp_path, src, ray_address,
-                      endpoint("A", server, api_key_env="KEY_A", rpm=3000, concurrency=8),
-                      endpoint("B", server, api_key_env="KEY_B", rpm=1500, concurrency=8),
-                      env={"KEY_A": "sk-a", "KEY_B": "sk-b"})
+    src, cache = prompts_csv(tmp_path / "in.csv", 120), tmp_path / "cache.sqlite"
+    pair = (endpoint("A", server, api_key_env="KEY_A", rpm=3000, concurrency=8),
+            endpoint("B", server, api_key_env="KEY_B", rpm=1500, concurrency=8))
+    keys = {"KEY_A": "sk-a", "KEY_B": "sk-b"}
+    result = ray_pool(tmp_path, src, ray_address, *pair, env=keys, extra=("--cache", cache))
     assert result.returncode == 0, result.stderr
     rows = read_output(tmp_path / "out.parquet")
     assert all(r["status"] == "ok" for r in rows)
@@ -65,6 +66,14 @@ def test_two_keys_split_the_rows_by_their_limits_each_under_its_own(
     meta = json.loads(pq.read_schema(tmp_path / "out.parquet").metadata[b"batchrun"])
     assert {name: meta["endpoints"][name]["this_run"]["requests_sent"] for name in "AB"} == {
         "A": a.requests, "B": b.requests}
+    # --cache: each answer is kept for the endpoint that gave it; a local run of the same pool
+    # on another output takes every row from the cache, each for its endpoint.
+    job = pool_job(tmp_path / "again.toml", src, tmp_path / "again.parquet", pair)
+    again = run_cli("run", job, "--no-progress", "--cache", cache, env=clean_env(**keys))
+    assert again.returncode == 0, again.stderr
+    cached = read_output(tmp_path / "again.parquet")
+    assert all(r["cached"] for r in cached) and by_endpoint(cached) == split
+    assert server.stats.requests == a.requests + b.requests
 
 
 def test_when_every_endpoint_retires_the_cluster_stops_naming_each_reason(

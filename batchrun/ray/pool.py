@@ -90,12 +90,20 @@ class _Store:
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
+        self._calls: list[Any] = []
 
     def store(self, outcomes: Iterable[Outcome]) -> int:
         answers = [tuple(o) for o in outcomes]
         if answers:
-            self._ledger.keep_in_cache.remote(answers)  # best effort, as locally
+            self._calls.append(self._ledger.keep_in_cache.remote(answers))
         return len(answers)
+
+    async def kept(self) -> None:
+        """Wait until the ledger has what was given so far: a block's answers are in the cache
+        before the block ends (the driver closes the ledger once every block has)."""
+        calls, self._calls = self._calls, []
+        for call in calls:
+            await call
 
 
 class WorkerPool:
@@ -154,6 +162,8 @@ class WorkerPool:
                         commits=_Commits(self._commits, self._tally.fold, results),
                         cache=self._cache)
         await pump.drain(_once(jobs))
+        if self._cache is not None:
+            await self._cache.kept()
 
 
 async def _once(jobs: list[Job]) -> AsyncIterator[list[Job]]:

@@ -483,6 +483,37 @@ def test_a_429_while_probing_above_the_wall_cuts_a_little_and_keeps_the_wall() -
     assert lim.rpm == pytest.approx(probe * 0.9) and lim.requests.wall == max(wall, probe)
 
 
+def test_each_probe_the_wall_refuses_again_halves_how_fast_the_next_one_climbs() -> None:
+    # No headers: only probing finds out whether the wall moved. A provider that refuses every
+    # probe at the same wall is asked half as often each time, not every few seconds for ever.
+    lim, clock = limiter(rpm=12_000)
+    times = starts(lim, clock, [1] * 400)
+    answered(lim, clock, 300)
+    for sent in times[-4:]:
+        limited(lim, sent, retry_after=0.01)
+    pace = lim.requests
+
+    def climb(seconds: float) -> float:
+        """The pace after `seconds` more, from the start of a probe at the wall."""
+        clock.t += seconds
+        lim.wait_for(1)
+        assert lim.rpm is not None
+        return lim.rpm
+
+    for refused in range(3):
+        clock.t += 60.0
+        lim.wait_for(1)
+        assert pace.probing
+        pace.rate = pace.wall * SAFETY  # at the start of a probe: the step after is the first
+        pace.changed_at = clock.t
+        before = pace.rate
+        gained = climb(2.0 ** refused) - before
+        assert gained == pytest.approx(0.01 * pace.wall)  # one step in 2**refused seconds
+        assert climb(2.0 ** refused * 0.99) == pytest.approx(before + gained)  # not two
+        assert limited(lim, lim.take(1), retry_after=0.01)  # refused again at the same wall
+        assert pace.refused_probes == refused + 1
+
+
 def test_429_without_retry_after_pauses_one_second() -> None:
     lim, clock = limiter()
     sent = lim.take(1)

@@ -25,6 +25,10 @@ TOUCH = 0.9  # the cut when the wall is known: learned before, or measured now
 RECOVER_EVERY = 1.0  # seconds between increases after the last cut
 CLIMB_STEP = 0.1  # fraction of the wall regained per step while below SAFETY * wall
 PROBE_STEP = 0.01  # fraction of the wall added per step above that, looking for room
+# Each probe the wall refused again doubles the time between probe steps (up to 2**6 s): a
+# provider with no headers is then probed less often, rather than paid a 429 and a cut every
+# few seconds; a new wall starts over.
+MAX_PROBE_BACKOFF = 6
 # A start this late for its slot keeps the schedule, so a busy event loop does not slow the run;
 # catching up adds at most half of what SAFETY holds back in the shortest window in use (1 s).
 LATE = (1 - SAFETY) / 2
@@ -39,6 +43,7 @@ class Pace:
         self.wall: float | None = None  # the rate a 429 told us is too much
         self.tat = -math.inf  # theoretical start of the next request (GCRA)
         self.changed_at = -math.inf  # last cut or recovery step
+        self.refused_probes = 0  # probes above the wall that a 429 ended, at this wall
         self.book = Book()  # the provider's own count of this limit
 
     def interval(self, amount: float) -> float:
@@ -78,13 +83,15 @@ class Pace:
         if self.wall is not None and (again or current >= self.wall * TOUCH):
             # Near the wall we already learned, a 429 only confirms it: a small step back is
             # enough, and the wall stays (stray 429s must not wear it down, cut after cut).
+            if self.probing and not again:
+                self.refused_probes += 1
             self.wall, step = max(self.wall, current), TOUCH
         elif took is not None and pace is not None and took < pace:
             # The server refused part of our pace: what it took is a measured wall, just under.
-            self.wall, step = current, TOUCH
+            self.wall, step, self.refused_probes = current, TOUCH, 0
         else:
             # It took all we sent (a window that let a burst through), or we cannot tell.
-            self.wall, step = current, DECREASE
+            self.wall, step, self.refused_probes = current, DECREASE, 0
         self.rate = max(current * step, 1e-3)
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling * step)
@@ -113,16 +120,20 @@ class Pace:
         """Climb back to the wall quickly, then probe above it slowly, never past the ceiling."""
         if self.wall is None or self.rate is None:
             return
-        steps = int((now - self.changed_at) / RECOVER_EVERY)
-        if steps <= 0:
-            return
-        self.changed_at += steps * RECOVER_EVERY
-        for _ in range(min(steps, 1000)):
+        # A long idle counts as 1000 steps at most.
+        self.changed_at = max(self.changed_at, now - 1000 * RECOVER_EVERY)
+        while True:
             below = self.wall * SAFETY
-            if self.rate < below:
+            climbing = self.rate < below
+            every = RECOVER_EVERY * (1 if climbing else
+                                     2 ** min(self.refused_probes, MAX_PROBE_BACKOFF))
+            if now - self.changed_at < every:
+                return
+            self.changed_at += every
+            if climbing:
                 self.rate = min(below, self.rate + CLIMB_STEP * self.wall)
             else:
                 self.rate += PROBE_STEP * self.wall
             if self.ceiling is not None and self.rate >= self.ceiling:
                 self.rate = self.ceiling
-                break
+                return

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.running.output import usage_path
 from batchrun.settings.endpoints import Endpoint
 from batchrun.sim import Step
 from batchrun.sim.config import Account
@@ -152,8 +153,31 @@ def test_a_fallback_model_answers_the_long_rows_and_the_journal_is_one(
     again = run_job(src, out, server.base_url, *flags, model="small")
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 15
-    # An output folder (Ray Data writes it) does not take several endpoints yet: one line.
-    folder = run_job(src, tmp_path / "folder", server.base_url, *flags, "--engine", "ray",
+    # An output folder: Ray Data reads the input, each worker renders its block and routes it.
+    folder = tmp_path / "folder"
+    result = run_job(src, folder, server.base_url, *flags, "--engine", "ray", "--workers", 2,
                      "--ray-address", ray_address, model="small", timeout=300)
-    assert folder.returncode == 2 and "does not take several endpoints" in folder.stderr
-    assert len(folder.stderr.strip().splitlines()) == 1 and server.stats.requests == 15
+    assert result.returncode == 0, result.stderr
+    rows = sorted(pq.read_table(folder).to_pylist(), key=lambda r: int(r["prompt"].split()[-1]))
+    assert [(r["endpoint"], r["model"]) for r in rows] == [
+        ("big", "big") if i in (2, 5, 7) else ("small", "small") for i in range(12)]
+    assert server.stats.requests == 30  # its own journal: every row once more, 3 of them twice
+    sidecar = pq.read_table(usage_path(folder)).to_pylist()
+    assert [(u["endpoint"], u["model"], u["rows_ok"], u["requests"]) for u in sidecar] == [
+        ("big", "big", 3, 6), ("small", "small", 9, 9)]
+
+
+def test_process_routes_a_datasets_rows_among_its_endpoints(sim, ray_address) -> None:
+    import ray
+
+    import batchrun.ray
+
+    server = sim(context_lengths={"small": 60})
+    ds = ray.data.from_items([{"id": i, "prompt": row["prompt"]} for i, row in enumerate(
+        long_and_short(6, lambda i: i in (1, 4)))])
+    answered = batchrun.ray.process(ds, base_url=server.base_url, model="small",
+                                    fallback_models=["big"], max_attempts=2, workers=1)
+    rows = sorted(answered.take_all(), key=lambda r: r["id"])
+    assert [(r["status"], r["endpoint"], r["model"]) for r in rows] == [
+        ("ok", "big", "big") if i in (1, 4) else ("ok", "small", "small") for i in range(6)]
+    assert server.stats.requests == 8

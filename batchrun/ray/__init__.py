@@ -22,7 +22,7 @@ from batchrun.errors import UsageError
 from batchrun.ray.backend import sending, start_actors
 from batchrun.ray.install import load
 from batchrun.settings.config import build_config
-from batchrun.settings.keys import Secret, check_transport, resolve_key
+from batchrun.settings.keys import Secret, check_transport, resolve_key, resolve_keys
 
 
 def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | None = None,
@@ -35,7 +35,8 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
     limiter for all of them. With `journal` (a file path) answers are kept there, so running the
     pipeline again sends only what is not answered yet; without it they are kept for the life of
     the dataset. A job-wide stop (bad key, no credits, budget) fails the dataset's execution with
-    the stop's message.
+    the stop's message. With ``endpoints=`` or ``fallback_models=`` the rows go to several
+    endpoints, each under a limiter of its own (an ``endpoint`` column says which answered).
     """
     ray = load()
 
@@ -46,18 +47,22 @@ def process(ds: Any, *, key: Secret | str | None = None, journal: str | Path | N
         # Input and output are the dataset; the config needs paths, which nothing reads here.
         config = build_config(None, {**options, "input": str(Path(tmp) / "dataset"),
                                      "output": str(Path(tmp) / "dataset.parquet")})
-    if config.provider == "simulator" and not config.base_url:
+    if any(e.provider == "simulator" and not e.base_url for e in config.endpoints) or (
+            config.provider == "simulator" and not config.base_url):
         raise UsageError("process() needs base_url= for the simulator (batchrun simulate)")
-    if config.endpoints:
-        raise UsageError("process() does not take several endpoints yet (endpoints= or "
-                         "fallback_models=): use batchrun run --engine ray with a .parquet "
-                         "output, or one endpoint")
     secret = Secret(key) if isinstance(key, str) else key
-    if secret is None:
-        secret = resolve_key(config)
-    check_transport(config, secret)
+    if config.endpoints:  # each endpoint's key is its own, from its api_key_env
+        if secret is not None:
+            raise TypeError("process() with endpoints= or fallback_models= takes each "
+                            "endpoint's key from its environment variable; no key=")
+        keys = resolve_keys(config)
+    else:
+        keys = {}
+        if secret is None:
+            secret = resolve_key(config)
+        check_transport(config, secret)
     if not ray.is_initialized():
         ray.init()
     ledger, limiters = start_actors(config, Path(journal) if journal is not None else None)
     return sending(ds, config, secret, config.base_url, limiters, ledger,
-                   columns=list(ds.schema().names), answers=True)
+                   columns=list(ds.schema().names), answers=True, keys=keys)

@@ -113,7 +113,7 @@ async def _send_on_cluster(run: RunContext, blocks: list[pa.Table], base: Counts
     ds = ray.data.from_blocks(blocks)  # the metadata is read here: no tasks to start
     ds = sending(ds, config, run.key, run.base_url, limiters, ledger, columns=None,
                  answers=False, keys=run.keys)
-    watch = EndpointWatch(config, limiters, ledger, run)
+    watch = EndpointWatch(config, limiters, ledger, run.stats, run.event)
 
     def consume() -> None:
         for _ in ds.iter_batches(batch_size=None):
@@ -132,21 +132,23 @@ class EndpointWatch:
     lines), and each endpoint that retired (in some worker, so in every one), told once with
     the warning line and `endpoint_retired` event the local pool gives."""
 
-    def __init__(self, config: RunConfig, limiters: list[Any], ledger: Any,
-                 run: RunContext) -> None:
+    def __init__(self, config: RunConfig, limiters: list[Any], ledger: Any, stats: Stats,
+                 event: Callable[..., None]) -> None:
+        """`stats`: the run's counters; `event(name, **data)` tells the display and the log."""
         self._endpoints = list(zip(config.endpoints, limiters, strict=False))
         self._ledger = ledger
-        self._run = run
+        self._stats = stats
+        self._event = event
         self._told: set[str] = set()
         for endpoint in config.endpoints:
-            run.stats.endpoints[endpoint.name] = Stats(limits=(endpoint.rpm, endpoint.tpm))
+            stats.endpoints[endpoint.name] = Stats(limits=(endpoint.rpm, endpoint.tpm))
 
     async def check(self) -> None:
         """Bring the endpoints' counters up to date; tell what retired since the last check."""
         if not self._endpoints:
             return
         for name, counts in (await self._ledger.parts.remote()).items():
-            self._run.stats.endpoints[name].set_counts(counts)
+            self._stats.endpoints[name].set_counts(counts)
         for endpoint, limiter in self._endpoints:
             if endpoint.name in self._told:
                 continue
@@ -155,7 +157,7 @@ class EndpointWatch:
                 self._told.add(endpoint.name)
                 log.warning("endpoint %s retired for the rest of the run: %s", endpoint.name,
                             reason)
-                self._run.event("endpoint_retired", endpoint=endpoint.name, reason=reason)
+                self._event("endpoint_retired", endpoint=endpoint.name, reason=reason)
 
 
 async def drive(work: Callable[[], None], ledger: Any, limiters: list[Any], stats: Stats,

@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,14 @@ from batchrun.errors import BatchrunError, UsageError
 from batchrun.journal.database import Journal, OutputLock, journal_path
 from batchrun.journal.readback import UsageRow
 from batchrun.protocol.render import Renderer
-from batchrun.ray.backend import connect, drive, sending, start_actors
+from batchrun.ray.backend import EndpointWatch, connect, drive, sending, start_actors
 from batchrun.ray.install import load
 from batchrun.running.output import RESULT_NAMES, _write_usage
 from batchrun.running.stats import Counts, Stats
 from batchrun.running.stopping import Stopper
 from batchrun.running.summary import Display, Summary, build_summary, output_metadata
 from batchrun.settings.config import RunConfig
-from batchrun.settings.keys import Secret, check_transport
+from batchrun.settings.keys import Secret, check_transport, resolve_keys
 from batchrun.settings.prices import price_for
 
 
@@ -52,12 +53,12 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -
         # not hold the driver's AWS settings; refused before the lock, the journal or Ray.
         raise UsageError(f"input {config.input}: an output folder reads a local input; "
                          "write a .parquet output to read from object storage")
-    if config.endpoints:
-        raise UsageError("an output folder does not take several endpoints yet ([[endpoints]] "
-                         "or --fallback-model): write a .parquet output, or use one endpoint")
     check_transport(config, key)
-    if config.provider == "simulator" and not config.base_url:
-        raise UsageError("--engine ray with an output folder needs --base-url for the simulator")
+    keys = resolve_keys(config)  # several endpoints: each one's key, for it alone
+    if any(e.provider == "simulator" and not e.base_url for e in config.endpoints) or (
+            config.provider == "simulator" and not config.base_url):
+        raise UsageError("--engine ray with an output folder needs --base-url for the simulator "
+                         "(a base_url for each simulator endpoint)")
     output = config.output
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(output)
@@ -69,31 +70,35 @@ async def run_folder(config: RunConfig, key: Secret | None, reporter: Display) -
         ds = _read(config)
         columns = list(ds.schema().names)
         Renderer(config, columns)  # template and column mistakes: exit 2, nothing sent
-        clash = sorted(set(columns) & set(RESULT_NAMES))
+        clash = sorted(set(columns) & {*RESULT_NAMES, *(("endpoint",) if config.endpoints else ())})
         if clash:
             raise UsageError(f"input column '{clash[0]}' has the name of an output column; "
                              "rename it in the input")
-        return await _send(config, key, reporter, ds, columns)
+        return await _send(config, key, keys, reporter, ds, columns)
     finally:
         if leave is not None:
             await asyncio.to_thread(leave)
         lock.release()
 
 
-async def _send(config: RunConfig, key: Secret | None, reporter: Display, ds: Any,
-                columns: list[str]) -> Summary:
+async def _send(config: RunConfig, key: Secret | None, keys: Mapping[str, Secret | None],
+                reporter: Display, ds: Any, columns: list[str]) -> Summary:
     output = config.output
     began = time.time()
     stats, stopper = Stats(), Stopper(reporter.event)
     ledger, limiters = start_actors(config, journal_path(output), track=True)
-    answered = sending(ds, config, key, config.base_url, limiters, ledger, columns, answers=True)
+    answered = sending(ds, config, key, config.base_url, limiters, ledger, columns, answers=True,
+                       keys=keys)
+    watch = EndpointWatch(config, limiters, ledger, stats,
+                          lambda name, **data: reporter.event(name, data))
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     watcher = asyncio.create_task(reporter.watch(stats))
     try:
         with stopper.signals():
             await drive(lambda: answered.write_parquet(str(tmp)), ledger, limiters, stats,
-                        stopper, Counts())
+                        stopper, Counts(), watch.check)
+        await watch.check()
         by_model = await ledger.usage.remote()
     finally:
         watcher.cancel()
@@ -116,7 +121,8 @@ async def _send(config: RunConfig, key: Secret | None, reporter: Display, ds: An
     finished = time.time()
     summary = build_summary(counts, stats, finished - began, config, output, sidecar,
                             priced=priced)
-    _write_usage(sidecar, by_model, output_metadata(summary, counts, config, began, finished))
+    _write_usage(sidecar, by_model, output_metadata(summary, counts, config, began, finished),
+                 endpoints=bool(config.endpoints))
     reporter.finish(summary)
     return summary
 
@@ -171,7 +177,26 @@ def _counts(by_model: list[UsageRow], rows: tuple[int, int, int]) -> dict[str, A
     return {"mapped": total, "ok": ok, "error": error, "attempts": sums["requests"],
             "prompt_tokens": sums["prompt_tokens"], "completion_tokens": sums["completion_tokens"],
             "total_tokens": sums["total_tokens"], "cost_usd": sums["cost_usd"],
-            "copies": max(0, total - distinct), **details}
+            "copies": max(0, total - distinct), **details, "endpoints": _by_endpoint(by_model)}
+
+
+def _by_endpoint(by_model: list[UsageRow]) -> dict[str, dict[str, Any]]:
+    """Several endpoints: what the requests each one settled used, by name (the summary's and
+    metadata's per-endpoint figures, as `journal.readback.counts` gives them locally)."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in by_model:
+        if row.endpoint is None:
+            continue
+        sums = found.setdefault(row.endpoint, {})
+        for name, value in (("ok", row.rows_ok), ("error", row.rows_error),
+                            ("attempts", row.requests), ("prompt_tokens", row.prompt_tokens),
+                            ("completion_tokens", row.completion_tokens),
+                            ("total_tokens", row.total_tokens), ("cost_usd", row.cost_usd),
+                            ("cached_tokens", row.cached_tokens),
+                            ("reasoning_tokens", row.reasoning_tokens),
+                            ("provider_cost", row.provider_cost)):
+            sums[name] = _known_sum([sums.get(name), value])
+    return dict(sorted(found.items()))
 
 
 def _known_sum(values: list[Any]) -> Any:

@@ -77,6 +77,7 @@ class Ledger:
         self._totals = Counts()  # what every worker's sending did, and the answers committed
         self._parts: dict[str, Counts] = {}  # several endpoints: what each one's sending did
         self._closed = False
+        self._pooled = pooled
 
     async def lookup(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, ...]]:
         """The committed results of `keys` (an earlier run's, or this run's), as Outcome tuples."""
@@ -128,22 +129,25 @@ class Ledger:
         self._totals.finished += n
 
     async def usage(self) -> list[UsageRow]:
-        """Per-model usage of every request the workers looked up (a dataset output's sidecar):
-        each result once, a request sent twice (by two blocks at once) twice, as it was billed."""
+        """Per-model usage of every request the workers looked up (a dataset output's sidecar;
+        per endpoint and model with several): each result once, a request sent twice (by two
+        blocks at once) twice, as it was billed."""
         self._commits.flush()
         db = self._reader
         db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key BLOB PRIMARY KEY) WITHOUT ROWID")
         db.execute("DELETE FROM temp.seen")
         db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)",
                        ((key,) for key in self._seen or ()))
-        return [UsageRow(None, model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0, tt or 0,
-                         *details)
-                for model, ok, err, attempts, pt, ct, tt, *details in db.execute(
-                    """SELECT COALESCE(model, ''), SUM(status = 'ok'), SUM(status = 'error'),
-                         SUM(attempts), SUM(prompt_tokens), SUM(completion_tokens),
-                         SUM(total_tokens), SUM(cost_usd), SUM(cached_tokens),
-                         SUM(reasoning_tokens), SUM(provider_cost)
-                       FROM all_results JOIN temp.seen USING (key) GROUP BY 1 ORDER BY 1""")]
+        by = "endpoint" if self._pooled else "NULL"  # several endpoints: per endpoint and model
+        return [UsageRow(endpoint, model, ok or 0, err or 0, attempts or 0, pt or 0, ct or 0,
+                         tt or 0, *details)
+                for endpoint, model, ok, err, attempts, pt, ct, tt, *details in db.execute(
+                    f"""SELECT {by}, COALESCE(model, ''), SUM(status = 'ok'),
+                         SUM(status = 'error'), SUM(attempts), SUM(prompt_tokens),
+                         SUM(completion_tokens), SUM(total_tokens), SUM(cost_usd),
+                         SUM(cached_tokens), SUM(reasoning_tokens), SUM(provider_cost)
+                       FROM all_results JOIN temp.seen USING (key)
+                       GROUP BY 1, 2 ORDER BY 1, 2""")]
 
     async def totals(self) -> Counts:
         """The counters of every worker so far, and the answers committed."""

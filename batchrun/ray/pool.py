@@ -77,6 +77,10 @@ class _Commits:
         await self._remote.commit(outcome)
         self._results[outcome.key] = tuple(outcome)
 
+    def release(self) -> None:
+        """The block is settled: its answers are the worker's to return, no longer ours."""
+        self._results = {}
+
     async def run(self) -> None:
         """Nothing to flush here: each commit is its own call (RemoteCommit groups them)."""
         await asyncio.Event().wait()  # until the pump cancels it
@@ -158,10 +162,17 @@ class WorkerPool:
         if self._stopper.stopping or not jobs:
             return
         members = [replace(m, workers=[]) for m in self._members]
-        pump = PoolPump(self._crew, members, self._order, self._tally.fold,
-                        commits=_Commits(self._commits, self._tally.fold, results),
+        commits = _Commits(self._commits, self._tally.fold, results)
+        pump = PoolPump(self._crew, members, self._order, self._tally.fold, commits=commits,
                         cache=self._cache)
-        await pump.drain(_once(jobs))
+        try:
+            await pump.drain(_once(jobs))
+        finally:
+            # The stopper's and the switches' hooks keep a drained pump for the worker's life:
+            # what is left of it must be small (no answers, no finished tasks).
+            commits.release()
+            for member in members:
+                member.workers.clear()
         if self._cache is not None:
             await self._cache.kept()
 

@@ -15,6 +15,10 @@ The same call carries what the worker heard since its last lease (answers, the n
 `x-ratelimit-*` headers, 429s); a 429 is reported at once, and its pause reaches every worker
 with its next lease, within a span, and holds their already-leased starts too.
 
+With several endpoints there is one actor per endpoint, with that endpoint's limits. The one
+whose endpoint retired (a job-wide failure in some worker: `retire`) books no more starts, and
+says why in every later grant: each worker retires the endpoint at its next lease.
+
 The actor's load is a lease per worker per span: min(requests/s, workers / span) calls a
 second. `span` grows with the workers (at least MIN_SPAN, workers / MAX_LEASES_PER_SECOND), so the
 load stays under MAX_LEASES_PER_SECOND however many workers; the price is that a pause or a cut

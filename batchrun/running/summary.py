@@ -104,7 +104,8 @@ class Summary:
             f"{self.rate_limited:,} rate-limited (429)",
             f"  tokens    {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion"
             f" = {self.total_tokens:,}" + token_details(self.cached_tokens, self.reasoning_tokens),
-            f"  cost      {cost}" + (f"  model {self.model}" if self.model else ""),
+            f"  cost      {cost}" + (f"  {'models' if ', ' in self.model else 'model'} "
+                                         f"{self.model}" if self.model else ""),
         ]
         lines += endpoint_lines(self.endpoints, {name: run["rate_limited"]
                                                  for name, run in self.endpoint_runs.items()})
@@ -161,7 +162,9 @@ def build_summary(counts: dict[str, Any], stats: Stats, seconds: float, config: 
         seconds=seconds,
         output=output,
         usage_output=usage_output,
-        model=config.model,
+        # With endpoints, each endpoint's line names its model (`endpoint` lines).
+        model=", ".join(dict.fromkeys(e.model or "" for e in config.endpoints)) or None
+        if config.endpoints else config.model,
         stopped=stopped,
         cost_this_run=stats.cost_usd if priced else None,
         cached=counts.get("cached", 0),

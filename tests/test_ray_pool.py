@@ -59,8 +59,10 @@ def test_two_keys_split_the_rows_by_their_limits_each_under_its_own(
     assert a.ok == split["A"] and b.ok == split["B"] and split["A"] + split["B"] == 120
     assert 1.3 <= split["A"] / split["B"] <= 3.0, split  # about 2:1, as their limits
     assert set(server.stats.by_key) == {"sk-a", "sk-b"}  # each key went to its endpoint only
-    for key in (a, b):  # no key over its limit: at most noise of 429s
-        assert key.rate_limited <= max(3, 0.04 * key.requests), (a, b)
+    # No key over its limit: at most noise of 429s (a limit each worker kept on its own, twice
+    # the key's, would draw about half the requests refused).
+    for key in (a, b):
+        assert key.rate_limited <= 2 + 0.1 * key.requests, (a, b)
     assert sorted(server.stats.billed_by_prompt.values()) == [1] * 120
     assert {r["model"] for r in rows if r["endpoint"] == "B"} == {"m-B"}
     # Each endpoint's counters, summed over the workers, reach the output's metadata.

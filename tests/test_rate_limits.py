@@ -120,8 +120,10 @@ def test_a_limit_is_learned_from_429s_alone_without_headers(tmp_path: Path, sim)
     stats = server.stats
     # Not a storm: the first wave of requests in flight when the limit is first hit, and the
     # few 429s in a row that make the evidence for each cut while learning (four each, at most
-    # four cuts); after that the run keeps to the real limit.
-    assert stats.rate_limited <= 32 + 4 * 4
+    # four cuts); after that the run keeps to the real limit. Alone, 25-46 of 549 requests; a
+    # loaded machine answers the first wave later, while more of it goes out: a second wave's
+    # slack (a storm would be hundreds).
+    assert stats.rate_limited <= 32 + 4 * 4 + 16, stats.rate_limited
     # Within seconds the run keeps to the real limit (cutting takes four 429s in a row each
     # time, and the last probe above the learned rate may still land in the third second).
     late = [t for t in stats.arrivals if t > stats.arrivals[0] + 3]

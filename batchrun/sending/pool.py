@@ -51,7 +51,7 @@ from batchrun.running.rows import Job
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.sending.routing import Trail, carried, next_endpoint
-from batchrun.sending.workers import FLUSH_EVERY
+from batchrun.sending.workers import FLUSH_EVERY, produced, settled
 from batchrun.settings.config import RunConfig
 from batchrun.settings.endpoints import Endpoint
 from batchrun.settings.prices import Price
@@ -202,22 +202,12 @@ class PoolPump:
         stopper.when_cancelled(lambda: [t.cancel() for m in self._members for t in m.workers])
         workers: list[asyncio.Task[None]] = []
         try:
-            producer_error: BaseException | None = None
-            try:
-                await producer
-            except asyncio.CancelledError:
-                if not stopper.stopping:
-                    raise
-            except BatchrunError as exc:  # e.g. the journal cannot be written: a reason to stop
-                stopper.stop(exc)
-            except BaseException as exc:  # a bug: raised below, once the workers are done
-                producer_error = exc
-                stopper.cancel()
+            producer_error = await produced(producer, stopper)
             if producer_error is None:
                 await self._done.wait()
             workers = [t for m in self._members for t in m.workers]
             self._cancel_idle(workers)  # rows still queued stay pending
-            await _wait([*workers, *self._chores])
+            await settled([*workers, *self._chores])
             if producer_error is not None:
                 raise producer_error
         finally:
@@ -411,12 +401,6 @@ def _bare(reason: str | None) -> str:
     """A retired endpoint's reason without the "stopped: " a job-wide stop begins with."""
     reason = reason or "retired"
     return reason.removeprefix("stopped: ")
-
-
-async def _wait(workers: list[asyncio.Task[None]] | list[asyncio.Future[None]]) -> None:
-    for result in await asyncio.gather(*workers, return_exceptions=True):
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise result
 
 
 def sending_as(config: RunConfig, endpoint: Endpoint, price: Price | None,

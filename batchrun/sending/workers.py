@@ -13,13 +13,14 @@ what they hold; queued jobs stay pending.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from batchrun.errors import BatchrunError, JobStopped
 from batchrun.journal.database import GroupCommit
 from batchrun.protocol.outcome import Outcome
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job
+from batchrun.running.stopping import Stopper
 
 FLUSH_EVERY = 0.1  # seconds: the longest a buffered journal row waits (answers: one loop turn)
 
@@ -47,20 +48,10 @@ class Pump:
         stopper.when_stopping(producer.cancel)
         stopper.when_cancelled(lambda: [task.cancel() for task in workers])
         try:
-            producer_error: BaseException | None = None
-            try:
-                await producer
-            except asyncio.CancelledError:
-                if not stopper.stopping:
-                    raise  # the pump itself is cancelled, not only its producer
-            except BatchrunError as exc:  # e.g. the journal cannot be written: a reason to stop
-                stopper.stop(exc)
-            except BaseException as exc:  # a bug: raised below, once the workers are done
-                producer_error = exc
-                stopper.cancel()
+            producer_error = await produced(producer, stopper)
             if stopper.stopping:
                 self._release_idle()
-            await self._wait(workers)
+            await settled(workers)
             if producer_error is not None:
                 raise producer_error
         finally:
@@ -115,13 +106,28 @@ class Pump:
                         stopper.stop(exc)
                         return
 
-    @staticmethod
-    async def _wait(workers: list[asyncio.Task[None]]) -> None:
-        for result in await asyncio.gather(*workers, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
-                raise result
-
     def _committed(self, n: int) -> None:
         self._run.stats.finished += n
+
+
+async def produced(producer: asyncio.Task[None], stopper: Stopper) -> BaseException | None:
+    """Wait for a pump's producer. A BatchrunError it raises (the journal cannot be written)
+    stops the run; a bug cancels it and is returned, to raise once the workers are done."""
+    try:
+        await producer
+    except asyncio.CancelledError:
+        if not stopper.stopping:
+            raise  # the pump itself is cancelled, not only its producer
+    except BatchrunError as exc:
+        stopper.stop(exc)
+    except BaseException as exc:
+        stopper.cancel()
+        return exc
+    return None
+
+
+async def settled(workers: Sequence[asyncio.Future[None]]) -> None:
+    """Wait for every worker; raise the first error one of them ended with (not a cancel)."""
+    for result in await asyncio.gather(*workers, return_exceptions=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

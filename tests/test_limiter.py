@@ -467,12 +467,18 @@ def test_a_429_with_room_left_in_its_headers_is_a_stray() -> None:
     assert lim.pauses == 1 and lim.cuts == 0 and lim.tpm == 100_000  # a pause, not yet a cut
 
 
-def test_a_429_while_probing_above_the_wall_cuts_a_little_and_keeps_the_wall() -> None:
+def walled() -> tuple[Limiter, FakeClock]:
+    """A limiter told 12,000 RPM that 429s have taught a wall (one cut)."""
     lim, clock = limiter(rpm=12_000)
     times = starts(lim, clock, [1] * 400)
     answered(lim, clock, 300)
     for sent in times[-4:]:
         limited(lim, sent, retry_after=0.01)
+    return lim, clock
+
+
+def test_a_429_while_probing_above_the_wall_cuts_a_little_and_keeps_the_wall() -> None:
+    lim, clock = walled()
     wall = lim.requests.wall
     assert wall is not None and lim.cuts == 1
     clock.t += 60.0
@@ -486,11 +492,7 @@ def test_a_429_while_probing_above_the_wall_cuts_a_little_and_keeps_the_wall() -
 def test_each_probe_the_wall_refuses_again_halves_how_fast_the_next_one_climbs() -> None:
     # No headers: only probing finds out whether the wall moved. A provider that refuses every
     # probe at the same wall is asked half as often each time, not every few seconds for ever.
-    lim, clock = limiter(rpm=12_000)
-    times = starts(lim, clock, [1] * 400)
-    answered(lim, clock, 300)
-    for sent in times[-4:]:
-        limited(lim, sent, retry_after=0.01)
+    lim, clock = walled()
     pace = lim.requests
 
     def climb(seconds: float) -> float:

@@ -33,7 +33,7 @@ chromium:
 
 # The coverage floor only ever rises: when a change lifts the total, lift COVERAGE_FLOOR with it.
 # The CLI's own processes are measured too (pyproject.toml: [tool.coverage.run] patch).
-COVERAGE_FLOOR := 93
+COVERAGE_FLOOR := 94
 # Two workers; the Ray tests share the session's one Ray, so they stay together (loadgroup).
 WORKERS := -n 2 --dist loadgroup
 

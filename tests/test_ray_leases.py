@@ -110,8 +110,11 @@ def test_a_worker_that_ran_late_does_not_send_in_the_other_workers_slots(
     # Timed as each start's coroutine resumes, a few ms after its release on a loaded machine:
     # a few starts of slack. Late starts sent together, as before the gap rule, made 132.
     assert most_in(both, 1.0) <= RPM / 60 + 3, most_in(both, 1.0)
-    # Nor bunched within the second: no tenth of a second holds much more than its tenth.
-    assert most_in(both, 0.1) <= RPM / 600 + 3, most_in(both, 0.1)
+    # Nor bunched within the second. On time, a tenth of a second holds its tenth; a worker's
+    # late starts go no closer together than their bookings, so while they overlap the other
+    # worker's run of slots a tenth holds at most twice its share (15 seen under load; before
+    # that rule, a stalled worker's late starts went all at once).
+    assert most_in(both, 0.1) <= 2 * RPM / 600, most_in(both, 0.1)
     assert leases["busy"].forfeited >= 10  # the slots that went by while its loop was busy
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,3 +261,25 @@ async def batch_api(config: SimConfig | None = None) -> AsyncIterator[tuple[Simu
     """A simulator with a Batch API client and a chat client bound to it."""
     async with served(config) as (sim, client):
         yield sim, BatchAPI(client.session, sim.base_url), client
+
+
+@contextmanager
+def simulate_command(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`batchrun simulate --port 0 FLAGS` in a process of its own: its base URL. It must stop
+    cleanly (exit 0) on SIGTERM when the block ends; killed if it does not."""
+    command = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", *flags]
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n",
+                                 line)
+            assert match, line
+            yield match.group(1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -28,6 +28,7 @@ from .helpers import (
     chat,
     jsonl,
     request_line,
+    simulate_command,
     user,
 )
 
@@ -118,30 +119,16 @@ async def _get(base_url: str, path: str) -> Reply:
 
 
 def test_simulate_command_serves_batches_for_the_given_duration() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--batch-duration", "0.5"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
-            assert match, line
+    with simulate_command("--batch-duration", "0.5") as base_url:
+        async def run_batch() -> tuple[float, dict[str, Any]]:
+            async with aiohttp.ClientSession() as session:
+                api = BatchAPI(session, base_url)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                created = await api.submit(jsonl([request_line(f"r{i}", f"row {i}") for i in range(5)]))
+                batch = await api.wait(created["id"])
+                return loop.time() - started, batch
 
-            async def run_batch() -> tuple[float, dict[str, Any]]:
-                async with aiohttp.ClientSession() as session:
-                    api = BatchAPI(session, match.group(1))
-                    loop = asyncio.get_running_loop()
-                    started = loop.time()
-                    created = await api.submit(jsonl([request_line(f"r{i}", f"row {i}") for i in range(5)]))
-                    batch = await api.wait(created["id"])
-                    return loop.time() - started, batch
-
-            took, batch = asyncio.run(run_batch())
-            assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 5
-            assert took >= 0.4
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        took, batch = asyncio.run(run_batch())
+        assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 5
+        assert took >= 0.4

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
 
 import aiohttp
 import pytest
@@ -15,61 +11,48 @@ import pytest
 from batchrun.sim import flags
 
 from ..helpers import run_cli
-from .helpers import ROOT, Client, Reply, chat
+from .helpers import Client, Reply, chat, simulate_command
 
 KEY_A, KEY_B = "sk-flag-a-123", "sk-flag-b-456"
 
 
 def test_simulate_serves_keys_models_contexts_and_cost_from_its_flags() -> None:
-    command = [
-        sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--window", "1",
+    with simulate_command(
+        "--window", "1",
         "--key-env", "SIM_KEY_A:rpm=120,credits=0.00002", "--key-env", "SIM_KEY_B:tpm=600000",
         "--model", "small", "--model", "big", "--context", "small=200",
         "--reasoning-model", "big", "--reasoning-share", "0.5", "--cached-share", "0.5",
-        "--price", "small=1,0.5,2", "--report-cost",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIM_KEY_A": KEY_A, "SIM_KEY_B": KEY_B}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
-            assert match, line
-            a, b = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}
+        "--price", "small=1,0.5,2", "--report-cost", env={"SIM_KEY_A": KEY_A, "SIM_KEY_B": KEY_B},
+    ) as base_url:
+        a, b = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}
 
-            async def calls() -> list[Reply]:
-                async with aiohttp.ClientSession() as session:
-                    client = Client(session, match.group(1))
-                    return [
-                        await client.post(chat("a", model="small"), headers=a),
-                        await client.post(chat("a", model="small"), headers=a),
-                        await client.post(chat("a", model="small"), headers=a),  # A: 2 a second
-                        await client.post(chat("b " * 900, model="small"), headers=b),  # > 200
-                        await client.post(chat("b", model="huge"), headers=b),
-                        await client.post(chat("b", model="big"), headers=b),
-                        await client.post(chat("b"), headers={"Authorization": "Bearer sk-other"}),
-                    ]
+        async def calls() -> list[Reply]:
+            async with aiohttp.ClientSession() as session:
+                client = Client(session, base_url)
+                return [
+                    await client.post(chat("a", model="small"), headers=a),
+                    await client.post(chat("a", model="small"), headers=a),
+                    await client.post(chat("a", model="small"), headers=a),  # A: 2 a second
+                    await client.post(chat("b " * 900, model="small"), headers=b),  # > 200
+                    await client.post(chat("b", model="huge"), headers=b),
+                    await client.post(chat("b", model="big"), headers=b),
+                    await client.post(chat("b"), headers={"Authorization": "Bearer sk-other"}),
+                ]
 
-            first, second, third, long, unknown, big, stranger = asyncio.run(calls())
-            usage = first.json["usage"]
-            assert first.status == 200 and first.headers["x-ratelimit-limit-requests"] == "120"
-            cached = usage["prompt_tokens_details"]["cached_tokens"]
-            assert cached == usage["prompt_tokens"] // 2
-            assert usage["cost"] == pytest.approx(
-                ((usage["prompt_tokens"] - cached) * 1 + cached * 0.5 + usage["completion_tokens"] * 2) / 1e6)
-            # A's credits (20 micro-dollars) are spent by its first answer, so no 429 but a 402.
-            assert (second.status, third.status) == (402, 402)
-            assert long.status == 400 and long.error["code"] == "context_length_exceeded"
-            assert unknown.status == 404 and unknown.error["code"] == "model_not_found"
-            assert big.status == 200
-            assert big.json["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
-            assert stranger.status == 401
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        first, second, third, long, unknown, big, stranger = asyncio.run(calls())
+        usage = first.json["usage"]
+        assert first.status == 200 and first.headers["x-ratelimit-limit-requests"] == "120"
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        assert cached == usage["prompt_tokens"] // 2
+        assert usage["cost"] == pytest.approx(
+            ((usage["prompt_tokens"] - cached) * 1 + cached * 0.5 + usage["completion_tokens"] * 2) / 1e6)
+        # A's credits (20 micro-dollars) are spent by its first answer, so no 429 but a 402.
+        assert (second.status, third.status) == (402, 402)
+        assert long.status == 400 and long.error["code"] == "context_length_exceeded"
+        assert unknown.status == 404 and unknown.error["code"] == "model_not_found"
+        assert big.status == 200
+        assert big.json["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+        assert stranger.status == 401
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -265,11 +265,20 @@ async def batch_api(config: SimConfig | None = None) -> AsyncIterator[tuple[Simu
 
 @contextmanager
 def simulate_command(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`batchrun simulate --port 0 FLAGS` in a process of its own: its base URL. It must stop
-    cleanly (exit 0) on SIGTERM when the block ends; killed if it does not."""
-    command = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", *flags]
+    """`batchrun simulate --port 0 FLAGS` in a process of its own: its base URL (`sim_process`)."""
+    with sim_process([sys.executable, "-m", "batchrun", "simulate", "--port", "0", *flags],
+                     env) as base_url:
+        yield base_url
+
+
+@contextmanager
+def sim_process(command: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """A simulator `command` run in a process of its own, from the project's root: the base URL
+    its first line announces. It must stop cleanly (exit 0) on SIGTERM when the block ends;
+    killed if it does not."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environ) as proc:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=environ) as proc:
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()

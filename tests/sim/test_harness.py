@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -21,13 +17,13 @@ from batchrun.sim import (
 )
 
 from .helpers import (
-    ROOT,
     BatchAPI,
     Client,
     Reply,
     chat,
     jsonl,
     request_line,
+    sim_process,
     simulate_command,
     user,
 )
@@ -51,66 +47,37 @@ def test_simulator_thread_scripts_from_another_thread() -> None:
 
 def test_serve_in_a_subprocess_prints_its_url_and_stops_on_sigterm() -> None:
     code = "from batchrun.sim import serve, SimConfig; serve(SimConfig(), port=0)"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
-            assert match, line
+    with sim_process([sys.executable, "-c", code]) as base_url:
 
-            async def call() -> Reply:
-                async with aiohttp.ClientSession() as session:
-                    return await Client(session, match.group(1)).post(chat("sub"))
+        async def call() -> Reply:
+            async with aiohttp.ClientSession() as session:
+                return await Client(session, base_url).post(chat("sub"))
 
-            reply = asyncio.run(call())
-            assert reply.status == 200 and reply.content == answer_text(user("sub"))
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        reply = asyncio.run(call())
+        assert reply.status == 200 and reply.content == answer_text(user("sub"))
 
 
 def test_simulate_command_takes_the_stray_429_and_tokenizer_flags() -> None:
-    flags = ["--port", "0", "--rpm", "600", "--stray-429-rate", "0.5", "--tokenizer-ratio", "2",
-             "--no-batch-api"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "simulate", *flags], stdout=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            match = re.fullmatch(r"batchrun simulator listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
-            assert match, line
+    flags = ["--rpm", "600", "--stray-429-rate", "0.5", "--tokenizer-ratio", "2", "--no-batch-api"]
+    with simulate_command(*flags) as base_url:
 
-            prompts = [f"flag number {i} " * (i + 1) for i in range(20)]
+        prompts = [f"flag number {i} " * (i + 1) for i in range(20)]
 
-            async def calls() -> list[Reply]:
-                async with aiohttp.ClientSession() as session:
-                    client = Client(session, match.group(1))
-                    return [await client.post(chat(p)) for p in prompts]
+        async def calls() -> list[Reply]:
+            async with aiohttp.ClientSession() as session:
+                client = Client(session, base_url)
+                return [await client.post(chat(p)) for p in prompts]
 
-            replies = asyncio.run(calls())
-            assert {r.status for r in replies} == {200, 429}
-            assert asyncio.run(_get(match.group(1), "/batches")).status == 404  # --no-batch-api
-            for prompt, r in zip(prompts, replies, strict=True):
-                limit_headers = [k for k in r.headers if k.lower().startswith("x-ratelimit")]
-                if r.status == 429:
-                    assert not limit_headers and r.headers["retry-after"] == "1"
-                else:
-                    assert limit_headers
-                    assert r.json["usage"]["prompt_tokens"] == 2 * count_prompt_tokens(user(prompt))
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        replies = asyncio.run(calls())
+        assert {r.status for r in replies} == {200, 429}
+        assert asyncio.run(_get(base_url, "/batches")).status == 404  # --no-batch-api
+        for prompt, r in zip(prompts, replies, strict=True):
+            limit_headers = [k for k in r.headers if k.lower().startswith("x-ratelimit")]
+            if r.status == 429:
+                assert not limit_headers and r.headers["retry-after"] == "1"
+            else:
+                assert limit_headers
+                assert r.json["usage"]["prompt_tokens"] == 2 * count_prompt_tokens(user(prompt))
 
 
 async def _get(base_url: str, path: str) -> Reply:

@@ -40,6 +40,38 @@ def test_successful_answers_are_kept_and_errors_never(tmp_path: Path) -> None:
             hit.model, hit.response_id) == ("answer 1", "stop", 10, 5, "sim-1", "chatcmpl-1")
 
 
+def test_a_journal_records_a_hit_as_the_cached_answer_with_none_of_its_usage(
+        tmp_path: Path) -> None:
+    # A run copies each hit from the cache into its journal inside SQLite: the same record as
+    # from_cache makes in Python (the Ray ledger's), and a key whose answer is gone meanwhile
+    # (another run pruned it) is handed back to be sent.
+    from batchrun.journal.database import Journal
+    from batchrun.running.rows import from_cache
+
+    with Cache(tmp_path / "c.sqlite") as cache:
+        cache.store([_answer(1), _answer(2)])
+        assert set(cache.known([_key(1), _key(2), _key(3)])) == {_key(1), _key(2)}
+        hit = cache.lookup([_key(1)])[_key(1)]
+        journal = Journal(tmp_path / "j.sqlite")
+        try:
+            journal.attach_cache(cache, copy=False)
+            # One endpoint: the run knows each request by the cache's own key.
+            gone = journal.record_cached([(_key(1), _key(1), None), (_key(3), _key(3), None)],
+                                         0.0, 123.0)
+            assert gone == [_key(3)]
+            # Several: its own key, and the endpoint the answer is kept for.
+            assert journal.record_cached([(b"mine", _key(2), "A"), (b"theirs", _key(4), "B")],
+                                         0.0, 123.0) == [b"theirs"]
+            rows = {row[0]: row for row in journal.db.execute("SELECT * FROM all_results")}
+        finally:
+            journal.close()
+    assert set(rows) == {_key(1), b"mine"}
+    assert rows[_key(1)] == tuple(from_cache(_key(1), hit, 0.0, 123.0))
+    mine = Outcome(*rows[b"mine"])
+    assert (mine.response, mine.endpoint, mine.attempts, mine.prompt_tokens, mine.cost_usd) == (
+        "answer 2", "A", 0, 0, 0.0)
+
+
 _WRITER = """
 import hashlib, sys
 from pathlib import Path

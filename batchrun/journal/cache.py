@@ -21,10 +21,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from batchrun.errors import JobStopped, UsageError, operating_error
 from batchrun.protocol.outcome import OK, Outcome
@@ -60,6 +60,20 @@ CACHE_FROM_RESULTS = _COPY.format(table="results")  # what earlier runs folded: 
 _COLUMNS = ("response", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
             "model", "response_id", "parsed", "latency_ms", "used_at")
 TOUCH_AFTER = 3600.0  # seconds: a hit marks its answer used again only when it was not this hour
+# A request the cache answers, as a run records it in its journal (whose connection has the cache
+# attached as `shared`): the answer as first paid for, with none of its usage (this run paid
+# nothing: 0 tokens, 0 attempts, as a dedup copy shows; its cost 0, or None without a price),
+# copied inside SQLite. `from_cache` is the same record made in Python, for the Ray ledger.
+_RECORD = """INSERT INTO main.log (key, status, response, finish_reason, prompt_tokens,
+        completion_tokens, total_tokens, attempts, model, response_id, cost_usd, parsed,
+        finished_at, endpoint)
+    SELECT {key}, 'ok', response, finish_reason, 0, 0, 0, 0, model, response_id, ?, parsed, ?, {endpoint}
+    FROM shared.answers WHERE key {match}"""
+# Params: (the run's key, cost, now, endpoint, the cache's key).
+RECORD_HIT = _RECORD.format(key="?", endpoint="?", match="= ?")
+# The same for requests the run knows by the cache's own key (one endpoint): a statement per
+# LOOKUP_CHUNK keys. Params: (cost, now, *keys).
+RECORD_HITS = _RECORD.format(key="key", endpoint="NULL", match="IN ({marks})")
 
 
 class Hit(NamedTuple):
@@ -80,7 +94,23 @@ class Hit(NamedTuple):
     def stale(self) -> bool:
         """Not marked used this hour: worth marking again (`Cache.touch`); every hit would cost a
         random write per row."""
-        return self.used_at < time.time() - TOUCH_AFTER
+        return _stale(self.used_at)
+
+
+class Known(NamedTuple):
+    """That the cache answers a request, and when its answer was last used: what a run needs to
+    answer it from the cache (the journal copies the answer itself: `RECORD_HIT`)."""
+
+    used_at: float
+
+    @property
+    def stale(self) -> bool:
+        """Not marked used this hour (`Hit.stale`)."""
+        return _stale(self.used_at)
+
+
+def _stale(used_at: float) -> bool:
+    return used_at < time.time() - TOUCH_AFTER
 
 
 @dataclass(frozen=True)
@@ -153,15 +183,18 @@ class Cache:
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Hit]:
         """The cached answers of `keys` that have one."""
-        found: dict[bytes, Hit] = {}
+        return {key: Hit(*values) for key, *values in self._select(_COLUMNS, keys)}
+
+    def known(self, keys: Sequence[bytes]) -> dict[bytes, Known]:
+        """Which of `keys` the cache answers (not the answers: a run's journal copies them)."""
+        return {key: Known(used_at) for key, used_at in self._select(("used_at",), keys)}
+
+    def _select(self, columns: Sequence[str], keys: Sequence[bytes]) -> Iterator[tuple[Any, ...]]:
         for i in range(0, len(keys), LOOKUP_CHUNK):
             chunk = keys[i:i + LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for key, *values in self._db.execute(
-                    f"SELECT key, {', '.join(_COLUMNS)} FROM answers WHERE key IN ({marks})",
-                    chunk):
-                found[key] = Hit(*values)
-        return found
+            yield from self._db.execute(
+                f"SELECT key, {', '.join(columns)} FROM answers WHERE key IN ({marks})", chunk)
 
     def touch(self, keys: Iterable[bytes]) -> None:
         """Mark answers as used now (`prune --older-than` keeps what runs still use)."""

@@ -75,6 +75,6 @@ class Checkpointer:
         self._writer.execute("PRAGMA busy_timeout=0")
         try:
             with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                self._writer.execute("PRAGMA main.wal_checkpoint(RESTART)").fetchall()
         finally:
             self._writer.execute("PRAGMA busy_timeout=5000")

@@ -38,7 +38,7 @@ import orjson
 from batchrun.data.locations import sibling
 from batchrun.errors import JobStopped, LockedError, UsageError
 from batchrun.journal import former, lookups, migrate, readback
-from batchrun.journal.cache import Cache, Copier
+from batchrun.journal.cache import LOOKUP_CHUNK, RECORD_HIT, RECORD_HITS, Cache, Copier
 from batchrun.journal.checkpoint import Checkpointer
 from batchrun.protocol.outcome import ERROR, EXHAUSTED, OK, Outcome
 
@@ -257,11 +257,15 @@ class Journal:
         self._pending_rows: list[tuple[int, bytes, bytes, int]] = []
         self._progress_at = 0.0  # when `last_progress_at` was last stored
 
-    def attach_cache(self, cache: Cache) -> None:
-        """Keep every answer this journal commits in the shared cache too (`cache` was opened
-        first: a cache of this version, in WAL mode), copied on a thread of its own."""
+    def attach_cache(self, cache: Cache, *, copy: bool = True) -> None:
+        """Answer from the shared cache (`cache` was opened first: a cache of this version, in
+        WAL mode): a request it answers is copied into the log inside SQLite (`record_cached`).
+        `copy`: keep every answer this journal commits in the cache too, copied on a thread of
+        its own (not with several endpoints: the pool keeps each under its endpoint's key)."""
         self.cache = cache
-        self._copier = Copier(self.path, cache)
+        self._db.execute("ATTACH DATABASE ? AS shared", (str(cache.path),))
+        if copy:
+            self._copier = Copier(self.path, cache)
 
     def close(self) -> None:
         """Commit what is buffered and close (the next writer to open the journal folds `log`)."""
@@ -441,6 +445,41 @@ class Journal:
         self._pending_rows.clear()
         self._written(written)
         return n
+
+    @_writes
+    def record_cached(self, hits: Sequence[tuple[bytes, bytes, str | None]],
+                      cost: float | None, now: float) -> list[bytes]:
+        """Record requests the shared cache answers, each (this run's key, the cache's key, the
+        endpoint it is kept for): their answers are copied from the cache inside SQLite, in one
+        transaction after what is buffered. Returns the keys whose answer was gone meanwhile
+        (another run pruned it): not recorded, to be sent."""
+        self.flush()
+        self._db.execute("BEGIN")
+        try:
+            before = self._db.total_changes
+            if all(key == kept and endpoint is None for key, kept, endpoint in hits):
+                keys = [key for key, _, _ in hits]  # known by the cache's own key: in chunks
+                for i in range(0, len(keys), LOOKUP_CHUNK):
+                    chunk = keys[i:i + LOOKUP_CHUNK]
+                    self._db.execute(RECORD_HITS.format(marks=",".join("?" * len(chunk))),
+                                     (cost, now, *chunk))
+            else:
+                self._db.executemany(RECORD_HIT, [(key, cost, now, endpoint, kept)
+                                                  for key, kept, endpoint in hits])
+            recorded = self._db.total_changes - before
+            gone: list[bytes] = []
+            if recorded < len(hits):
+                found = {key for (key,) in self._db.execute(
+                    "SELECT key FROM log WHERE seq > (SELECT MAX(seq) FROM log) - ?", (recorded,))}
+                gone = [key for key, _, _ in hits if key not in found]
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._logged += recorded
+        self._written(recorded)
+        return gone
 
     @_writes
     def _write_rows(self) -> None:

@@ -91,12 +91,10 @@ async def open_run(config: RunConfig, key: Secret | None, emit: Emit,
             journal = Journal(journal_path(config.output), fresh=config.fresh)
         except OSError as exc:
             raise operating_error(exc, "create the journal") from None
-        if cache is not None and config.endpoints:
+        if cache is not None:
             # Several endpoints: the pool keeps each answer under the key of the endpoint that
             # gave it (`sending.pool`), not under the journal's key, which names none.
-            journal.cache = cache
-        elif cache is not None:
-            journal.attach_cache(cache)
+            journal.attach_cache(cache, copy=not config.endpoints)
         try:
             _begin(journal, config, stats)
             async with _endpoint(config) as (base_url, config):

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from batchrun.data.read import BATCH_ROWS, InputTable, open_input
 from batchrun.errors import UsageError
-from batchrun.journal.cache import Hit
+from batchrun.journal.cache import Hit, Known
 from batchrun.journal.database import Journal, resend
 from batchrun.protocol.outcome import ERROR, OK, ROW_FATAL, Outcome
 from batchrun.protocol.render import (
@@ -97,7 +97,7 @@ class Answered(Protocol):
     """Answers paid for before, by any run (the shared cache, `--cache`): a request found there is
     answered from it instead of being sent."""
 
-    def lookup(self, keys: Sequence[bytes]) -> Mapping[bytes, Hit]: ...
+    def known(self, keys: Sequence[bytes]) -> Mapping[bytes, Known]: ...
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -111,7 +111,8 @@ class Selection:
     rendered: list[Rendered]  # every row of the batch, in order
     copies: int  # rows answered by an identical request of this run (dedup)
     send: list[tuple[int, bytes, Request]]  # (row, key, request) of each distinct request to send
-    cached: list[tuple[int, bytes, Hit]]  # requests the shared cache answers: never sent
+    # Requests the shared cache answers: never sent, unless their answer is gone meanwhile.
+    cached: list[tuple[int, bytes, Request, Known]]
     invalid: list[tuple[int, bytes, Invalid]]  # recorded as row errors without sending
     reused: int  # answered (or failed for good) in an earlier run
     held: int  # waiting in a live Batch API batch: collected there, never sent meanwhile
@@ -155,8 +156,8 @@ def _look_up(chosen: Selection, answered: Answered, config: RunConfig) -> Select
         for _, key, request in chosen.send:
             for e in reversed(order):  # two endpoints alike share a key: the first in order wins
                 names[alone_key(request.body, e.base_url, e.model)] = (key, e.name)
-        found = answered.lookup(list(names))
-        hits: dict[bytes, Hit] = {}
+        found = answered.known(list(names))
+        hits: dict[bytes, Known] = {}
         for e in order:
             for cache_key, hit in found.items():
                 key, name = names[cache_key]
@@ -164,11 +165,11 @@ def _look_up(chosen: Selection, answered: Answered, config: RunConfig) -> Select
                     hits[key] = hit
                     cached_as[key] = (cache_key, name)
     else:
-        hits = dict(answered.lookup([key for _, key, _ in chosen.send]))
+        hits = dict(answered.known([key for _, key, _ in chosen.send]))
     if not hits:
         return chosen
     return replace(chosen, send=[s for s in chosen.send if s[1] not in hits],
-                   cached=[(i, k, hits[k]) for i, k, _ in chosen.send if k in hits],
+                   cached=[(i, k, r, hits[k]) for i, k, r in chosen.send if k in hits],
                    cached_as=cached_as)
 
 
@@ -259,17 +260,19 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
             stats.errors += 1
             journal.record(Outcome(key, ERROR, error=f"invalid row: {item.message}",
                                    error_kind=ROW_FATAL, finished_at=time.time()))
+        send = chosen.send
         if chosen.cached:
             assert cache is not None
-            now, free = time.time(), 0.0 if price is not None else None
             kept = chosen.cached_as
-            for _, key, hit in chosen.cached:
-                outcome = from_cache(key, hit, free, now)
-                journal.record(outcome._replace(endpoint=kept[key][1]) if kept else outcome)
-            cache.touch([kept[key][0] if kept else key for _, key, hit in chosen.cached
-                         if hit.stale])
-            stats.cached += len(chosen.cached)
-        jobs = [job_of(key, request, reserve, price) for _, key, request in chosen.send]
+            gone = set(journal.record_cached(
+                [(key, *kept[key]) if kept else (key, key, None) for _, key, _, _ in chosen.cached],
+                0.0 if price is not None else None, time.time()))
+            cache.touch([kept[key][0] if kept else key for _, key, _, known in chosen.cached
+                         if known.stale and key not in gone])
+            stats.cached += len(chosen.cached) - len(gone)
+            if gone:  # pruned by another run since it was looked up: sent after all
+                send = [*send, *((i, k, r) for i, k, r, _ in chosen.cached if k in gone)]
+        jobs = [job_of(key, request, reserve, price) for _, key, request in send]
         stats.mapped += len(chosen.rendered)
         stats.to_send += len(jobs)
         yield jobs
@@ -279,7 +282,8 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
 
 def from_cache(key: bytes, hit: Hit, cost: float | None, now: float) -> Outcome:
     """A request answered from the shared cache: the answer as first paid for, with none of its
-    usage (this run paid nothing: 0 tokens, cost 0 and 0 attempts, as a dedup copy shows)."""
+    usage (this run paid nothing: 0 tokens, cost 0 and 0 attempts, as a dedup copy shows). What
+    `journal.cache.RECORD_HIT` copies inside SQLite for a run; this for the Ray ledger."""
     return Outcome(key, OK, response=hit.response, finish_reason=hit.finish_reason,
                    prompt_tokens=0, completion_tokens=0, total_tokens=0, attempts=0,
                    model=hit.model, response_id=hit.response_id, cost_usd=cost,

@@ -56,12 +56,11 @@ def test_a_journal_records_a_hit_as_the_cached_answer_with_none_of_its_usage(
         try:
             journal.attach_cache(cache, copy=False)
             # One endpoint: the run knows each request by the cache's own key.
-            gone = journal.record_cached([(_key(1), _key(1), None), (_key(3), _key(3), None)],
-                                         0.0, 123.0)
+            gone = journal.record_cached([_key(1), _key(3)], 0.0, 123.0)
             assert gone == [_key(3)]
             # Several: its own key, and the endpoint the answer is kept for.
-            assert journal.record_cached([(b"mine", _key(2), "A"), (b"theirs", _key(4), "B")],
-                                         0.0, 123.0) == [b"theirs"]
+            kept = {b"mine": (_key(2), "A"), b"theirs": (_key(4), "B")}
+            assert journal.record_cached([b"mine", b"theirs"], 0.0, 123.0, kept) == [b"theirs"]
             rows = {row[0]: row for row in journal.db.execute("SELECT * FROM all_results")}
         finally:
             journal.close()

@@ -29,7 +29,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -447,31 +447,31 @@ class Journal:
         return n
 
     @_writes
-    def record_cached(self, hits: Sequence[tuple[bytes, bytes, str | None]],
-                      cost: float | None, now: float) -> list[bytes]:
-        """Record requests the shared cache answers, each (this run's key, the cache's key, the
-        endpoint it is kept for): their answers are copied from the cache inside SQLite, in one
-        transaction after what is buffered. Returns the keys whose answer was gone meanwhile
-        (another run pruned it): not recorded, to be sent."""
+    def record_cached(self, keys: Sequence[bytes], cost: float | None, now: float,
+                      kept: Mapping[bytes, tuple[bytes, str]] | None = None) -> list[bytes]:
+        """Record requests the shared cache answers: their answers are copied from the cache
+        inside SQLite, in one transaction after what is buffered. `kept`: with several endpoints,
+        each key's key in the cache and the endpoint its answer is kept for (else the cache knows
+        it by this run's key). Returns the keys whose answer was gone meanwhile (another run
+        pruned it): not recorded, to be sent."""
         self.flush()
         self._db.execute("BEGIN")
         try:
             before = self._db.total_changes
-            if all(key == kept and endpoint is None for key, kept, endpoint in hits):
-                keys = [key for key, _, _ in hits]  # known by the cache's own key: in chunks
+            if kept:
+                self._db.executemany(RECORD_HIT, [(key, cost, now, kept[key][1], kept[key][0])
+                                                  for key in keys])
+            else:
                 for i in range(0, len(keys), LOOKUP_CHUNK):
                     chunk = keys[i:i + LOOKUP_CHUNK]
                     self._db.execute(RECORD_HITS.format(marks=",".join("?" * len(chunk))),
                                      (cost, now, *chunk))
-            else:
-                self._db.executemany(RECORD_HIT, [(key, cost, now, endpoint, kept)
-                                                  for key, kept, endpoint in hits])
             recorded = self._db.total_changes - before
             gone: list[bytes] = []
-            if recorded < len(hits):
+            if recorded < len(keys):
                 found = {key for (key,) in self._db.execute(
                     "SELECT key FROM log WHERE seq > (SELECT MAX(seq) FROM log) - ?", (recorded,))}
-                gone = [key for key, _, _ in hits if key not in found]
+                gone = [key for key in keys if key not in found]
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:

@@ -264,9 +264,9 @@ async def pending_jobs(config: RunConfig, table: InputTable, renderer: Renderer,
         if chosen.cached:
             assert cache is not None
             kept = chosen.cached_as
-            gone = set(journal.record_cached(
-                [(key, *kept[key]) if kept else (key, key, None) for _, key, _, _ in chosen.cached],
-                0.0 if price is not None else None, time.time()))
+            gone = set(journal.record_cached([key for _, key, _, _ in chosen.cached],
+                                             0.0 if price is not None else None, time.time(),
+                                             kept))
             cache.touch([kept[key][0] if kept else key for _, key, _, known in chosen.cached
                          if known.stale and key not in gone])
             stats.cached += len(chosen.cached) - len(gone)

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from batchrun.protocol.retry import Kind
-from batchrun.sending.http import MAX_BODY_BYTES, Sender, new_session
+from batchrun.sending.http import MAX_BODY_BYTES, Sender, connections
 from batchrun.settings.keys import Secret
 from batchrun.sim import Step, expected_answer
 
@@ -127,8 +127,8 @@ async def _serve_and_send(handler: Any) -> Any:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with new_session(2) as session:
-            sender = Sender(session, f"http://127.0.0.1:{port}/v1", Secret("k"), 10.0)
+        async with connections(f"http://127.0.0.1:{port}/v1", 2) as pool:
+            sender = Sender(pool, Secret("k"), 10.0)
             return await sender.send(b"{}")
     finally:
         await runner.cleanup()

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from batchrun.backends.batch_api import BatchApi, BatchGone, BatchInfo
+from batchrun.backends.batch_api import BatchApi, BatchGone, BatchInfo, new_session
 from batchrun.backends.batch_collect import Collected, Rules, collect
 from batchrun.backends.batch_files import FileSplitter, InputFile
 from batchrun.errors import JobStopped, UsageError
@@ -33,7 +33,6 @@ from batchrun.protocol.render import completion_reserve
 from batchrun.running.context import RunContext
 from batchrun.running.rows import Job, job_of, select
 from batchrun.sending.budget import Budget
-from batchrun.sending.http import new_session
 from batchrun.settings.config import RunConfig, request_fingerprint
 from batchrun.settings.prices import price_for
 

@@ -12,6 +12,7 @@ Every failure is mapped here, at this one boundary, to plain data or to batchrun
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -240,3 +241,14 @@ class BatchApi:
             return 0, f"connection error: cannot connect to {exc.host}:{exc.port}".encode(), {}
         except (aiohttp.ClientError, OSError) as exc:
             return 0, f"connection error: {type(exc).__name__}".encode(), {}
+
+
+def new_session(concurrency: int, tls: bool = True) -> aiohttp.ClientSession:
+    """The Batch API's session: files and batches over aiohttp (the chat requests of an online
+    run go over `sending.connections`), a small pool, TLS verified."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
+        ssl=ssl.create_default_context() if tls else False,  # loading the CAs takes 10 ms
+    )
+    # An API client has no use for cookies: none are kept, none are sent.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())

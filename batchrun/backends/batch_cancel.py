@@ -24,12 +24,11 @@ from batchrun.backends.batch import (
     poll_delays,
     settle,
 )
-from batchrun.backends.batch_api import BatchApi, BatchInfo
+from batchrun.backends.batch_api import BatchApi, BatchInfo, new_session
 from batchrun.backends.batch_collect import Rules
 from batchrun.errors import UsageError
 from batchrun.journal.batches import BatchBook, Submission
 from batchrun.journal.database import Journal, OutputLock, journal_path
-from batchrun.sending.http import new_session
 from batchrun.settings.config import RunConfig
 from batchrun.settings.keys import resolve_key
 from batchrun.settings.prices import Price

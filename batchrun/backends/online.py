@@ -28,17 +28,16 @@ class OnlineBackend:
             return  # nothing to send: no HTTP stack loaded
         jobs = first
         # Here, not at the top: a run with nothing to send (every row answered by the shared
-        # cache or an earlier run) does not pay aiohttp's import, a tenth of a warm cache's run.
-        from batchrun.sending.http import Sender, new_session
+        # cache or an earlier run) does not pay the HTTP stack's import.
+        from batchrun.sending.http import Sender, connections
 
         config = run.config
         limiter = Limiter(config.rpm, config.tpm, config.concurrency)
         run.stopper.when_stopping(limiter.close)  # starts waiting on it go now, and see the stop
         run.stats.pace = lambda: (limiter.rpm, limiter.tpm, limiter.pauses)
-        tls = run.base_url.startswith("https:")
-        async with new_session(config.concurrency, tls=tls) as session:
+        async with connections(run.base_url, config.concurrency) as pool:
             scrub = (run.key.reveal(),) if run.key else ()
-            wire = Sender(session, run.base_url, run.key, config.timeout, scrub=scrub)
+            wire = Sender(pool, run.key, config.timeout, scrub=scrub)
             # An earlier run on this output may have learned how the provider counts tokens.
             calibration = Calibration(None if config.fresh else
                                       run.journal.meta().get(CALIBRATION_META))

@@ -21,7 +21,7 @@ from batchrun.running.stats import Stats, Tally
 from batchrun.running.stopping import Emit
 from batchrun.sending.attempts import JobSender
 from batchrun.sending.budget import Budget
-from batchrun.sending.http import Sender, new_session
+from batchrun.sending.http import Sender, connections
 from batchrun.sending.limiter import Limiter
 from batchrun.sending.pool import Member, PoolPump, Switch, sending_as
 from batchrun.sending.routing import try_order
@@ -52,10 +52,9 @@ class PoolBackend:
                 stats = Stats(limits=(at.rpm, at.tpm))
                 stats.pace = _pace_of(limiter)
                 run.stats.endpoints[endpoint.name] = stats
-                session = await stack.enter_async_context(
-                    new_session(at.concurrency, tls=endpoint.base_url.startswith("https:")))
-                key = run.keys.get(endpoint.name)
-                wire = Sender(session, endpoint.base_url, key, at.timeout, scrub=scrub)
+                pool = await stack.enter_async_context(
+                    connections(endpoint.base_url, at.concurrency))
+                wire = Sender(pool, run.keys.get(endpoint.name), at.timeout, scrub=scrub)
                 seats = asyncio.Semaphore(at.concurrency)
                 price = run_price(at.model, config.price, config.backend, config.batch_price)
                 sender = JobSender(at, wire, limiter, stats, switch, price,

@@ -37,7 +37,7 @@ from batchrun.running.stats import Stats, Tally
 from batchrun.running.stopping import Stopper
 from batchrun.sending.attempts import JobSender
 from batchrun.sending.budget import Budget
-from batchrun.sending.http import Sender, new_session
+from batchrun.sending.http import Sender, connections
 from batchrun.sending.pool import Member, PoolPump, Switch, sending_as
 from batchrun.sending.routing import try_order
 from batchrun.settings.config import RunConfig
@@ -132,9 +132,8 @@ class WorkerPool:
                                   retire=_retiring(switch))
             switch.when_retired(_telling(limits, limiters[index]))
             stopper.when_stopping(limits.close)
-            session = new_session(at.concurrency, tls=endpoint.base_url.startswith("https:"))
-            wire = Sender(session, endpoint.base_url, keys.get(endpoint.name), at.timeout,
-                          scrub=scrub)
+            wire = Sender(connections(endpoint.base_url, at.concurrency),
+                          keys.get(endpoint.name), at.timeout, scrub=scrub)
             seats = asyncio.Semaphore(at.concurrency)
             price = run_price(at.model, config.price, config.backend, config.batch_price)
             own = commits.parts[endpoint.name] = Stats()  # reported with each commit

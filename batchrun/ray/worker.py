@@ -1,7 +1,8 @@
 """A sender actor of a Ray run: the local engine's sending core inside a Ray Data map_batches actor.
 
-Each worker is an async actor with its own aiohttp connection pool and its own `JobSender` (the
-same sending core as the local engine), sending up to its share of `--concurrency` at once. Its
+Each worker is an async actor with its own connections (`sending.connections`) and its own
+`JobSender` (the same sending core as the local engine), sending up to its share of
+`--concurrency` at once. Its
 limits are leased from the run's limiter actor (`limits.LeasedLimits`) and its answers are
 committed through the ledger actor (`ledger.RemoteCommit`) before they count. A run with several
 endpoints has one limiter actor per endpoint, and each worker routes its rows among its own
@@ -37,7 +38,7 @@ from batchrun.running.rows import Job, job_of, render_batch
 from batchrun.running.stats import Stats
 from batchrun.running.stopping import Stopper
 from batchrun.sending.attempts import JobSender
-from batchrun.sending.http import Sender, new_session
+from batchrun.sending.http import Sender, connections
 from batchrun.settings.config import RunConfig
 from batchrun.settings.keys import Secret
 from batchrun.settings.prices import price_for
@@ -108,9 +109,9 @@ class SenderWorker:
             return
         limits = LeasedLimits(self._limiters[0], config, stopper, worker, node)
         stopper.when_stopping(limits.close)
-        self._session = new_session(config.concurrency, tls=self._base_url.startswith("https:"))
+        self._connections = connections(self._base_url, config.concurrency)
         scrub = (self._key.reveal(),) if self._key else ()
-        wire = Sender(self._session, self._base_url, self._key, config.timeout, scrub=scrub)
+        wire = Sender(self._connections, self._key, config.timeout, scrub=scrub)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._sender = JobSender(config, wire, limits, self._stats, stopper, self._price,
                                  lambda name, data: None, seats=self._slots)

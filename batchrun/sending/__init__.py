@@ -2,7 +2,8 @@
 
     workers   a fixed pool of workers; each answer is committed before its worker sends again
     attempts  one job driven through budget, limiter, HTTP and decision until it settles
-    http      one request over aiohttp, mapped to an answer or a classified failure
+    http      one chat request, mapped to an answer or a classified failure
+    connections  HTTP/1.1 keep-alive connections to one URL: the hot path's HTTP client
     decision  what one attempt's result means for its row, as a value
     limiter   pacing under RPM, TPM and concurrency, adaptive to the provider
     limits    the limiter's parts: pace, the provider's book, gate, window, evidence, concurrency

@@ -31,7 +31,7 @@ from batchrun.sending.routing import Trail
 from batchrun.settings.config import RunConfig
 from batchrun.settings.prices import Price
 
-if TYPE_CHECKING:  # aiohttp's import is paid only by a run that sends (backends.online)
+if TYPE_CHECKING:  # the HTTP stack's import is paid only by a run that sends (backends.online)
     from batchrun.sending.http import Reply
 
 log = logging.getLogger("batchrun")

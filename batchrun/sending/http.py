@@ -1,6 +1,8 @@
-"""Send: one request over the run's aiohttp session, mapped to an Answer or a classified Failure.
+"""Send: one chat-completions request over the run's connections, mapped to an Answer or a
+classified Failure.
 
-This is the only module that knows aiohttp's exceptions; everything it returns is plain data.
+This is the only module that knows the connections' exceptions (`connections`); everything it
+returns is plain data.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict
-from yarl import URL
 
 from batchrun.data.openai_api import CHAT_PATH
 from batchrun.protocol.answers import Answer, parse_answer
 from batchrun.protocol.retry import Failure, Kind, classify_http, parse_retry_after
+from batchrun.sending.connections import (
+    ACCEPT_ENCODING,
+    MAX_BODY_BYTES,
+    Closed,
+    Connections,
+    Deadline,
+    Malformed,
+    TooLarge,
+)
 from batchrun.settings.keys import Secret
 
-# An answer larger than this is refused, not buffered. The longest real answers (128k completion
-# tokens, ~4 bytes each, JSON-escaped) stay under ~3 MiB; 8 MiB leaves room and bounds memory to
-# concurrency x 8 MiB even when a server or a gzip bomb sends without end.
-MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RETRY_AFTER = 300.0  # seconds; a longer retry-after (a daily quota, a hostile header) stops
 USER_AGENT = "batchrun/0.1"
 
@@ -56,59 +60,55 @@ def key_hint(key: Secret | None) -> str:
 
 
 class Sender:
-    """Posts request bodies to the chat-completions URL with the run's one session."""
+    """Posts request bodies to the chat-completions URL over the run's connections."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, key: Secret | None,
-                 timeout: float, scrub: tuple[str, ...] = ()) -> None:
-        self._session = session
-        self._url = URL(base_url + CHAT_PATH)  # parsed once, not per request
-        self._headers = CIMultiDict(request_headers(key))  # aiohttp would convert a dict per request
+    def __init__(self, connections: Connections, key: Secret | None, timeout: float,
+                 scrub: tuple[str, ...] = ()) -> None:
+        self._connections = connections
+        origin = connections.origin
+        lines = [f"POST {origin.target} HTTP/1.1", f"Host: {origin.host_header}",
+                 *(f"{name}: {value}" for name, value in request_headers(key).items()),
+                 "Accept: */*", f"Accept-Encoding: {ACCEPT_ENCODING}", "Content-Length: "]
+        self._head = "\r\n".join(lines).encode("latin-1")  # built once, not per request
         self._key_hint = key_hint(key)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._timeout_s = timeout
+        self._host = origin.host
+        self._where = f"{origin.host}:{origin.port}"
+        self._timeout = timeout
         # Servers sometimes echo request headers in error bodies; these strings are cut out.
         self._scrub = tuple(s for s in scrub if s)
 
     async def send(self, body: bytes) -> Reply:
         """One attempt; never raises for anything the network or the server does."""
-        responded = False  # the status line came: the server is there, however it went on
         try:
             # Redirects are not followed: they would carry the prompts (and, on the same origin,
             # the key) to an address the user never named.
-            async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                responded = True
-                raw = await _read_limited(resp)
-                headers = resp.headers
-                status = resp.status
-        except TimeoutError:
-            return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout_s:g} s",
+            status, headers, raw = await self._connections.post(
+                b"%s%d\r\n\r\n%s" % (self._head, len(body), body), self._timeout)
+        except (Deadline, TimeoutError) as exc:
+            responded = isinstance(exc, Deadline) and exc.responded
+            return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout:g} s",
                          unreachable=not responded)
-        except _TooLarge:
+        except TooLarge:
             # Not retried: a provider bills an answer it sent, and would likely send it again.
             return _fail(Kind.ROW, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused; "
                          "lower --max-tokens if the answers are really this long")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            return _fail(Kind.JOB, f"TLS certificate of {exc.host} could not be verified")
-        except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS handshake, unreachable
-            return _fail(Kind.RETRY, f"connection error: cannot connect to {exc.host}:{exc.port} "
-                         f"({_cause(exc.os_error)})", unreachable=True)
-        except aiohttp.ServerDisconnectedError:
-            return _fail(Kind.RETRY, "connection error: server closed the connection")
-        except aiohttp.ClientPayloadError:
-            return _fail(Kind.RETRY, "connection error: answer cut off")
-        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        except Closed as exc:
+            return _fail(Kind.RETRY, f"connection error: {exc}")
+        except Malformed as exc:
+            return _fail(Kind.RETRY, f"connection error: {exc}")
+        except ssl.SSLCertVerificationError:
+            return _fail(Kind.JOB, f"TLS certificate of {self._host} could not be verified")
+        except ssl.SSLError as exc:
             return _fail(Kind.RETRY, f"connection error: TLS failed ({type(exc).__name__})",
-                         unreachable=not responded)
-        except (aiohttp.ClientError, OSError) as exc:
-            return _fail(Kind.RETRY, f"connection error: {type(exc).__name__}")
+                         unreachable=True)
+        except OSError as exc:  # refused, DNS, unreachable: the connection never opened
+            return _fail(Kind.RETRY, f"connection error: cannot connect to {self._where} "
+                         f"({_cause(exc)})", unreachable=True)
         if status == 200:
             answer, failure = parse_answer(raw)
             return Reply(answer, self._scrubbed(failure) if failure else None, headers)
         if 300 <= status < 400:
-            where = headers.get("Location", "(no Location)")
+            where = headers.get("location", "(no Location)")
             return Reply(None, self._scrubbed(Failure(
                 Kind.JOB, f"HTTP {status} redirect to {where}: batchrun does not follow "
                 "redirects; set --base-url to the final address", status)), headers)
@@ -128,26 +128,6 @@ class Sender:
             message = message.replace(secret, "***")
         message = " ".join(message.split())[:500]
         return failure if message == failure.message else replace(failure, message=message)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, counted as it is decompressed: Content-Length may be absent or compressed."""
-    length = resp.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise _TooLarge
-    if length is not None and "Content-Encoding" not in resp.headers:
-        return await resp.read()  # the parser stops at Content-Length: nothing more can come
-    chunks, size = [], 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _patience(failure: Failure) -> Failure:
@@ -171,11 +151,6 @@ def _fail(kind: Kind, message: str, *, unreachable: bool = False) -> Reply:
     return Reply(None, Failure(kind, message, unreachable=unreachable), NO_HEADERS)
 
 
-def new_session(concurrency: int, tls: bool = True) -> aiohttp.ClientSession:
-    """The run's one session: a connection pool sized to the workers, TLS verified."""
-    connector = aiohttp.TCPConnector(
-        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
-        ssl=ssl.create_default_context() if tls else False,  # loading the CAs takes 10 ms
-    )
-    # An API client has no use for cookies: none are kept, none are sent.
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+def connections(base_url: str, concurrency: int) -> Connections:
+    """The keep-alive connections of a run (or an endpoint) to its chat-completions URL."""
+    return Connections(base_url + CHAT_PATH, concurrency)

@@ -8,8 +8,7 @@ not: a body ended by the close, 1xx before the answer, garbage, closes and reset
 `Connection: close`, an idle connection closed or grown too old, a refusal, a cancelled post. A few
 tests go through `http.Sender` to prove how each failure reads to a person. Production runs on
 uvloop, so that is the default loop; the asyncio loop is checked too where transports differ.
-Nothing inside the package is mocked; KEEP_IDLE, a module constant, is lowered once. The xfail
-tests are bugs found here, left for connections.py to fix.
+Nothing inside the package is mocked; KEEP_IDLE, a module constant, is lowered once.
 """
 
 from __future__ import annotations
@@ -452,9 +451,6 @@ def test_a_gzip_body_ended_by_the_close_is_decoded() -> None:
     assert _run(main()).body == text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_Connection.connection_lost returns a read-until-close body as whole even when the connection "
-    "ended in a reset (exc is ConnectionResetError), not a clean close: the cut answer passes as whole"))
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_body_ended_by_a_reset_is_cut_off_not_whole(loop: str) -> None:
     async def reset(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -476,9 +472,6 @@ def test_a_body_ended_by_a_reset_is_cut_off_not_whole(loop: str) -> None:
     assert caught.value.responded is True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a gzip body ended by the close is returned whole though the gzip stream is unfinished "
-    "(decoder.eof is False): _response() never checks that the compressed stream ended"))
 def test_a_gzip_body_cut_by_the_close_is_cut_off_not_whole() -> None:
     text = b'{"content": "' + b"".join(b"%d " % n for n in range(5000)) + b'"}'
     packed = gzip.compress(text, mtime=0)
@@ -704,10 +697,6 @@ def test_a_post_waiting_for_a_seat_gives_up_at_its_deadline() -> None:
     assert 0.15 < _run(main()) < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lost wake-up in Connections._open: a queued post that is cancelled (or reaches its deadline) "
-    "in the same loop iteration in which _wake() chose it swallows the wake-up; the next queued "
-    "post is not woken although a connection sits idle, and waits until its own deadline"))
 def test_a_queued_post_cancelled_as_it_is_woken_passes_the_seat_on() -> None:
     async def answer_later(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

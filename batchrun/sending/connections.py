@@ -106,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self._waiter: asyncio.Future[Response] | None = None
+        self._refusal: Exception | None = None  # why a callback stopped the parser
         self._reset()
 
     def _reset(self) -> None:
@@ -157,10 +158,9 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            # A callback's own error (TooLarge, Malformed) comes wrapped in the parser's.
-            cause = exc.__context__
-            self._fail(cause if isinstance(cause, (TooLarge, Malformed))
-                       else Malformed(f"malformed HTTP answer ({exc})"))
+            # A callback's own refusal (TooLarge, Malformed) stops the parser with its error.
+            refusal, self._refusal = self._refusal, None
+            self._fail(refusal or Malformed(f"malformed HTTP answer ({exc})"))
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed connection is of no use
@@ -171,11 +171,14 @@ class _Connection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             return
-        if self._responded and self._until_close():
-            # Neither Content-Length nor chunked: the body is what came before the close.
+        decoder = self._decoder
+        if (exc is None and self._responded and self._until_close()
+                and (decoder is None or decoder.eof)):
+            # Neither Content-Length nor chunked: the body is what came before a clean close
+            # (not a reset; and a compressed one only if its stream ended).
             waiter.set_result(self._response())
-        elif isinstance(exc, ssl.SSLError):
-            waiter.set_exception(exc)
+        elif isinstance(exc, ssl.SSLError) and not self._responded:
+            waiter.set_exception(exc)  # the handshake or the channel failed before any answer
         else:
             waiter.set_exception(Closed(self._responded))
 
@@ -183,7 +186,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._waiter is None:  # a second answer to one request
-            raise Malformed("an answer nothing asked for")
+            raise self._refuse(Malformed("an answer nothing asked for"))
         self._reset()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -200,7 +203,8 @@ class _Connection(asyncio.Protocol):
         if encoding not in ("identity", ""):
             wbits = _DECODERS.get(encoding)
             if wbits is None:
-                raise Malformed(f"answer in an encoding that was not asked for ({encoding})")
+                raise self._refuse(Malformed(f"answer in an encoding that was not asked for "
+                                             f"({encoding})"))
             self._decoder = zlib.decompressobj(wbits)
 
     def on_body(self, chunk: bytes) -> None:
@@ -209,23 +213,27 @@ class _Connection(asyncio.Protocol):
             try:
                 chunk = decoder.decompress(chunk, MAX_BODY_BYTES + 1 - self._size)
             except zlib.error as exc:
-                raise Malformed(f"answer could not be decompressed ({exc})") from None
+                raise self._refuse(Malformed(f"answer could not be decompressed ({exc})")) from None
             if decoder.unconsumed_tail:
-                raise TooLarge
+                raise self._refuse(TooLarge())
         self._size += len(chunk)
         if self._size > MAX_BODY_BYTES:
-            raise TooLarge
+            raise self._refuse(TooLarge())
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
         if self._informational:  # 100 Continue and the like: the answer is still to come
             self._reset()
             return
+        try:
+            response = self._response()
+        except Malformed as exc:
+            raise self._refuse(exc) from None
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             self.close()
             return
-        waiter.set_result(self._response())
+        waiter.set_result(response)
         if self._parser.should_keep_alive() and not self.closed:
             self._pool.release(self)
         else:
@@ -233,14 +241,22 @@ class _Connection(asyncio.Protocol):
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def _refuse(self, error: Exception) -> Exception:
+        """Keep why a callback stops the parser: httptools raises its own error instead."""
+        self._refusal = error
+        return error
+
     def _until_close(self) -> bool:
         headers = self._headers
         return "content-length" not in headers and "transfer-encoding" not in headers
 
     def _response(self) -> Response:
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        if self._decoder is not None:
-            body += self._decoder.flush()
+        decoder = self._decoder
+        if decoder is not None:
+            if not decoder.eof:  # the framing ended, the compressed stream did not
+                raise Malformed("compressed answer cut short")
+            body += decoder.flush()
         return Response(self._parser.get_status_code(), self._headers, body)
 
 
@@ -304,9 +320,12 @@ class Connections:
                 self._queue.append(waiter)
                 try:
                     await waiter
-                finally:
-                    if not waiter.done():
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake()  # woken, then cancelled or out of time: pass the turn on
+                    else:
                         waiter.cancel()
+                    raise
                 found = self._take(loop.time())
                 if found is not None:
                     return found

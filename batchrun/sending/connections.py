@@ -20,8 +20,14 @@ What it keeps of a real client:
   dropped: memory stays bounded by the connections whatever a server sends;
 - one deadline per request, connecting included.
 
-Failures are the exceptions below, or the OSError / ssl.SSLError of connecting; `http.Sender`
-names them as a person reads them.
+What `post` raises; `http.Sender` names each as a person reads it:
+
+    Closed(responded)     the server closed the connection before the answer was whole
+    Deadline(responded)   no whole answer by the deadline (waiting and connecting included)
+    Malformed             not HTTP/1.1, or a body in an encoding not asked for or cut short
+    TooLarge              a body past MAX_BODY_BYTES
+    OSError               connecting failed: refused, DNS, unreachable
+      ssl.SSLError        the TLS handshake failed (SSLCertVerificationError: the certificate)
 """
 
 from __future__ import annotations
@@ -287,7 +293,12 @@ class Connections:
         deadline = loop.time() + timeout
         connection = self._take(loop.time())
         if connection is None:
-            connection = await self._open(loop, deadline)
+            try:
+                connection = await self._open(loop, deadline)
+            except TimeoutError as exc:
+                if exc.errno is not None:
+                    raise  # the system's own connect timeout: an OSError of connecting
+                raise Deadline(False) from None
         waiter: asyncio.Future[Response] = loop.create_future()
         timer = loop.call_at(deadline, connection.expire)
         try:

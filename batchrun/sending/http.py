@@ -84,10 +84,9 @@ class Sender:
             # the key) to an address the user never named.
             status, headers, raw = await self._connections.post(
                 b"%s%d\r\n\r\n%s" % (self._head, len(body), body), self._timeout)
-        except (Deadline, TimeoutError) as exc:
-            responded = isinstance(exc, Deadline) and exc.responded
+        except Deadline as exc:
             return _fail(Kind.RETRY, f"timeout: no complete answer within {self._timeout:g} s",
-                         unreachable=not responded)
+                         unreachable=not exc.responded)
         except TooLarge:
             # Not retried: a provider bills an answer it sent, and would likely send it again.
             return _fail(Kind.ROW, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused; "

@@ -1,14 +1,16 @@
 """HTTP/1.1 for the hot path: keep-alive connections to one origin, POSTs of ready bodies.
 
     async with Connections(base_url + CHAT_PATH, limit=64) as connections:
-        response = await connections.post(head, body, timeout=600.0)   # status, headers, body
+        status, headers, body = await connections.post(request, timeout=600.0)
+
+`request` is the whole request, head and body, as bytes (`http.Sender` builds its head once).
 
 A run sends one kind of request, a JSON POST to one URL, tens of thousands of times. aiohttp's
 client does for each what a general client must (a request object, header merging, cookies,
 proxies, tracing, a task to write the body, a stream to read it): about 60 us of CPU a request on
 this machine, more than half of a run's CPU. This does only what that POST needs, on the event
 loop's own transports (uvloop's, TLS by the `ssl` module) with llhttp, Node's HTTP parser
-(httptools): about 20 us, syscalls included (docs/benchmarks.md).
+(httptools): a third of that, syscalls included (docs/benchmarks.md).
 
 What it keeps of a real client:
 - keep-alive connections, the most recently used first, none idle longer than KEEP_IDLE (servers
@@ -52,6 +54,8 @@ _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
 
 
 class Response(NamedTuple):
+    """One whole answer."""
+
     status: int
     headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
@@ -83,6 +87,8 @@ class Deadline(Exception):
 
 
 class Origin(NamedTuple):
+    """Where the requests go, and what their head names."""
+
     host: str
     port: int
     tls: ssl.SSLContext | None
@@ -91,6 +97,7 @@ class Origin(NamedTuple):
 
 
 def origin_of(url: str) -> Origin:
+    """The origin and request target of an http(s) URL (TLS verified with the system's CAs)."""
     parsed = URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise ValueError(f"not an http(s) URL: {url}")
@@ -290,8 +297,9 @@ class Connections:
         loop = self._loop
         if loop is None:  # once: on Python 3.11 each get_running_loop() is a getpid() call
             loop = self._loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        connection = self._take(loop.time())
+        now = loop.time()
+        deadline = now + timeout
+        connection = self._take(now)
         if connection is None:
             try:
                 connection = await self._open(loop, deadline)
@@ -383,6 +391,7 @@ class Connections:
                 return
 
     async def close(self) -> None:
+        """Close every connection; a request still waiting on one fails as `Closed`."""
         self._closed = True
         for connection in (*self._idle, *self._busy):
             connection.close()

@@ -882,6 +882,40 @@ def test_sender_names_a_deadline_a_timeout_to_retry() -> None:
     assert reply.failure.unreachable  # nothing answered at all
 
 
+def test_sender_names_bytes_that_are_not_http_a_retry() -> None:
+    reply, _ = _run(_send_raw(_answer_each_with(b"SSH-2.0-OpenSSH_9.6\r\n")))
+    assert reply.failure is not None and reply.failure.kind is Kind.RETRY
+    assert reply.failure.message.startswith("connection error: malformed HTTP answer")
+
+
+def test_a_compressed_body_whose_framing_ends_before_its_stream_is_malformed() -> None:
+    # Content-Length says the body is whole; the gzip stream inside it is not.
+    packed = gzip.compress(b'{"choices": []}' * 50)[:40]
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(packed), packed)
+    reply, _ = _run(_send_raw(_answer_each_with(answer)))
+    assert reply.failure is not None and reply.failure.kind is Kind.RETRY
+    assert reply.failure.message == "connection error: compressed answer cut short"
+
+
+def test_sender_names_a_tls_handshake_with_a_plain_server_a_tls_failure() -> None:
+    # An https:// URL whose server speaks plain HTTP: the handshake reads no TLS record.
+    async def plain(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> Reply:
+        async with _raw(plain) as served, \
+                connections(f"https://127.0.0.1:{served.port}/v1", 1) as pool:
+            return await Sender(pool, Secret("k"), 5.0).send(b"{}")
+
+    reply = _run(main())
+    assert reply.failure is not None and reply.failure.kind is Kind.RETRY
+    assert reply.failure.message.startswith("connection error: TLS failed (SSL")
+    assert reply.failure.unreachable
+
+
 def test_sender_names_a_refused_connection_unreachable() -> None:
     async def main() -> tuple[Reply, int]:
         with socket.socket() as sock:  # bound, never listening: refused

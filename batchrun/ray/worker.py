@@ -2,11 +2,11 @@
 
 Each worker is an async actor with its own connections (`sending.connections`) and its own
 `JobSender` (the same sending core as the local engine), sending up to its share of
-`--concurrency` at once. Its
-limits are leased from the run's limiter actor (`limits.LeasedLimits`) and its answers are
-committed through the ledger actor (`ledger.RemoteCommit`) before they count. A run with several
-endpoints has one limiter actor per endpoint, and each worker routes its rows among its own
-copies of the endpoints (`pool.WorkerPool`).
+`--concurrency` at once. Its limits are leased from the run's limiter actor
+(`limits.LeasedLimits`) and its answers are committed through the ledger actor
+(`ledger.RemoteCommit`) before they count. A run with several endpoints has one limiter actor
+per endpoint, and each worker routes its rows among its own copies of the endpoints
+(`pool.WorkerPool`).
 
 A block comes in one of two shapes: jobs the driver planned (`key`, `body`, `tokens`,
 `cost_estimate`: the CLI's runs), or a user's rows (`batchrun.ray.process`), which the worker

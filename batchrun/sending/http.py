@@ -91,9 +91,7 @@ class Sender:
             # Not retried: a provider bills an answer it sent, and would likely send it again.
             return _fail(Kind.ROW, f"answer larger than {MAX_BODY_BYTES // 2**20} MiB refused; "
                          "lower --max-tokens if the answers are really this long")
-        except Closed as exc:
-            return _fail(Kind.RETRY, f"connection error: {exc}")
-        except Malformed as exc:
+        except (Closed, Malformed) as exc:
             return _fail(Kind.RETRY, f"connection error: {exc}")
         except ssl.SSLCertVerificationError:
             return _fail(Kind.JOB, f"TLS certificate of {self._host} could not be verified")

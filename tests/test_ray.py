@@ -255,6 +255,30 @@ def test_a_cluster_with_token_authentication_is_joined_with_its_token_and_refuse
     assert server.stats.requests == 10
 
 
+@pytest.mark.parametrize("form", ["{}", "ray://{}"])
+def test_an_address_nothing_listens_on_is_refused_at_once(tmp_path: Path, sim, form: str) -> None:
+    # Ray itself retries such an address for minutes before it says so: batchrun tries a TCP
+    # connection first (REACH_TIMEOUT), and a refusal is one line, exit 2, nothing sent.
+    import socket
+    import time
+
+    server = sim()
+    with socket.socket() as closed:  # bound, never listening: refused
+        closed.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{closed.getsockname()[1]}"
+        started = time.monotonic()
+        result = ray_run(prompts_csv(tmp_path / "in.csv", 3), tmp_path / "out.parquet",
+                         server.base_url, form.format(where))
+        took = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"batchrun: cannot join the Ray cluster at {form.format(where)} (no connection to {where}: "
+        "Connection refused); check --ray-address or RAY_ADDRESS (and, for a cluster with token "
+        "authentication, RAY_AUTH_MODE=token and its token), or leave both unset for a local Ray"]
+    assert server.stats.requests == 0
+    assert took < 30  # not Ray's minutes of retries
+
+
 # A notebook's process: Ray's loggers and Ray Data's display as its user has them, then a run
 # on the cluster through the Python API, then the same again.
 IN_A_NOTEBOOK = r"""

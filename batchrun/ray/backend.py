@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -62,6 +63,9 @@ WORKER_CPUS = 0.0
 # places actors that ask for nothing wherever it likes (both on one node, half the time).
 WORKER_MEMORY = 256 * 1024 * 1024
 POLL_EVERY = 0.5  # seconds between reading the cluster's counters for the progress display
+# Seconds to open a TCP connection to a cluster's address before joining it: Ray itself retries an
+# address that takes no connection for minutes before it says so.
+REACH_TIMEOUT = 5.0
 NAMESPACE = "batchrun"  # the named actors of every run live here
 JOB_SCHEMA = pa.schema(list(zip(JOB_COLUMNS, (pa.binary(), pa.binary(), pa.int64(), pa.float64()),
                                 strict=True)))
@@ -216,6 +220,9 @@ def connect(address: str | None) -> Callable[[], None] | None:
     if ray.is_initialized():
         return None
     cluster = address or os.environ.get("RAY_ADDRESS")
+    unreachable = _unreachable(cluster) if cluster else None
+    if unreachable is not None:
+        raise _cannot_join(cluster or "", unreachable)
     restore = [_quiet_logger("ray")]  # ray.init's own lines, before its first
     with concurrent.futures.ThreadPoolExecutor(1, "batchrun-ray-data") as pool:
         importing = pool.submit(_quiet_data)
@@ -228,12 +235,8 @@ def connect(address: str | None) -> Callable[[], None] | None:
             with contextlib.suppress(UsageError):  # (Ray Data missing too: this line says more)
                 restore.append(importing.result())
             _undo(restore)
-            where = cluster or "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot join the Ray cluster at {where} ({first}); check "
-                             "--ray-address or RAY_ADDRESS (and, for a cluster with token "
-                             "authentication, RAY_AUTH_MODE=token and its token), or leave both "
-                             "unset for a local Ray") from None
+            raise _cannot_join(cluster or "a local Ray", first) from None
         try:
             restore.append(importing.result())
         except UsageError:  # Ray without its Data library
@@ -246,6 +249,26 @@ def connect(address: str | None) -> Callable[[], None] | None:
         _undo(restore)
 
     return leave
+
+
+def _cannot_join(where: str, why: str) -> UsageError:
+    return UsageError(f"cannot join the Ray cluster at {where} ({why}); check --ray-address or "
+                      "RAY_ADDRESS (and, for a cluster with token authentication, "
+                      "RAY_AUTH_MODE=token and its token), or leave both unset for a local Ray")
+
+
+def _unreachable(cluster: str) -> str | None:
+    """Why a cluster's address (host:port, or ray://host:port) takes no TCP connection, or None:
+    it does, or it is not an address to try (`auto`, `local`)."""
+    where = cluster.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT):
+            return None
+    except OSError as exc:
+        return f"no connection to {where}: {exc.strerror or str(exc) or type(exc).__name__}"
 
 
 def _quiet_logger(name: str) -> Callable[[], None]:

@@ -380,20 +380,26 @@ def test_a_body_of_exactly_the_limit_is_kept_and_one_byte_more_is_refused() -> N
 
 # --- deadlines (aiohttp.web) ----------------------------------------------------------------------
 
+def _deadline_of(handler: Handler, timeout: float) -> tuple[Deadline, float]:
+    """The Deadline a post to `handler` ends in, and how long the post took."""
+    async def main() -> None:
+        async with _app(handler) as port, Connections(_url(port), 1) as pool:
+            await pool.post(_request(port), timeout)
+
+    started = time.monotonic()
+    with pytest.raises(Deadline) as caught:
+        _run(main())
+    return caught.value, time.monotonic() - started
+
+
 def test_a_slow_answer_hits_the_deadline_as_not_responded() -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(10)
         return web.Response(body=b"{}")
 
-    async def main() -> None:
-        async with _app(slow) as port, Connections(_url(port), 1) as pool:
-            await pool.post(_request(port), 0.2)
-
-    started = time.monotonic()
-    with pytest.raises(Deadline) as caught:
-        _run(main())
-    assert caught.value.responded is False
-    assert time.monotonic() - started < 1.5
+    deadline, took = _deadline_of(slow, 0.2)
+    assert deadline.responded is False
+    assert took < 1.5
 
 
 def test_an_answer_stalled_after_its_headers_hits_the_deadline_as_responded() -> None:
@@ -404,15 +410,9 @@ def test_an_answer_stalled_after_its_headers_hits_the_deadline_as_responded() ->
         await asyncio.sleep(10)
         return response
 
-    async def main() -> None:
-        async with _app(stall) as port, Connections(_url(port), 1) as pool:
-            await pool.post(_request(port), 0.3)
-
-    started = time.monotonic()
-    with pytest.raises(Deadline) as caught:
-        _run(main())
-    assert caught.value.responded is True
-    assert time.monotonic() - started < 1.5
+    deadline, took = _deadline_of(stall, 0.3)
+    assert deadline.responded is True
+    assert took < 1.5
 
 
 # --- exact bytes (raw servers) --------------------------------------------------------------------

@@ -94,6 +94,15 @@ def _peer_port(request: web.Request) -> int:
     return port
 
 
+def _post_to(handler: Handler, timeout: float = 5.0) -> Response:
+    """One post to an aiohttp.web server answering with `handler`: its answer, or what it raised."""
+    async def main() -> Response:
+        async with _app(handler) as port, Connections(_url(port), 1) as pool:
+            return await pool.post(_request(port), timeout)
+
+    return _run(main())
+
+
 # --- raw servers ----------------------------------------------------------------------------------
 
 @dataclass
@@ -317,24 +326,16 @@ def test_an_answer_in_an_unasked_encoding_is_refused_as_malformed() -> None:
     async def brotli(request: web.Request) -> web.Response:
         return web.Response(body=b"\x1b\x03\x00\xf8\xa5", headers={"Content-Encoding": "br"})
 
-    async def main() -> None:
-        async with _app(brotli) as port, Connections(_url(port), 1) as pool:
-            await pool.post(_request(port), 5.0)
-
     with pytest.raises(Malformed, match=r"encoding that was not asked for \(br\)"):
-        _run(main())
+        _post_to(brotli)
 
 
 def test_a_corrupt_gzip_body_is_malformed() -> None:
     async def corrupt(request: web.Request) -> web.Response:
         return web.Response(body=b"this is not gzip at all", headers={"Content-Encoding": "gzip"})
 
-    async def main() -> None:
-        async with _app(corrupt) as port, Connections(_url(port), 1) as pool:
-            await pool.post(_request(port), 5.0)
-
     with pytest.raises(Malformed, match="could not be decompressed"):
-        _run(main())
+        _post_to(corrupt)
 
 
 @pytest.mark.parametrize("status", [429, 500])
@@ -343,11 +344,7 @@ def test_error_statuses_come_back_with_their_headers_and_body(status: int) -> No
         return web.json_response({"error": {"message": "slow down"}}, status=status,
                                  headers={"Retry-After": "7", "X-RateLimit-Remaining-Requests": "0"})
 
-    async def main() -> Response:
-        async with _app(refuse) as port, Connections(_url(port), 1) as pool:
-            return await pool.post(_request(port), 5.0)
-
-    response = _run(main())
+    response = _post_to(refuse)
     assert response.status == status
     assert response.headers["retry-after"] == "7"
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
@@ -359,11 +356,7 @@ def test_header_names_are_lower_cased_and_a_repeated_header_is_joined() -> None:
         sent = CIMultiDict([("X-Mixed-Case", "Keep-This-Case"), ("X-Thing", "a"), ("X-Thing", "b")])
         return web.Response(body=b"{}", headers=sent)
 
-    async def main() -> Response:
-        async with _app(headers) as port, Connections(_url(port), 1) as pool:
-            return await pool.post(_request(port), 5.0)
-
-    response = _run(main())
+    response = _post_to(headers)
     assert response.headers["x-mixed-case"] == "Keep-This-Case"  # the name lowered, not the value
     assert response.headers["x-thing"] == "a, b"
     assert all(name == name.lower() for name in response.headers)
@@ -391,13 +384,9 @@ def test_a_body_of_exactly_the_limit_is_kept_and_one_byte_more_is_refused() -> N
 
 def _deadline_of(handler: Handler, timeout: float) -> tuple[Deadline, float]:
     """The Deadline a post to `handler` ends in, and how long the post took."""
-    async def main() -> None:
-        async with _app(handler) as port, Connections(_url(port), 1) as pool:
-            await pool.post(_request(port), timeout)
-
     started = time.monotonic()
     with pytest.raises(Deadline) as caught:
-        _run(main())
+        _post_to(handler, timeout)
     return caught.value, time.monotonic() - started
 
 
